@@ -1,0 +1,108 @@
+"""Audio input/output: decode any file into 16 kHz mono float32, and back.
+
+Everything downstream of this module sees ``numpy.float32`` arrays at
+:data:`SAMPLE_RATE`, values in ``[-1, 1]``. No torch here: the ONNX runtime
+path uses it too.
+"""
+
+from __future__ import annotations
+
+import os
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from kws.errors import AudioError
+from kws.fileio import atomic_path
+
+SAMPLE_RATE = 16000
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a WAV/FLAC/OGG file into a mono float32 array at ``sample_rate``.
+
+    Multi-channel audio is averaged; other rates are resampled with a polyphase
+    filter. Raises :class:`AudioError` naming the file for anything that is not
+    readable, non-empty audio.
+
+    Returns:
+        ``(samples,)`` float32.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty (0 bytes)")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+        raise AudioError(f"{path}: not a readable audio file ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: audio has no samples (zero length or truncated header)")
+    if not np.all(np.isfinite(data)):
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    return resample(to_mono(data), rate, sample_rate)
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """Average the channels of ``(samples, channels)`` audio into ``(samples,)``."""
+    if data.ndim == 1:
+        return data.astype(np.float32, copy=False)
+    if data.ndim != 2:
+        raise AudioError(f"expected (samples, channels) audio, got shape {data.shape}")
+    return data.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample ``(..., samples)`` from ``rate`` to ``target`` (polyphase, anti-aliased)."""
+    if rate <= 0:
+        raise AudioError(f"invalid sample rate {rate}")
+    if rate == target:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    g = gcd(int(rate), int(target))
+    y = resample_poly(x.astype(np.float32, copy=False), target // g, rate // g, axis=-1)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def pad_or_crop(x: np.ndarray, length: int) -> np.ndarray:
+    """Centre-pad with zeros or centre-crop the last axis to exactly ``length`` samples."""
+    n = x.shape[-1]
+    if n == length:
+        return x
+    if n > length:
+        start = (n - length) // 2
+        return x[..., start : start + length]
+    before = (length - n) // 2
+    pad = [(0, 0)] * (x.ndim - 1) + [(before, length - n - before)]
+    return np.pad(x, pad)
+
+
+def pcm16_to_float(raw: bytes, channels: int = 1) -> np.ndarray:
+    """Decode interleaved little-endian 16-bit PCM into mono float32.
+
+    A trailing partial frame is an error: callers that read streams keep the
+    remainder for the next read instead of passing it here.
+    """
+    frame_bytes = 2 * channels
+    if len(raw) % frame_bytes:
+        raise AudioError(
+            f"raw PCM length {len(raw)} is not a multiple of {frame_bytes} bytes "
+            f"(16-bit, {channels} channel(s))"
+        )
+    pcm = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    return to_mono(pcm.reshape(-1, channels))
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float audio as 16-bit PCM, atomically (temporary file, then rename).
+
+    The format follows the suffix (``.wav``, ``.flac``, ``.ogg``).
+    """
+    subtype = None if Path(path).suffix.lower() == ".ogg" else "PCM_16"
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype=subtype)

@@ -1,0 +1,228 @@
+"""The encoder: log-mel → L2-normalised embedding, and the whole model from waveform.
+
+Architecture: a small 2-D convolutional stem over (mel, time) — so that a shift
+in pitch or formants, which moves energy across mel bands, is handled by shared
+filters — followed by temporal residual blocks in the style of TC-ResNet
+(1-D convolutions over time with the stem's output as channels), attentive
+pooling over time and a linear projection to ``embedding_dim``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kws.errors import CheckpointError
+from kws.features import FrontendConfig, LogMel
+
+CHECKPOINT_FORMAT = "kws-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Encoder shape. ``blocks`` is a list of ``(channels, stride)`` residual blocks."""
+
+    stem_channels: int = 8
+    blocks: tuple[tuple[int, int], ...] = ((64, 2), (64, 1), (80, 2), (80, 1))
+    kernel_size: int = 5
+    embedding_dim: int = 128
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: front-end, encoder and window length."""
+
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    window_samples: int = 16000
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        try:
+            enc = dict(d["encoder"])
+            enc["blocks"] = tuple(tuple(int(v) for v in b) for b in enc["blocks"])
+            return cls(
+                frontend=FrontendConfig(**d["frontend"]),
+                encoder=EncoderConfig(**enc),
+                window_samples=int(d["window_samples"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"malformed model config: {exc}") from exc
+
+
+PRESETS: dict[str, EncoderConfig] = {
+    # 0.23M parameters: the default, about 2 ms per 1 s window on one CPU core.
+    "small": EncoderConfig(),
+    # 2.4M parameters: for training on a GPU when accuracy matters more than cost.
+    "large": EncoderConfig(
+        stem_channels=24,
+        blocks=((128, 1), (128, 2), (160, 1), (160, 2), (192, 1)),
+        kernel_size=9,
+    ),
+}
+
+
+def preset(name: str, embedding_dim: int | None = None) -> EncoderConfig:
+    """The named encoder size (``small`` or ``large``), optionally with another embedding size."""
+    if name not in PRESETS:
+        raise CheckpointError(f"unknown model size {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]
+    if embedding_dim is not None:
+        cfg = EncoderConfig(**{**asdict(cfg), "embedding_dim": embedding_dim})
+    return cfg
+
+
+class _ResBlock1d(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, kernel: int) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.conv1 = nn.Conv1d(cin, cout, kernel, stride=stride, padding=pad, bias=False)
+        self.bn1 = nn.BatchNorm1d(cout)
+        self.conv2 = nn.Conv1d(cout, cout, kernel, padding=pad, bias=False)
+        self.bn2 = nn.BatchNorm1d(cout)
+        self.skip = (
+            nn.Sequential(nn.Conv1d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm1d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.skip(x))
+
+
+class Encoder(nn.Module):
+    """Log-mel ``(batch, n_mels, frames)`` → unit-norm embedding ``(batch, embedding_dim)``."""
+
+    def __init__(self, cfg: EncoderConfig, n_mels: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.stem_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, c, 3, stride=(2, 1), padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, stride=(2, 1), padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+        )
+        stem_out = c * ((n_mels + 3) // 4)
+        blocks = []
+        cin = stem_out
+        for cout, stride in cfg.blocks:
+            blocks.append(_ResBlock1d(cin, cout, stride, cfg.kernel_size))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.attention = nn.Conv1d(cin, 1, 1)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.project = nn.Linear(cin, cfg.embedding_dim)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        # Per-window mean normalisation per mel band: removes the channel
+        # (microphone, room, synthesiser) colouring that is constant in time.
+        x = logmel - logmel.mean(dim=-1, keepdim=True)
+        x = self.stem(x[:, None])
+        x = x.flatten(1, 2)
+        x = self.blocks(x)
+        w = torch.softmax(self.attention(x), dim=-1)
+        pooled = (x * w).sum(dim=-1)
+        return F.normalize(self.project(self.dropout(pooled)), dim=-1)
+
+
+class KeywordModel(nn.Module):
+    """Waveform ``(batch, window_samples)`` at 16 kHz → unit-norm embedding ``(batch, D)``."""
+
+    def __init__(self, cfg: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = LogMel(cfg.frontend)
+        self.encoder = Encoder(cfg.encoder, cfg.frontend.n_mels)
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.encoder.embedding_dim
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.frontend(waveform))
+
+    def model_id(self) -> str:
+        """Identity of the weights: a digest of the config and every parameter and buffer."""
+        h = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return "kws-" + h.hexdigest()[:16]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(path: str | Path, model: KeywordModel, extra: dict[str, Any] | None = None) -> None:
+    """Save weights, config and ``extra`` (plain data: metrics, optimizer state) atomically.
+
+    Readable by :func:`load_checkpoint` with ``torch.load(weights_only=True)``:
+    no arbitrary objects are pickled.
+    """
+    from kws.fileio import atomic_path
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": json.dumps(model.cfg.to_dict()),
+        "model_id": model.model_id(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint dict (``config``, ``state_dict``, ``model_id``, ``extra``), validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: not a readable kws checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a kws checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {payload.get('version')} is not supported "
+            f"(this kws reads version {CHECKPOINT_VERSION})"
+        )
+    try:
+        payload["config"] = ModelConfig.from_dict(json.loads(payload["config"]))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint has a malformed config ({exc})") from exc
+    return payload
+
+
+def load_model(path: str | Path) -> KeywordModel:
+    """Rebuild a :class:`KeywordModel` from a checkpoint, in eval mode."""
+    payload = load_checkpoint(path)
+    model = KeywordModel(payload["config"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: weights do not match the stored config ({exc})") from exc
+    model.eval()
+    if payload.get("model_id") != model.model_id():
+        raise CheckpointError(f"{path}: checkpoint is corrupt (its weights do not match its model id)")
+    return model
