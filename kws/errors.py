@@ -33,3 +33,11 @@ class EnrollmentError(KwsError):
 
 class DeviceError(KwsError):
     """An audio device is missing, vanished, or failed."""
+
+
+class ConfigError(KwsError):
+    """A training config file or ``--set`` override is malformed."""
+
+
+class ExportError(KwsError):
+    """An export was refused: the ONNX model does not reproduce the source model."""

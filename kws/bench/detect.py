@@ -1,0 +1,115 @@
+"""``kws bench detect``: real-time factor, per-hop latency, memory and a soak run of the detector."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+
+NAME = "detect"
+HELP = "streaming detection: RTF on one thread, per-hop latency, RSS, soak run"
+TARGETS = {"rtf": 0.05, "p99_ms": 20.0, "rss_mb": 400.0}
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from kws.cli._common import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes of audio (default 10; try 60)")
+    parser.add_argument("--hop-ms", type=float, default=100.0)
+    parser.add_argument("--keywords", type=int, default=5, help="keywords in the synthetic bank (default 5)")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _embedder(args: argparse.Namespace):
+    from kws.embedder import DEFAULT_CHECKPOINT, TorchEmbedder, load_embedder
+
+    threads = args.threads or 1
+    if args.model is None and args.backend != "onnx" and not DEFAULT_CHECKPOINT.is_file():
+        import torch
+
+        from kws.model import KeywordModel
+
+        print("no default model yet: timing a randomly initialised small model")
+        torch.manual_seed(0)
+        return TorchEmbedder(KeywordModel(), threads=threads)
+    return load_embedder(args.model, backend=args.backend, threads=threads)
+
+
+def _stream(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Alternating 2 s of speech-level noise bursts and 2 s of quiet room noise."""
+    sr = 16000
+    audio = (10 ** (-65 / 20) * rng.standard_normal(int(seconds * sr))).astype(np.float32)
+    period = 4 * sr
+    for start in range(0, len(audio) - 2 * sr, period):
+        audio[start : start + 2 * sr] += (0.05 * rng.standard_normal(2 * sr)).astype(np.float32)
+    return audio
+
+
+def run(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    from kws.bank import Keyword, KeywordBank
+    from kws.detect import Detector, DetectorConfig
+
+    rng = np.random.default_rng(0)
+    embedder = _embedder(args)
+    bank = KeywordBank(embedder.model_id, embedder.dim)
+    centers = embedder(rng.standard_normal((args.keywords, embedder.window_samples)).astype(np.float32) * 0.1)
+    for i, c in enumerate(centers):
+        bank.add(Keyword(f"kw{i}", c[None], threshold=0.99, samples=1))
+
+    minute = _stream(60, rng)
+    figures: dict = {"model_id": embedder.model_id, "hop_ms": args.hop_ms}
+    for vad in (False, True):
+        det = Detector(embedder, bank, DetectorConfig(hop_ms=args.hop_ms, vad=vad))
+        hop_times = []
+        for i in range(0, len(minute), det.hop):
+            t = time.perf_counter()
+            det.process(minute[i : i + det.hop])
+            hop_times.append(time.perf_counter() - t)
+        ms = np.asarray(hop_times[10:]) * 1000  # the first hops warm up allocators
+        key = "vad" if vad else "no_vad"
+        figures[key] = {
+            "rtf": float(np.sum(hop_times) / 60),
+            "hop_p50_ms": float(np.percentile(ms, 50)),
+            "hop_p99_ms": float(np.percentile(ms, 99)),
+            "windows_embedded": det.stats.embedded,
+            "hops": det.stats.hops,
+        }
+
+    det = Detector(embedder, bank, DetectorConfig(hop_ms=args.hop_ms, vad=False))
+    rss = [_rss_mb()]
+    t0 = time.perf_counter()
+    for _ in tqdm(range(int(np.ceil(args.minutes))), desc="soak", unit="min of audio"):
+        for i in range(0, len(minute), 16000):
+            det.process(minute[i : i + 16000])
+        rss.append(_rss_mb())
+    soak_s = time.perf_counter() - t0
+    figures["soak"] = {
+        "minutes": int(np.ceil(args.minutes)),
+        "rtf": soak_s / (60 * int(np.ceil(args.minutes))),
+        "rss_mb_per_minute": [round(r, 1) for r in rss],
+        "rss_growth_mb": rss[-1] - rss[1] if len(rss) > 1 else 0.0,
+    }
+    figures["rss_mb"] = max(rss)
+
+    nv, v = figures["no_vad"], figures["vad"]
+    print(f"detector, hop {args.hop_ms:g} ms, one thread, {args.keywords} keywords")
+    print(f"  RTF              {nv['rtf']:.4f}   target <= {TARGETS['rtf']}   ratio {nv['rtf'] / TARGETS['rtf']:.2f}")
+    print(f"  hop p50 / p99    {nv['hop_p50_ms']:.2f} / {nv['hop_p99_ms']:.2f} ms   target p99 <= {TARGETS['p99_ms']} ms   ratio {nv['hop_p99_ms'] / TARGETS['p99_ms']:.2f}")
+    print(f"  RSS (max)        {figures['rss_mb']:.0f} MB   target <= {TARGETS['rss_mb']:.0f} MB   ratio {figures['rss_mb'] / TARGETS['rss_mb']:.2f}")
+    print(f"  energy gate      {v['windows_embedded']}/{v['hops']} windows embedded on a stream with pauses; RTF {v['rtf']:.4f} vs {nv['rtf']:.4f}")
+    print(f"  soak             {figures['soak']['minutes']} min of audio, RTF {figures['soak']['rtf']:.4f}, RSS per minute {figures['soak']['rss_mb_per_minute']} MB (growth {figures['soak']['rss_growth_mb']:+.1f} MB)")
+    return figures

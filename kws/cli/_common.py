@@ -1,0 +1,58 @@
+"""Options shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from typing import TYPE_CHECKING
+
+from kws.embedder import BACKENDS, Embedder
+
+if TYPE_CHECKING:
+    from kws.detect import DetectorConfig
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--backend``: which embedder a command runs."""
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="checkpoint (.pt) or exported model (.onnx); default: the bundled model",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="inference engine (default: onnx for .onnx files, else torch)",
+    )
+    parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the engine's)")
+
+
+def embedder_from_args(args: argparse.Namespace) -> Embedder:
+    from kws.embedder import load_embedder
+
+    return load_embedder(args.model, backend=args.backend, threads=args.threads)
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    """The streaming detector's settings (:class:`kws.detect.DetectorConfig`)."""
+    parser.add_argument("--hop-ms", type=float, default=100.0, help="time between scored windows (default 100)")
+    parser.add_argument("--refractory-ms", type=float, default=1000.0, help="rest after a keyword fires (default 1000)")
+    parser.add_argument("--smoothing", type=int, default=2, help="average scores over this many hops (default 2)")
+    parser.add_argument("--threshold-offset", type=float, default=0.0, help="added to every threshold (default 0)")
+    parser.add_argument("--no-vad", action="store_true", help="embed every window, even silent ones")
+    parser.add_argument(
+        "--vad-dbfs", type=float, default=-55.0, help="energy gate: skip windows quieter than this (default -55)"
+    )
+
+
+def detector_config_from_args(args: argparse.Namespace) -> "DetectorConfig":
+    from kws.detect import DetectorConfig
+
+    return DetectorConfig(
+        hop_ms=args.hop_ms,
+        smoothing=args.smoothing,
+        refractory_ms=args.refractory_ms,
+        threshold_offset=args.threshold_offset,
+        vad=not args.no_vad,
+        vad_floor_dbfs=args.vad_dbfs,
+    )

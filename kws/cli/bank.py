@@ -1,0 +1,49 @@
+"""``kws bank``: list, show, remove and rename enrolled keywords."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bank", help="list, show, remove or rename keywords in a keyword bank")
+    bsub = p.add_subparsers(dest="bank_command", metavar="ACTION", required=True)
+    actions = {
+        "list": ("list the enrolled keywords", []),
+        "show": ("show one keyword's details and calibration", ["keyword"]),
+        "remove": ("remove a keyword", ["keyword"]),
+        "rename": ("rename a keyword", ["old", "new"]),
+    }
+    for name, (help_text, positionals) in actions.items():
+        ap = bsub.add_parser(name, help=help_text)
+        for pos in positionals:
+            ap.add_argument(pos, metavar=pos.upper())
+        ap.add_argument("--bank", required=True, metavar="BANK", help="keyword bank file")
+        ap.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kws.bank import KeywordBank
+
+    bank = KeywordBank.load(args.bank)
+    if args.bank_command == "list":
+        print(f"{args.bank}: {len(bank)} keyword(s), model {bank.model_id}, dim {bank.dim}")
+        if len(bank):
+            width = max(len(n) for n in bank.names)
+            print(f"  {'keyword':<{width}}  threshold  clips  centers")
+            for kw in bank.keywords.values():
+                print(f"  {kw.name:<{width}}  {kw.threshold:9.3f}  {kw.samples:5d}  {len(kw.centers):7d}")
+    elif args.bank_command == "show":
+        kw = bank[args.keyword]
+        print(f"{kw.name}: threshold {kw.threshold:.3f}, {kw.samples} clip(s), {len(kw.centers)} center(s)")
+        print(json.dumps(kw.info, indent=2))
+    elif args.bank_command == "remove":
+        bank.remove(args.keyword)
+        bank.save(args.bank)
+        print(f"removed {args.keyword!r} from {args.bank}")
+    else:
+        bank.rename(args.old, args.new)
+        bank.save(args.bank)
+        print(f"renamed {args.old!r} to {args.new!r} in {args.bank}")
+    return 0

@@ -1,0 +1,82 @@
+"""``kws detect``: detect enrolled keywords in a microphone, an audio file or raw PCM on stdin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from kws.cli._common import add_detector_arguments, add_model_arguments, detector_config_from_args, embedder_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="detect keywords in a stream (microphone, audio file, or raw PCM on stdin)",
+        description="Detect the keywords of a bank. SOURCE is an audio file, '-' for raw 16-bit PCM "
+        "on stdin, or absent for the microphone. Stop a live stream with Ctrl-C.",
+    )
+    p.add_argument("source", nargs="?", metavar="SOURCE", help="audio file, '-' for raw PCM on stdin; default: microphone")
+    p.add_argument("--bank", required=True, metavar="BANK", help="keyword bank (made with `kws enroll`)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    p.add_argument("--device", metavar="DEV", help="input device index or name part (see `kws devices`)")
+    p.add_argument("--rate", type=int, metavar="HZ", help="sample rate of raw PCM on stdin (default 16000) or to open the device at")
+    p.add_argument("--channels", type=int, metavar="N", help="channels of raw PCM on stdin (default 1) or to open the device with")
+    p.add_argument("--realtime", action="store_true", help="pace a file at real-time speed, like a live input")
+    add_detector_arguments(p)
+    add_model_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _source(args: argparse.Namespace):
+    from kws.audio import SAMPLE_RATE
+    from kws.errors import KwsError
+    from kws.sources import MicrophoneSource, file_source, pcm_source
+
+    if args.source is None:
+        return MicrophoneSource(args.device, rate=args.rate, channels=args.channels)
+    if args.device is not None:
+        raise KwsError("--device only applies to the microphone; drop SOURCE to record from a device")
+    if args.source == "-":
+        return pcm_source(sys.stdin.buffer, rate=args.rate or SAMPLE_RATE, channels=args.channels or 1)
+    if args.rate is not None or args.channels is not None:
+        raise KwsError("--rate/--channels describe raw PCM on stdin or the device; an audio file has its own")
+    return file_source(args.source, realtime=args.realtime)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kws.bank import KeywordBank
+    from kws.detect import Detector
+
+    cfg = detector_config_from_args(args)
+    embedder = embedder_from_args(args)
+    bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
+    detector = Detector(embedder, bank, cfg)
+    source = _source(args)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        for chunk in source:
+            for event in detector.process(chunk):
+                if args.json:
+                    print(json.dumps(event.to_json()), flush=True)
+                else:
+                    print(f"{event.time:9.2f} s  {event.keyword}  (score {event.score:.3f}, threshold {event.threshold:.3f})", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+    _summary(detector, source, time.monotonic() - started, interrupted)
+    return 0
+
+
+def _summary(detector, source, wall_s: float, interrupted: bool) -> None:
+    st = detector.stats
+    parts = [
+        f"{st.seconds:.1f} s of audio in {wall_s:.1f} s",
+        f"{st.events} event(s)",
+        f"{st.embedded}/{st.hops} windows embedded",
+    ]
+    if hasattr(source, "overflows"):
+        parts.append(f"{source.overflows} input overflow(s), {source.dropped} dropped block(s)")
+    head = "stopped" if interrupted else "done"
+    print(f"kws detect: {head}: " + ", ".join(parts), file=sys.stderr, flush=True)

@@ -1,0 +1,114 @@
+"""``kws enroll``: teach a keyword from a few clips (files or the microphone)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kws.cli._common import add_model_arguments, embedder_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "enroll",
+        help="enrol a keyword from a few clips into a keyword bank",
+        description="Enrol KEYWORD from 1-10 clips (audio files, or --record N from the microphone) "
+        "into BANK (created if missing). The threshold is calibrated on impostor speech.",
+    )
+    p.add_argument("keyword", metavar="KEYWORD")
+    p.add_argument("clips", nargs="*", metavar="CLIP", help="audio files of the keyword (WAV/FLAC/OGG)")
+    p.add_argument("--bank", required=True, metavar="BANK", help="keyword bank file (JSON)")
+    p.add_argument("--target-far", type=float, default=0.01, metavar="P", help="false-accept rate to aim at (0.01)")
+    p.add_argument(
+        "--impostors",
+        metavar="DIR",
+        help="folder of other speech (clips or a Speech Commands layout); default: the bundled set",
+    )
+    p.add_argument("--replace", action="store_true", help="replace the keyword if it is already enrolled")
+    p.add_argument("--centers", type=int, default=1, metavar="K", help="centers for varied samples (1)")
+    p.add_argument("--augment", action="store_true", help="add lightly augmented copies of the clips")
+    p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
+    p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
+    p.add_argument("--device", metavar="DEV", help="input device name or index (see `python -m sounddevice`)")
+    add_model_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def _level_meter(rms: float) -> None:
+    import math
+
+    db = 20 * math.log10(max(rms, 1e-6))
+    bars = int(max(0.0, min(1.0, (db + 60) / 60)) * 30)
+    print(f"\r  level [{'#' * bars}{' ' * (30 - bars)}] {db:6.1f} dBFS", end="", file=sys.stderr, flush=True)
+
+
+def _record(args: argparse.Namespace, sample_rate: int) -> tuple[list, list[str]]:
+    from kws.enroll import check_input_device, record_clip
+
+    device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
+    check_input_device(device, sample_rate)
+    clips = []
+    for i in range(args.record):
+        input(f"Clip {i + 1}/{args.record}: press Enter, then say {args.keyword!r} ")
+        clips.append(record_clip(args.seconds, sample_rate, device=device, on_level=_level_meter))
+        print(file=sys.stderr)
+    return clips, [f"recording {i + 1}" for i in range(args.record)]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kws.audio import load_audio
+    from kws.bank import KeywordBank
+    from kws.enroll import embed_impostor_folder, enroll
+    from kws.errors import EnrollmentError
+
+    if args.record is not None and args.clips:
+        raise EnrollmentError("give clip files or --record N, not both")
+    if args.record is None and not args.clips:
+        raise EnrollmentError("give the keyword's clip files, or --record N to record them")
+    embedder = embedder_from_args(args)
+    bank_path = Path(args.bank)
+    if bank_path.exists():
+        bank = KeywordBank.load(bank_path, model_id=embedder.model_id)
+    else:
+        bank = KeywordBank(embedder.model_id, embedder.dim)
+    if args.keyword in bank and not args.replace:
+        raise EnrollmentError(f"{args.keyword!r} is already in {bank_path}; pass --replace to enrol it again")
+
+    if args.record is not None:
+        clips, names = _record(args, embedder.sample_rate)
+    else:
+        clips = [load_audio(c, embedder.sample_rate) for c in args.clips]
+        names = [str(c) for c in args.clips]
+    impostors = None
+    if args.impostors:
+        impostors = embed_impostor_folder(embedder, args.impostors, exclude=args.keyword)
+    result = enroll(
+        embedder,
+        args.keyword,
+        clips,
+        impostors=impostors,
+        target_far=args.target_far,
+        centers=args.centers,
+        augment=args.augment,
+        bank=bank,
+        clip_names=names,
+    )
+    bank.add(result.keyword, replace=args.replace)
+    bank.save(bank_path)
+
+    cal = result.calibration
+    print(f"enrolled {args.keyword!r} from {result.keyword.samples} clip(s) into {bank_path}")
+    set_by = "impostors" if cal.limited_by == "far" else "enrolment clips"
+    print(f"  threshold            {cal.threshold:.3f}  (set by {set_by})")
+    print(
+        f"  expected false-accept {100 * cal.expected_far:.2f}%  "
+        f"(target {100 * cal.target_far:.2f}%, {cal.impostors} impostor clips)"
+    )
+    if len(cal.target_scores):
+        print(f"  enrolment clips below threshold {100 * cal.expected_frr:.0f}%  (leave-one-out)")
+    if result.nearest is not None:
+        print(f"  nearest other keyword {result.nearest[0]!r}  cosine {result.nearest[1]:.3f}")
+    for w in result.warnings:
+        print(f"  warning: {w}")
+    return 0

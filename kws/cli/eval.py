@@ -1,0 +1,80 @@
+"""``kws eval``: few-shot, open-set and minimal-pair evaluation of a model on a corpus."""
+
+from __future__ import annotations
+
+import argparse
+
+from kws.cli._common import add_model_arguments, embedder_from_args
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _pair(text: str) -> tuple[str, str]:
+    parts = text.split(":")
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"a pair reads WORD:WORD, got {text!r}")
+    return parts[0], parts[1]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on a Speech Commands-layout corpus (few-shot, open-set, minimal pairs)",
+        description="Embed a corpus split and report N-way K-shot accuracy, open-set detection "
+        "(EER, FRR at 1%% and 5%% FAR, DET curve), minimal-pair confusion and a 2-D projection. "
+        "Writes report.json and PNG plots into --out.",
+    )
+    p.add_argument("corpus", metavar="CORPUS", help="corpus root (Speech Commands layout)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for report.json and plots")
+    p.add_argument("--words", nargs="+", metavar="WORD", help="words to evaluate on (default: all)")
+    p.add_argument("--subset", default="testing", choices=("training", "validation", "testing", "all"))
+    p.add_argument("--shots", type=_int_list, default=(1, 3, 5), metavar="K,K", help="K of the episodes (1,3,5)")
+    p.add_argument("--ways", type=int, default=10, metavar="N", help="N of the episodes (10)")
+    p.add_argument("--episodes", type=int, default=300, metavar="N", help="episodes per K (300)")
+    p.add_argument("--open-set-episodes", type=int, default=100, metavar="N", help="open-set episodes (100)")
+    p.add_argument("--pairs", nargs="+", type=_pair, metavar="A:B", help="minimal pairs (default: closest pairs)")
+    p.add_argument(
+        "--same-speakers",
+        action="store_true",
+        help="allow queries from the support clips' speakers (default: other speakers only)",
+    )
+    p.add_argument(
+        "--augment-episodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also compare enrolment with and without augmentation over N episodes",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    add_model_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kws.evaluate import EvalConfig, evaluate, format_table
+
+    words = [w for item in args.words for w in item.split(",") if w] if args.words else None
+    cfg = EvalConfig(
+        subset=args.subset,
+        words=words,
+        shots=args.shots,
+        ways=args.ways,
+        episodes=args.episodes,
+        open_set_episodes=args.open_set_episodes,
+        pairs=args.pairs,
+        across_speakers=not args.same_speakers,
+        augment_episodes=args.augment_episodes,
+        seed=args.seed,
+    )
+    report = evaluate(embedder_from_args(args), args.corpus, cfg, args.out)
+    print(format_table(report))
+    print(f"report and plots in {args.out}")
+    return 0

@@ -1,0 +1,439 @@
+"""Synthetic keyword corpus: espeak-ng speaks every word in many synthetic voices.
+
+The output follows the Google Speech Commands layout, so everything that reads
+Speech Commands reads it too::
+
+    out/
+      <word>/<speakerid>_nohash_0.wav      1 s, 16 kHz, 16-bit PCM, word centred
+      _background_noise_/{white,pink,brown}_noise.wav, babble.wav
+      validation_list.txt, testing_list.txt   split by speaker, relative paths
+      speakers.json                           speaker id -> voice parameters, split
+      synth.json                              the config (a re-run must match it)
+
+A synthetic *speaker* is one espeak-ng English voice × voice variant × speed ×
+pitch × amplitude. Each clip depends only on its word and speaker, so the corpus
+is the same for a seed whatever the number of worker processes, and an
+interrupted run resumes by skipping clips already on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from kws.audio import SAMPLE_RATE, load_audio, pad_or_crop, resample, trim_silence, write_audio
+from kws.errors import DataError
+from kws.fileio import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+ESPEAK = "espeak-ng"
+CLIP_SAMPLES = SAMPLE_RATE  # 1 s
+MAX_WORD_SAMPLES = int(0.95 * SAMPLE_RATE)  # leaves a little silence on both sides
+PEAK_LEVEL = 0.5  # -6 dBFS: headroom for gain augmentation
+NOISE_LEVEL = 0.5  # peak of generated background-noise files
+BABBLE_STREAMS = 8  # concurrent talkers in babble.wav
+BACKGROUND_DIR = "_background_noise_"
+BUNDLED_VOCABS = {"speech_commands": "speech_commands_words.txt", "train": "train_words.txt"}
+_WORD_RE = re.compile(r"^[a-z][a-z'-]*$")
+
+# Ranges a speaker's prosody is drawn from (espeak-ng units: words/minute, 0-99, 0-200).
+SPEED_RANGE = (120, 220)
+PITCH_RANGE = (15, 85)
+AMPLITUDE_RANGE = (70, 150)
+
+
+@dataclass
+class SynthConfig:
+    """What to synthesise. ``workers`` only changes speed, never the output."""
+
+    words: tuple[str, ...]
+    speakers: int = 120
+    seed: int = 0
+    validation_fraction: float = 0.1
+    testing_fraction: float = 0.1
+    noise_seconds: float = 60.0
+    workers: int | None = None
+
+    def identity(self) -> dict:
+        """The settings that determine the corpus (what ``synth.json`` records)."""
+        d = asdict(self)
+        d.pop("workers")
+        d["words"] = list(self.words)
+        return d
+
+
+@dataclass(frozen=True)
+class SpeakerSpec:
+    """One synthetic speaker: espeak-ng voice file, variant and prosody."""
+
+    voice: str  # espeak-ng voice file, e.g. "gmw/en-US"
+    variant: str  # espeak-ng variant file name, e.g. "Alex"
+    speed: int  # words per minute
+    pitch: int  # 0-99
+    amplitude: int  # 0-200; clips are peak-normalised, so this mostly changes espeak-ng's internal saturation
+    id: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            key = f"{self.voice}+{self.variant}|{self.speed}|{self.pitch}|{self.amplitude}"
+            object.__setattr__(self, "id", hashlib.sha1(key.encode()).hexdigest()[:8])
+
+
+# ---------------------------------------------------------------------------- vocabulary
+
+
+def load_vocab(name_or_path: str) -> list[str]:
+    """Words of a bundled vocabulary (``speech_commands``, ``train``) or of a text file.
+
+    One word per line; blank lines and lines starting with ``#`` are ignored.
+    Words are lowercased and must be letters, apostrophes and hyphens.
+    """
+    if name_or_path in BUNDLED_VOCABS:
+        ref = resources.files("kws") / "assets" / "vocab" / BUNDLED_VOCABS[name_or_path]
+        text, source = ref.read_text(encoding="utf-8"), f"bundled vocabulary {name_or_path!r}"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise DataError(
+                f"{path}: no such vocabulary file (give a text file with one word per line, "
+                f"or one of: {', '.join(BUNDLED_VOCABS)})"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read vocabulary file ({exc})") from exc
+        source = str(path)
+    lines = [line.strip() for line in text.splitlines()]
+    words = validate_words([w for w in lines if w and not w.startswith("#")], source)
+    if not words:
+        raise DataError(f"{source}: vocabulary is empty")
+    return words
+
+
+def validate_words(words: list[str] | tuple[str, ...], source: str = "word list") -> list[str]:
+    """Lowercase ``words`` and check each is a plain word; duplicates are an error."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in words:
+        w = raw.strip().lower()
+        if not _WORD_RE.match(w):
+            raise DataError(
+                f"{source}: bad word {raw!r} (use letters, apostrophes and hyphens only, one word per entry)"
+            )
+        if w in seen:
+            raise DataError(f"{source}: word {w!r} appears twice")
+        seen.add(w)
+        out.append(w)
+    return out
+
+
+# ---------------------------------------------------------------------------- voices and speakers
+
+
+def _espeak(args: list[str]) -> bytes:
+    try:
+        proc = subprocess.run([ESPEAK, *args], capture_output=True, timeout=60, check=False)
+    except FileNotFoundError as exc:
+        raise DataError(
+            "espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng); "
+            "it is needed to synthesise speech"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise DataError(f"espeak-ng {' '.join(args)} timed out") from exc
+    if proc.returncode != 0:
+        raise DataError(f"espeak-ng {' '.join(args)} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def _voice_files(listing: str, prefixes: tuple[str, ...]) -> list[str]:
+    """File column of an ``espeak-ng --voices=...`` listing, kept when it starts with a prefix."""
+    files = set()
+    for line in listing.splitlines()[1:]:
+        cols = line.split()
+        # Columns: Pty Language Age/Gender VoiceName File [Other languages]
+        if len(cols) >= 5 and cols[4].startswith(prefixes):
+            files.add(cols[4])
+    return sorted(files)
+
+
+def english_voices() -> list[str]:
+    """espeak-ng's built-in English voices (``gmw/...``), sorted; mbrola voices are left out."""
+    voices = _voice_files(_espeak(["--voices=en"]).decode(), ("gmw/",))
+    if not voices:
+        raise DataError("espeak-ng lists no English (gmw/) voices; is espeak-ng-data installed?")
+    return voices
+
+
+def voice_variants() -> list[str]:
+    """espeak-ng voice variant names (``espeak-ng --voices=variant``), sorted."""
+    files = _voice_files(_espeak(["--voices=variant"]).decode(), ("!v/",))
+    if not files:
+        raise DataError("espeak-ng lists no voice variants; is espeak-ng-data installed?")
+    return [f[len("!v/") :] for f in files]
+
+
+def make_speakers(n: int, seed: int) -> list[SpeakerSpec]:
+    """``n`` distinct synthetic speakers, deterministic for ``seed`` (and the installed voices).
+
+    (voice, variant) pairs are drawn without replacement while they last, so a
+    corpus gets as many different timbres as espeak-ng offers; speed, pitch and
+    amplitude are drawn per speaker.
+    """
+    if n < 1:
+        raise DataError(f"need at least one speaker, got {n}")
+    voices, variants = english_voices(), voice_variants()
+    pairs = [(v, var) for v in voices for var in variants]
+    rng = np.random.default_rng(seed)
+    speakers: list[SpeakerSpec] = []
+    ids: set[str] = set()
+    order: list[int] = []
+    while len(speakers) < n:
+        if not order:
+            order = list(rng.permutation(len(pairs)))
+        voice, variant = pairs[order.pop()]
+        spec = SpeakerSpec(
+            voice=voice,
+            variant=variant,
+            speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
+            pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+            amplitude=int(rng.integers(AMPLITUDE_RANGE[0], AMPLITUDE_RANGE[1] + 1)),
+        )
+        if spec.id not in ids:
+            ids.add(spec.id)
+            speakers.append(spec)
+    return speakers
+
+
+def split_speakers(speakers: list[SpeakerSpec], cfg: SynthConfig) -> dict[str, str]:
+    """Speaker id → ``training`` / ``validation`` / ``testing``, deterministic for ``cfg.seed``.
+
+    A non-zero fraction gets at least one speaker while two or more remain for training.
+    """
+    n = len(speakers)
+    n_val = int(round(cfg.validation_fraction * n))
+    n_test = int(round(cfg.testing_fraction * n))
+    if cfg.validation_fraction > 0 and n_val == 0 and n - n_test >= 3:
+        n_val = 1
+    if cfg.testing_fraction > 0 and n_test == 0 and n - n_val >= 3:
+        n_test = 1
+    if n_val + n_test >= n:
+        raise DataError(
+            f"{n} speakers leave none for training with validation/testing fractions "
+            f"{cfg.validation_fraction}/{cfg.testing_fraction}; use more speakers"
+        )
+    order = np.random.default_rng([cfg.seed, 1]).permutation(n)
+    split = {}
+    for rank, i in enumerate(order):
+        split[speakers[i].id] = "validation" if rank < n_val else "testing" if rank < n_val + n_test else "training"
+    return split
+
+
+# ---------------------------------------------------------------------------- one clip
+
+
+def speak(word: str, speaker: SpeakerSpec, max_tries: int = 5) -> np.ndarray:
+    """``word`` in ``speaker``'s voice, centred in 1 s and peak-normalised: ``(16000,)`` float32.
+
+    A word longer than 0.95 s is spoken again faster. Raises :class:`DataError`
+    if espeak-ng fails, says nothing, or cannot fit the word in a second.
+    """
+    speed = speaker.speed
+    for _ in range(max_tries):
+        raw = _espeak(
+            [
+                "-v", f"{speaker.voice}+{speaker.variant}",
+                "-s", str(speed),
+                "-p", str(speaker.pitch),
+                "-a", str(speaker.amplitude),
+                "--stdout", word,
+            ]
+        )  # fmt: skip
+        try:
+            audio, rate = sf.read(io.BytesIO(raw), dtype="float32")
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise DataError(f"espeak-ng gave unreadable audio for {word!r} ({exc})") from exc
+        audio = trim_silence(resample(audio, rate, SAMPLE_RATE))
+        peak = float(np.abs(audio).max()) if len(audio) else 0.0
+        if peak == 0.0:
+            raise DataError(f"espeak-ng produced silence for {word!r} with voice {speaker.id}")
+        if len(audio) <= MAX_WORD_SAMPLES:
+            return (pad_or_crop(audio, CLIP_SAMPLES) * (PEAK_LEVEL / peak)).astype(np.float32)
+        # Duration is not quite inversely proportional to speed: aim a little faster than needed.
+        speed = int(speed * max(1.2, 1.15 * len(audio) / MAX_WORD_SAMPLES))
+    raise DataError(f"{word!r} does not fit in {MAX_WORD_SAMPLES} samples even at {speed} words/min")
+
+
+def _synth_clip(task: tuple[str, SpeakerSpec, str]) -> tuple[str, str]:
+    """Worker: write one clip. Returns ``(status, message)``; status is ``written`` or ``failed``."""
+    word, speaker, path = task
+    try:
+        write_audio(path, speak(word, speaker))
+    except DataError as exc:
+        return "failed", str(exc)
+    return "written", ""
+
+
+# ---------------------------------------------------------------------------- noise
+
+
+def colored_noise(kind: str, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """White, pink (1/f power) or brown (1/f² power) noise, peak ``NOISE_LEVEL``. ``(samples,)``."""
+    white = rng.standard_normal(samples)
+    exponent = {"white": 0.0, "pink": 0.5, "brown": 1.0}[kind]
+    if exponent:
+        spec = np.fft.rfft(white)
+        f = np.fft.rfftfreq(samples, 1 / SAMPLE_RATE)
+        f[0] = f[1]  # keep DC finite; it is removed below anyway
+        white = np.fft.irfft(spec / f**exponent, n=samples)
+        white -= white.mean()
+    return (white * (NOISE_LEVEL / np.abs(white).max())).astype(np.float32)
+
+
+def babble(clips: list[Path], samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Overlapping words from ``clips`` (``BABBLE_STREAMS`` talkers at once), peak ``NOISE_LEVEL``."""
+    mix = np.zeros(samples + CLIP_SAMPLES, dtype=np.float32)
+    for _ in range(BABBLE_STREAMS):
+        pos = int(rng.integers(0, CLIP_SAMPLES // 2))
+        while pos < samples:
+            word = trim_silence(load_audio(clips[int(rng.integers(len(clips)))]))
+            mix[pos : pos + len(word)] += word * float(rng.uniform(0.3, 1.0))
+            pos += len(word) + int(rng.integers(0, SAMPLE_RATE // 5))
+    mix = mix[:samples]
+    return (mix * (NOISE_LEVEL / max(float(np.abs(mix).max()), 1e-9))).astype(np.float32)
+
+
+def write_background_noise(out_dir: Path, cfg: SynthConfig, babble_clips: list[Path]) -> None:
+    """Write ``_background_noise_/`` (skipping files already there)."""
+    noise_dir = out_dir / BACKGROUND_DIR
+    samples = int(cfg.noise_seconds * SAMPLE_RATE)
+    for i, kind in enumerate(("white", "pink", "brown")):
+        path = noise_dir / f"{kind}_noise.wav"
+        if not path.exists():
+            write_audio(path, colored_noise(kind, samples, np.random.default_rng([cfg.seed, 2, i])))
+    path = noise_dir / "babble.wav"
+    if not path.exists() and babble_clips:
+        write_audio(path, babble(babble_clips, samples, np.random.default_rng([cfg.seed, 3])))
+
+
+# ---------------------------------------------------------------------------- corpus
+
+
+def _check_config(out_dir: Path, cfg: SynthConfig) -> None:
+    """Refuse to mix corpora: ``out_dir`` must be empty, or hold a corpus of the same config."""
+    meta = out_dir / "synth.json"
+    if meta.exists():
+        try:
+            previous = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{meta}: unreadable ({exc}); remove {out_dir} to start again") from exc
+        if previous != cfg.identity():
+            changed = sorted(k for k in cfg.identity() if previous.get(k) != cfg.identity()[k])
+            raise DataError(
+                f"{out_dir} holds a synthetic corpus made with different settings "
+                f"({', '.join(changed) or 'format'}); use another --out folder or the same settings"
+            )
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} is not empty and is not a synthetic corpus folder; choose an empty --out folder")
+
+
+def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Synthesise the corpus described by ``cfg`` into ``out_dir`` (resumable).
+
+    Returns a report: ``written``, ``skipped`` (already there), ``failed`` clips,
+    ``failures`` (the first few messages), ``speakers`` per split, ``seconds``.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    if shutil.which(ESPEAK) is None:
+        raise DataError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
+    words = validate_words(cfg.words, "words")
+    if not words:
+        raise DataError("no words to synthesise")
+    out_dir = Path(out_dir)
+    _check_config(out_dir, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "synth.json", cfg.identity())
+
+    speakers = make_speakers(cfg.speakers, cfg.seed)
+    split = split_speakers(speakers, cfg)
+    write_json(
+        out_dir / "speakers.json",
+        {s.id: {**asdict(s), "split": split[s.id]} for s in speakers},
+    )
+
+    tasks, skipped = [], 0
+    for word in words:
+        for s in speakers:
+            path = out_dir / word / f"{s.id}_nohash_0.wav"
+            if path.exists():
+                skipped += 1
+            else:
+                tasks.append((word, s, str(path)))
+    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(tasks) or 1))
+    log.info("synthesising %d clips (%d already there) with %d workers", len(tasks), skipped, workers)
+
+    written, failures = 0, []
+    bar = tqdm(total=len(tasks), desc="synth", unit="clip", disable=not progress or not tasks)
+    if workers == 1:
+        results = map(_synth_clip, tasks)
+        pool = None
+    else:
+        # forkserver: the parent may hold torch threads, which do not survive a plain fork.
+        pool = multiprocessing.get_context("forkserver").Pool(workers)
+        results = pool.imap_unordered(_synth_clip, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8))))
+    try:
+        for status, message in results:
+            if status == "written":
+                written += 1
+            else:
+                failures.append(message)
+                log.warning("%s", message)
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+
+    by_split: dict[str, list[str]] = {"validation": [], "testing": []}
+    babble_clips = []
+    for word in words:
+        for s in speakers:
+            rel = f"{word}/{s.id}_nohash_0.wav"
+            if not (out_dir / rel).exists():
+                continue
+            if split[s.id] == "training":
+                babble_clips.append(out_dir / rel)
+            else:
+                by_split[split[s.id]].append(rel)
+    for name, rels in by_split.items():
+        with atomic_path(out_dir / f"{name}_list.txt") as tmp:
+            tmp.write_text("".join(f"{r}\n" for r in rels))
+    write_background_noise(out_dir, cfg, babble_clips)
+
+    report = {
+        "written": written,
+        "skipped": skipped,
+        "failed": len(failures),
+        "failures": failures[:10],
+        "speakers": {k: sum(v == k for v in split.values()) for k in ("training", "validation", "testing")},
+        "words": len(words),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    log.info("synth report: %s", report)
+    return report

@@ -1,0 +1,313 @@
+"""Streaming detection: a sliding window over a stream, scored against a keyword bank.
+
+Every hop (default 100 ms) the last window (1 s) is embedded and scored against
+every keyword's centers; scores are smoothed over a few hops; a keyword fires
+when its smoothed score reaches its threshold and it is the best-scoring keyword
+above threshold; then it rests for the refractory time.
+
+The window is embedded through a *window path*, the seam between the detector and
+the embedder:
+
+* :class:`IncrementalLogMel` for a :class:`~kws.embedder.TorchEmbedder`: each
+  log-mel frame is computed once (from the new hop's samples plus the
+  ``n_fft - hop_length`` samples of overlap) and kept in a frame ring; only the
+  encoder runs on the window of frames.
+* :class:`WaveformWindow` for any other embedder (ONNX): the whole waveform
+  window is embedded every hop.
+
+The stream is treated as if preceded by one window of silence, so that a keyword
+in the first second is still seen in a full window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from kws.audio import SAMPLE_RATE
+from kws.bank import KeywordBank
+from kws.embedder import Embedder
+from kws.errors import BankError, KwsError
+
+log = logging.getLogger(__name__)
+
+# Score pushed into the smoothing history for a hop the energy gate skipped:
+# the lowest cosine, so a skipped hop can never help a keyword fire.
+GATED_SCORE = -1.0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Streaming settings.
+
+    Attributes:
+        hop_ms: time between two scored windows; a multiple of the front-end's
+            frame hop (10 ms) so that log-mel frames can be reused.
+        smoothing: a keyword's score is the mean of its last ``smoothing`` hop
+            scores (1 = no smoothing).
+        refractory_ms: after a keyword fires it cannot fire again for this long.
+        threshold_offset: added to every keyword's threshold (> 0: fewer false
+            alarms, < 0: more recall).
+        vad: skip embedding windows whose energy is below ``vad_floor_dbfs``.
+        vad_floor_dbfs: RMS of the whole window, in dB relative to full scale.
+    """
+
+    hop_ms: float = 100.0
+    smoothing: int = 2
+    refractory_ms: float = 1000.0
+    threshold_offset: float = 0.0
+    vad: bool = True
+    vad_floor_dbfs: float = -55.0
+
+    def hop_samples(self, sample_rate: int = SAMPLE_RATE) -> int:
+        hop = round(self.hop_ms * sample_rate / 1000)
+        if hop <= 0 or abs(hop - self.hop_ms * sample_rate / 1000) > 1e-6:
+            raise KwsError(f"hop of {self.hop_ms} ms is not a whole number of samples at {sample_rate} Hz")
+        return hop
+
+    def validate(self) -> None:
+        if self.smoothing < 1:
+            raise KwsError(f"smoothing must be at least 1 hop, got {self.smoothing}")
+        if self.refractory_ms < 0:
+            raise KwsError(f"refractory time cannot be negative, got {self.refractory_ms} ms")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A detection. ``time``: seconds from the stream start to the END of the window that fired."""
+
+    keyword: str
+    score: float
+    threshold: float
+    time: float
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(score=round(self.score, 4), threshold=round(self.threshold, 4), time=round(self.time, 3))
+        return d
+
+
+class WindowPath(Protocol):
+    """How the detector turns the current window into an embedding."""
+
+    def update(self, new: np.ndarray, window: np.ndarray) -> None:
+        """Called every hop with the hop's new samples ``(hop,)`` and the whole window ``(window,)``."""
+
+    def embed(self) -> np.ndarray:
+        """Embedding ``(1, dim)`` of the window given to the last :meth:`update`."""
+
+    def reset(self) -> None:
+        """Forget the stream (back to a window of silence)."""
+
+
+class WaveformWindow:
+    """Window path for any embedder: embeds the whole waveform window each hop."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self._window = np.zeros(embedder.window_samples, dtype=np.float32)
+
+    def update(self, new: np.ndarray, window: np.ndarray) -> None:
+        self._window = window
+
+    def embed(self) -> np.ndarray:
+        return self.embedder(self._window[None])
+
+    def reset(self) -> None:
+        self._window = np.zeros_like(self._window)
+
+
+class IncrementalLogMel:
+    """Window path for a PyTorch model: log-mel frames computed once, encoder per hop.
+
+    Keeps the ``(1, n_mels, frames_per_window)`` frame ring and the samples not
+    yet covered by a whole frame (the ``n_fft - hop_length`` overlap).
+    """
+
+    def __init__(self, model, hop: int) -> None:
+        import torch
+
+        fe = model.frontend.cfg
+        if hop % fe.hop_length:
+            raise KwsError(
+                f"the detector hop ({hop} samples) must be a multiple of the model's frame hop "
+                f"({fe.hop_length} samples, {1000 * fe.hop_length / fe.sample_rate:g} ms)"
+            )
+        self._torch = torch
+        self.model = model
+        self.window_samples = model.cfg.window_samples
+        self.frame_hop = fe.hop_length
+        self.reset()
+
+    def reset(self) -> None:
+        torch = self._torch
+        with torch.inference_mode():
+            self.frames = self.model.frontend(torch.zeros(1, self.window_samples))
+        covered = self.frames.shape[-1] * self.frame_hop
+        self._tail = np.zeros(self.window_samples - covered, dtype=np.float32)
+
+    def push(self, new: np.ndarray) -> "torch.Tensor":  # noqa: F821 (torch imported lazily)
+        """Append ``(samples,)`` new audio; returns the current frames ``(1, n_mels, frames)``."""
+        torch = self._torch
+        x = np.concatenate([self._tail, new.astype(np.float32, copy=False)])
+        with torch.inference_mode():
+            fresh = self.model.frontend(torch.from_numpy(x)[None])
+        n_new = fresh.shape[-1]
+        self.frames = torch.cat([self.frames[..., n_new:], fresh], dim=-1)
+        self._tail = x[n_new * self.frame_hop :]
+        return self.frames
+
+    def update(self, new: np.ndarray, window: np.ndarray) -> None:
+        self.push(new)
+
+    def embed(self) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model.encoder(self.frames).float().numpy()
+
+
+def window_path(embedder: Embedder, hop: int) -> WindowPath:
+    """The fastest window path the embedder allows (incremental log-mel for PyTorch models)."""
+    from kws.embedder import TorchEmbedder
+
+    if isinstance(embedder, TorchEmbedder) and embedder.device == "cpu":
+        return IncrementalLogMel(embedder.model, hop)
+    return WaveformWindow(embedder)
+
+
+class Trigger:
+    """Smoothing, per-keyword threshold and refractory time over a sequence of hop scores."""
+
+    def __init__(self, names: list[str], thresholds: np.ndarray, smoothing: int, refractory_s: float) -> None:
+        self.names = list(names)
+        self.thresholds = np.asarray(thresholds, dtype=np.float32)
+        self.smoothing = smoothing
+        self.refractory_s = refractory_s
+        self.reset()
+
+    def reset(self) -> None:
+        self._history = np.full((self.smoothing, len(self.names)), GATED_SCORE, dtype=np.float32)
+        self._steps = 0
+        self._resting_until = np.full(len(self.names), -math.inf)
+
+    def step(self, time: float, scores: np.ndarray | None) -> Event | None:
+        """Feed one hop's raw scores ``(n_keywords,)`` (``None``: hop skipped by the gate)."""
+        self._history[self._steps % self.smoothing] = GATED_SCORE if scores is None else scores
+        self._steps += 1
+        smoothed = self._history[: min(self._steps, self.smoothing)].mean(axis=0)
+        above = smoothed >= self.thresholds
+        if not above.any():
+            return None
+        best = int(np.argmax(np.where(above, smoothed, -np.inf)))
+        # A small epsilon so that float rounding of accumulated hop times does not
+        # shift the end of the refractory period by one hop.
+        if time + 1e-9 < self._resting_until[best]:
+            return None
+        self._resting_until[best] = time + self.refractory_s
+        return Event(self.names[best], float(smoothed[best]), float(self.thresholds[best]), time)
+
+
+@dataclass
+class DetectorStats:
+    """What the detector has done so far."""
+
+    samples: int = 0
+    hops: int = 0
+    embedded: int = 0
+    events: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+
+class Detector:
+    """Streaming keyword detector over 16 kHz mono float32 audio in chunks of any length."""
+
+    def __init__(self, embedder: Embedder, bank: KeywordBank, cfg: DetectorConfig = DetectorConfig()) -> None:
+        bank.check_model(embedder.model_id)
+        if len(bank) == 0:
+            raise BankError("the bank has no keywords; enrol some with `kws enroll`")
+        cfg.validate()
+        if embedder.sample_rate != SAMPLE_RATE:
+            raise KwsError(f"the embedder runs at {embedder.sample_rate} Hz; the detector needs {SAMPLE_RATE} Hz")
+        self.embedder = embedder
+        self.bank = bank
+        self.cfg = cfg
+        self.hop = cfg.hop_samples()
+        self.path = window_path(embedder, self.hop)
+        self.trigger = Trigger(
+            bank.names, bank.thresholds + cfg.threshold_offset, cfg.smoothing, cfg.refractory_ms / 1000
+        )
+        # Mean square of a full-scale-relative RMS at the floor, times window length.
+        self._vad_energy = embedder.window_samples * 10 ** (cfg.vad_floor_dbfs / 10)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self._window = np.zeros(self.embedder.window_samples, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.path.reset()
+        self.trigger.reset()
+        self.stats = DetectorStats()
+
+    def hop_scores(self, samples: np.ndarray) -> Iterator[tuple[float, np.ndarray | None]]:
+        """Advance by ``samples`` ``(n,)``; yields ``(time, raw scores (n_keywords,) or None)`` per hop.
+
+        ``None`` marks a hop whose window the energy gate found too quiet to embed.
+        Samples that do not complete a hop are kept for the next call.
+        """
+        samples = np.asarray(samples)
+        if samples.ndim != 1:
+            raise KwsError(f"the detector takes mono audio (samples,), got shape {samples.shape}")
+        if not np.issubdtype(samples.dtype, np.floating):
+            raise KwsError(f"the detector takes float audio in [-1, 1], got {samples.dtype}")
+        pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        start = 0
+        while len(pending) - start >= self.hop:
+            new = pending[start : start + self.hop]
+            start += self.hop
+            self._window = np.concatenate([self._window[self.hop :], new])
+            self.path.update(new, self._window)
+            self.stats.samples += self.hop
+            self.stats.hops += 1
+            time = self.stats.samples / SAMPLE_RATE
+            if self.cfg.vad and float(np.dot(self._window, self._window)) < self._vad_energy:
+                yield time, None
+                continue
+            self.stats.embedded += 1
+            yield time, self.bank.score(self.path.embed())[0]
+        self._pending = pending[start:].copy()
+
+    def process(self, samples: np.ndarray) -> list[Event]:
+        """Feed a chunk ``(n,)`` of 16 kHz mono float32 audio; returns the events it completed."""
+        events = []
+        for time, scores in self.hop_scores(samples):
+            event = self.trigger.step(time, scores)
+            if event is not None:
+                log.debug("event %s", event)
+                events.append(event)
+        self.stats.events += len(events)
+        return events
+
+
+def detect_stream(
+    embedder: Embedder,
+    bank: KeywordBank,
+    source: Iterable[np.ndarray],
+    cfg: DetectorConfig = DetectorConfig(),
+    callback: Callable[[Event], None] | None = None,
+) -> Iterator[Event]:
+    """Detect keywords in ``source`` (chunks of 16 kHz mono float32); yields events as they fire.
+
+    ``callback``, if given, is called with each event before it is yielded.
+    """
+    detector = Detector(embedder, bank, cfg)
+    for chunk in source:
+        for event in detector.process(chunk):
+            if callback is not None:
+                callback(event)
+            yield event

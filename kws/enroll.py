@@ -1,0 +1,621 @@
+"""Few-shot enrolment: a few clips of a new word → a calibrated :class:`~kws.bank.Keyword`.
+
+Enrolment checks the clips (silence, clipping, a clip of another word, a clip too
+long for the model's window), trims and centres them, embeds them, and takes the
+renormalised mean of the normalised embeddings as the keyword's center (or
+several centers, by a spherical k-means split, for varied samples).
+
+The detection threshold is calibrated, not guessed (see :func:`calibrate`):
+from the clips' leave-one-out similarities (how well a new utterance of the word
+is expected to score) and from impostor scores (speech that is not the keyword).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kws.audio import load_audio, pad_or_crop, trim_silence
+from kws.bank import Keyword, KeywordBank
+from kws.embedder import ASSETS, Embedder
+from kws.errors import DataError, DeviceError, EnrollmentError
+from kws.fileio import atomic_path
+from kws.metrics import normalize, threshold_at_far
+
+log = logging.getLogger(__name__)
+
+IMPOSTORS_PATH = ASSETS / "impostors.npz"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+MAX_CLIPS = 10
+
+
+@dataclass
+class EnrollConfig:
+    """Limits of the clip checks and of calibration.
+
+    Attributes:
+        silence_rms: a clip whose loudest 100 ms has an RMS below this (about
+            -60 dBFS) is silence and is refused.
+        clip_level: samples at or beyond this magnitude count as clipped.
+        clip_fraction: more clipped samples than this fraction → a warning.
+        trim_db: leading/trailing frames this far below the loudest are trimmed.
+        outlier_warn: a clip whose leave-one-out similarity is this far below the
+            median of the others gets a warning (likely another word or a bad take).
+        outlier_refuse: ... this far below, the clip is refused.
+        similar_limit: a center this close (cosine) to another keyword's → a warning.
+        target_quantile: the threshold is not set above this quantile of the
+            leave-one-out similarities (0.25: at least ~75% of the enrolment
+            clips would be accepted).
+        augment_copies: augmented copies made of each clip when augmenting.
+        kmeans_iters: iterations of the k-means split for several centers.
+        seed: seed of augmentation.
+    """
+
+    silence_rms: float = 1e-3
+    clip_level: float = 0.999
+    clip_fraction: float = 1e-3
+    trim_db: float = 40.0
+    outlier_warn: float = 0.15
+    outlier_refuse: float = 0.35
+    similar_limit: float = 0.85
+    target_quantile: float = 0.25
+    augment_copies: int = 4
+    kmeans_iters: int = 10
+    seed: int = 0
+
+
+@dataclass
+class Calibration:
+    """How a threshold was chosen.
+
+    Attributes:
+        threshold: the chosen threshold, ``min(far_threshold, target_cap)``.
+        far_threshold: the lowest threshold whose false-accept rate on the
+            impostors is at most ``target_far``.
+        target_cap: the ``target_quantile`` of the leave-one-out similarities
+            (``None`` with a single clip).
+        target_far: the false-accept rate asked for.
+        expected_far: the false-accept rate at ``threshold`` on the impostors.
+        expected_frr: the fraction of leave-one-out similarities below ``threshold``.
+        target_scores: ``(n_clips,)`` leave-one-out similarities.
+        impostors: how many impostor embeddings were scored.
+        limited_by: ``"far"`` (the impostors set it) or ``"targets"`` (lowered
+            so that most enrolment clips still pass; the FAR target is then missed).
+    """
+
+    threshold: float
+    far_threshold: float
+    target_cap: float | None
+    target_far: float
+    expected_far: float
+    expected_frr: float
+    target_scores: np.ndarray
+    impostors: int
+    limited_by: str
+
+    def to_json(self) -> dict:
+        return {
+            "rule": "threshold = min(lowest threshold with FAR <= target_far on impostors, "
+            "target_quantile of leave-one-out similarities)",
+            "threshold": round(self.threshold, 6),
+            "far_threshold": round(self.far_threshold, 6),
+            "target_cap": None if self.target_cap is None else round(self.target_cap, 6),
+            "target_far": self.target_far,
+            "expected_far": round(self.expected_far, 6),
+            "expected_frr": round(self.expected_frr, 6),
+            "target_scores": [round(float(s), 6) for s in self.target_scores],
+            "impostors": self.impostors,
+            "limited_by": self.limited_by,
+        }
+
+
+@dataclass
+class EnrollResult:
+    """The enrolled keyword and what enrolment found.
+
+    Attributes:
+        keyword: the new keyword (not yet in any bank: ``bank.add(result.keyword)``).
+        calibration: how its threshold was chosen (also stored in ``keyword.info``).
+        warnings: things the user should know (clipping, an odd clip, a similar keyword ...).
+        nearest: the most similar other keyword in the bank and its cosine, if any.
+    """
+
+    keyword: Keyword
+    calibration: Calibration
+    warnings: list[str] = field(default_factory=list)
+    nearest: tuple[str, float] | None = None
+
+    @property
+    def threshold(self) -> float:
+        return self.keyword.threshold
+
+
+# ---------------------------------------------------------------------------- clip checks
+
+
+def _loudest_rms(x: np.ndarray, window: int) -> float:
+    """RMS of the loudest ``window``-sample stretch (10 ms hops), robust to clip length."""
+    hop = max(window // 10, 1)
+    n = len(x) // hop
+    if n == 0:
+        return float(np.sqrt(np.mean(x**2))) if len(x) else 0.0
+    energy = np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1)
+    k = min(10, n)
+    return float(np.sqrt(np.convolve(energy, np.ones(k) / k, mode="valid").max()))
+
+
+def prepare_clips(
+    clips: Sequence[np.ndarray],
+    window_samples: int,
+    sample_rate: int,
+    names: Sequence[str] | None = None,
+    config: EnrollConfig | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Check, trim and centre enrolment clips.
+
+    Refuses (:class:`EnrollmentError`) silence and clips whose speech is longer
+    than the window; warns about clipping.
+
+    Args:
+        clips: 1-D float arrays at ``sample_rate``.
+        names: how to name each clip in messages (file names); default ``clip 1`` ...
+    Returns:
+        ``(n_clips, window_samples)`` float32 with each clip's speech centred,
+        and the warnings.
+    """
+    cfg = config or EnrollConfig()
+    names = list(names) if names is not None else [f"clip {i + 1}" for i in range(len(clips))]
+    out, warnings = [], []
+    for x, name in zip(clips, names):
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 1 or len(x) == 0:
+            raise EnrollmentError(f"{name}: expected non-empty mono audio, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise EnrollmentError(f"{name}: audio contains NaN or infinite samples")
+        level = _loudest_rms(x, sample_rate // 10)
+        if level < cfg.silence_rms:
+            raise EnrollmentError(
+                f"{name}: is silent (loudest 100 ms at {20 * np.log10(max(level, 1e-10)):.0f} dBFS); "
+                "record the keyword again, closer to the microphone"
+            )
+        clipped = float(np.mean(np.abs(x) >= cfg.clip_level))
+        if clipped > cfg.clip_fraction:
+            warnings.append(
+                f"{name}: {100 * clipped:.1f}% of samples are clipped; lower the input gain or "
+                "speak further from the microphone"
+            )
+        speech = trim_silence(x, frame=sample_rate // 100, db=cfg.trim_db)
+        if len(speech) > window_samples:
+            raise EnrollmentError(
+                f"{name}: the speech lasts {len(speech) / sample_rate:.2f} s after trimming silence, "
+                f"longer than the model's {window_samples / sample_rate:.2f} s window; "
+                "use a shorter keyword or cut the clip to the keyword alone"
+            )
+        out.append(pad_or_crop(speech, window_samples))
+    return np.stack(out).astype(np.float32), warnings
+
+
+def augment_clips(prepared: np.ndarray, copies: int, sample_rate: int, seed: int = 0) -> np.ndarray:
+    """Lightly varied copies of centred clips: shift (±60 ms), gain (±6 dB), noise (20–40 dB SNR).
+
+    Args:
+        prepared: ``(n, samples)``.
+    Returns:
+        ``(n, copies, samples)`` float32.
+    """
+    rng = np.random.default_rng(seed)
+    n, length = prepared.shape
+    out = np.empty((n, copies, length), dtype=np.float32)
+    max_shift = int(0.06 * sample_rate)
+    for i, x in enumerate(prepared):
+        rms = np.sqrt(np.mean(x**2)) + 1e-8
+        for j in range(copies):
+            y = np.roll(x, int(rng.integers(-max_shift, max_shift + 1)))
+            y = y * 10 ** (rng.uniform(-6, 6) / 20)
+            noise_rms = rms * 10 ** (-rng.uniform(20, 40) / 20)
+            out[i, j] = np.clip(y + noise_rms * rng.standard_normal(length), -1, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------- centers and scores
+
+
+def _kmeans_assign(clip_emb: np.ndarray, k: int, iters: int) -> np.ndarray:
+    """Spherical k-means on ``(n, D)`` unit vectors → ``(n,)`` cluster index (farthest-first seeds)."""
+    seeds = [int(np.argmax(clip_emb @ normalize(clip_emb.mean(axis=0))))]
+    while len(seeds) < k:
+        seeds.append(int(np.argmin((clip_emb @ clip_emb[seeds].T).max(axis=1))))
+    centers = clip_emb[seeds]
+    for _ in range(iters):
+        assign = np.argmax(clip_emb @ centers.T, axis=1)
+        centers = np.stack(
+            [normalize(clip_emb[assign == c].mean(axis=0)) if np.any(assign == c) else centers[c] for c in range(k)]
+        )
+    return np.argmax(clip_emb @ centers.T, axis=1)
+
+
+def _centers(emb: np.ndarray, assign: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Renormalised mean of ``emb`` ``(n, m, D)`` per cluster, over kept clips; empty clusters dropped."""
+    dim = emb.shape[-1]
+    return np.stack([normalize(emb[(assign == c) & keep].reshape(-1, dim).mean(axis=0)) for c in np.unique(assign[keep])])
+
+
+def leave_one_out_scores(emb: np.ndarray, assign: np.ndarray) -> np.ndarray:
+    """Each clip's score against the centers made without it.
+
+    Args:
+        emb: ``(n, m, D)``: per clip, its own embedding first, then those of its
+            augmented copies (``m = 1`` without augmentation).
+        assign: ``(n,)`` cluster of each clip.
+    Returns:
+        ``(n,)`` best cosine of each clip's own embedding to the others' centers
+        (augmented copies of a clip never score it).
+    """
+    n = len(emb)
+    scores = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        keep = np.arange(n) != i
+        scores[i] = float((_centers(emb, assign, keep) @ emb[i, 0]).max())
+    return scores
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def calibrate(
+    target_scores: np.ndarray, impostor_scores: np.ndarray, target_far: float, target_quantile: float = 0.25
+) -> Calibration:
+    """Choose a threshold from target and impostor scores.
+
+    The rule: take the lowest threshold whose false-accept rate on the impostor
+    scores is at most ``target_far``; but never go above the ``target_quantile``
+    of the target (leave-one-out) scores, so that most genuine utterances still
+    pass. When that cap binds, the FAR target is missed and ``expected_far``
+    says by how much. With no target scores (one clip) only the impostors decide.
+
+    Args:
+        target_scores: ``(n,)`` scores of genuine utterances (may be empty).
+        impostor_scores: ``(m,)`` scores of other speech; ``m >= 1``.
+    """
+    impostor_scores = np.asarray(impostor_scores, dtype=np.float64)
+    target_scores = np.asarray(target_scores, dtype=np.float64)
+    if len(impostor_scores) == 0:
+        raise EnrollmentError("calibration needs impostor speech; none was given")
+    far_t = threshold_at_far(impostor_scores, target_far)
+    cap = float(np.quantile(target_scores, target_quantile)) if len(target_scores) else None
+    threshold, limited_by = far_t, "far"
+    if cap is not None and cap < far_t:
+        threshold, limited_by = cap, "targets"
+    return Calibration(
+        threshold=float(threshold),
+        far_threshold=float(far_t),
+        target_cap=cap,
+        target_far=float(target_far),
+        expected_far=float(np.mean(impostor_scores >= threshold)),
+        expected_frr=float(np.mean(target_scores < threshold)) if len(target_scores) else float("nan"),
+        target_scores=target_scores.astype(np.float32),
+        impostors=len(impostor_scores),
+        limited_by=limited_by,
+    )
+
+
+# ---------------------------------------------------------------------------- impostors
+
+
+def load_impostors(embedder: Embedder, exclude: str | None = None, path: Path = IMPOSTORS_PATH) -> np.ndarray:
+    """The bundled impostor embeddings ``(M, D)`` of ``embedder``'s model.
+
+    Args:
+        exclude: a word whose own clips are left out (the keyword being enrolled,
+            if it is one of the impostor set's words).
+    Raises:
+        EnrollmentError: no impostor set for this model (pass impostor clips instead).
+    """
+    hint = "pass a folder of other speech with --impostors DIR (or impostors= in Python)"
+    if not path.is_file():
+        raise EnrollmentError(f"no bundled impostor set ({path}); {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            model_id = str(z["model_id"])
+            emb = np.asarray(z["embeddings"], dtype=np.float32)
+            words = np.asarray(z["words"]).astype(str) if "words" in z else np.full(len(emb), "")
+    except (OSError, ValueError, KeyError) as exc:
+        raise EnrollmentError(f"{path}: unreadable impostor set ({exc}); {hint}") from exc
+    if model_id != embedder.model_id:
+        raise EnrollmentError(
+            f"the bundled impostor set was made for model {model_id}, not {embedder.model_id}; {hint}"
+        )
+    if emb.ndim != 2 or emb.shape[1] != embedder.dim or len(words) != len(emb):
+        raise EnrollmentError(f"{path}: malformed impostor set (embeddings {emb.shape}); {hint}")
+    if exclude is not None:
+        emb = emb[np.char.lower(words) != exclude.lower()]
+    return emb
+
+
+def _embed_files(embedder: Embedder, files: Sequence[Path], trim_db: float, desc: str) -> np.ndarray:
+    """Embed audio files (trimmed, centred) in batches with a progress bar → ``(n, D)``."""
+    from tqdm import tqdm
+
+    out = []
+    bs = embedder.batch_size
+    for i in tqdm(range(0, len(files), bs), desc=desc, unit="batch", disable=len(files) <= bs, leave=False):
+        batch = []
+        for f in files[i : i + bs]:
+            x = load_audio(f, embedder.sample_rate)
+            speech = trim_silence(x, frame=embedder.sample_rate // 100, db=trim_db)
+            batch.append(speech if len(speech) else x)
+        out.append(embedder(batch))
+    return np.concatenate(out) if out else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+def embed_impostor_folder(
+    embedder: Embedder,
+    folder: str | Path,
+    exclude: str | None = None,
+    max_clips: int = 2000,
+    seed: int = 0,
+    config: EnrollConfig | None = None,
+) -> np.ndarray:
+    """Embed the audio files under ``folder`` as impostors → ``(M, D)``.
+
+    ``folder`` is a flat folder of clips or a Speech Commands–layout corpus (one
+    folder per word). Folders whose name starts with ``_`` (``_background_noise_``)
+    are skipped, as are clips in a folder named ``exclude`` (the keyword itself).
+    At most ``max_clips`` clips, drawn at random, are used.
+    """
+    cfg = config or EnrollConfig()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EnrollmentError(f"{folder}: impostor folder not found")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in AUDIO_SUFFIXES
+        and not any(part.startswith("_") for part in p.relative_to(folder).parts[:-1])
+        and not (exclude is not None and p.parent != folder and p.parent.name.lower() == exclude.lower())
+    )
+    if not files:
+        raise EnrollmentError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) to use as impostors")
+    if len(files) > max_clips:
+        files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), max_clips, replace=False))]
+    if len(files) < 50:
+        log.warning("only %d impostor clips in %s: the false-accept rate will be a rough estimate", len(files), folder)
+    return _embed_files(embedder, files, cfg.trim_db, desc="impostors")
+
+
+def build_impostor_set(
+    embedder: Embedder,
+    corpus_root: str | Path,
+    words: Sequence[str],
+    per_word: int,
+    out_path: str | Path = IMPOSTORS_PATH,
+    subset: str = "validation",
+    seed: int = 0,
+) -> Path:
+    """Make an impostor-set npz for ``embedder``'s model from a Speech Commands–layout corpus.
+
+    Takes up to ``per_word`` random clips of each word of ``subset`` and stores
+    their embeddings with each one's word (so that enrolling one of these words
+    leaves its own clips out) and the model id. Written atomically.
+
+    The npz holds ``model_id`` (str), ``embeddings`` ``(M, D)`` float32 and ``words`` ``(M,)`` str.
+    """
+    from kws.data.speech_commands import SpeechCommands
+
+    ds = SpeechCommands(corpus_root, subset=subset, words=list(words), heldout_words=())
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for word in words:
+        idx = [i for i, c in enumerate(ds.clips) if c.word == word]
+        if not idx:
+            raise DataError(f"{corpus_root}: no {subset} clips of {word!r}")
+        chosen += [ds.clips[i] for i in rng.choice(idx, size=min(per_word, len(idx)), replace=False)]
+    emb = _embed_files(embedder, [c.path for c in chosen], EnrollConfig().trim_db, desc="impostor set")
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            model_id=np.array(embedder.model_id),
+            embeddings=emb.astype(np.float32),
+            words=np.array([c.word for c in chosen]),
+        )
+    log.info("wrote %d impostor embeddings (%d words) to %s", len(emb), len(words), out_path)
+    return out_path
+
+
+# ---------------------------------------------------------------------------- enrolment
+
+
+def nearest_keyword(bank: KeywordBank, centers: np.ndarray, exclude: str | None = None) -> tuple[str, float] | None:
+    """The bank keyword (other than ``exclude``) whose centers come closest to ``centers`` ``(k, D)``."""
+    best = None
+    for kw in bank.keywords.values():
+        if kw.name == exclude:
+            continue
+        sim = float((centers @ kw.centers.T).max())
+        if best is None or sim > best[1]:
+            best = (kw.name, sim)
+    return best
+
+
+def embed_clips(
+    embedder: Embedder,
+    clips: Sequence[np.ndarray],
+    augment: bool = False,
+    names: Sequence[str] | None = None,
+    config: EnrollConfig | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Check, trim, centre (and optionally augment) enrolment clips, then embed them.
+
+    Returns:
+        ``(n_clips, m, D)`` unit-norm embeddings, per clip its own first and then
+        its ``m - 1`` augmented copies (``m = 1`` without augmentation), and the
+        clip-check warnings.
+    """
+    cfg = config or EnrollConfig()
+    prepared, warnings = prepare_clips(clips, embedder.window_samples, embedder.sample_rate, names, cfg)
+    waves = prepared[:, None]
+    if augment:
+        copies = augment_clips(prepared, cfg.augment_copies, embedder.sample_rate, cfg.seed)
+        waves = np.concatenate([waves, copies], axis=1)
+    n, m, length = waves.shape
+    return normalize(embedder(waves.reshape(n * m, length))).reshape(n, m, -1), warnings
+
+
+def enroll(
+    embedder: Embedder,
+    name: str,
+    clips: list[np.ndarray],
+    impostors: np.ndarray | None = None,
+    target_far: float = 0.01,
+    centers: int = 1,
+    augment: bool = False,
+    bank: KeywordBank | None = None,
+    clip_names: Sequence[str] | None = None,
+    config: EnrollConfig | None = None,
+) -> EnrollResult:
+    """Enrol keyword ``name`` from 1–10 clips.
+
+    Args:
+        embedder: the model; its ``model_id`` must match ``bank``'s.
+        name: the keyword's name.
+        clips: 1-D float32 arrays at ``embedder.sample_rate``.
+        impostors: ``(M, D)`` embeddings of other speech; ``None``: the bundled set
+            (if it was made for this model), without the clips of ``name`` itself.
+        target_far: false-accept rate the threshold aims at on the impostors.
+        centers: number of centers (a k-means split of the clips; at most one per clip).
+        augment: also embed lightly augmented copies of each clip into the centers.
+        bank: existing keywords, to warn about similar ones (not modified).
+        clip_names: names of the clips in messages (file names).
+    Returns:
+        the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
+    Raises:
+        EnrollmentError: refused clips or options; BankError: a bank of another model.
+    """
+    cfg = config or EnrollConfig()
+    if not name.strip():
+        raise EnrollmentError("the keyword name cannot be empty")
+    if not 1 <= len(clips) <= MAX_CLIPS:
+        raise EnrollmentError(f"enrolment takes 1 to {MAX_CLIPS} clips, got {len(clips)}")
+    if not 1 <= centers <= len(clips):
+        raise EnrollmentError(f"centers must be between 1 and the number of clips ({len(clips)}), got {centers}")
+    if not 0 < target_far < 1:
+        raise EnrollmentError(f"target false-accept rate must be between 0 and 1, got {target_far}")
+    if bank is not None:
+        bank.check_model(embedder.model_id)
+    if impostors is None:
+        impostors = load_impostors(embedder, exclude=name)
+    impostors = normalize(impostors)
+    if impostors.ndim != 2 or impostors.shape[1] != embedder.dim or len(impostors) == 0:
+        raise EnrollmentError(f"impostor embeddings have shape {impostors.shape}, expected (M, {embedder.dim})")
+
+    names = list(clip_names) if clip_names is not None else [f"clip {i + 1}" for i in range(len(clips))]
+    emb, warnings = embed_clips(embedder, clips, augment, names, cfg)
+    n = len(emb)
+    clip_emb = normalize(emb.mean(axis=1))
+    assign = _kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
+    kw_centers = _centers(emb, assign, np.ones(n, dtype=bool))
+    target = leave_one_out_scores(emb, assign) if n > 1 else np.zeros(0, dtype=np.float32)
+
+    if n >= 3 and centers == 1:
+        warnings += _check_outliers(target, names, cfg)
+    elif n == 1:
+        warnings.append("one clip only: the threshold rests on impostor speech alone; enrol 3 or more clips")
+
+    cal = calibrate(target, (impostors @ kw_centers.T).max(axis=1), target_far, cfg.target_quantile)
+    if cal.limited_by == "targets":
+        warnings.append(
+            f"the threshold was lowered to {cal.threshold:.3f} so that most enrolment clips pass; "
+            f"expected false-accept rate {100 * cal.expected_far:.1f}% instead of {100 * target_far:.1f}%: "
+            "enrol more (and more consistent) clips, or choose a longer keyword"
+        )
+
+    nearest = nearest_keyword(bank, kw_centers, exclude=name) if bank is not None else None
+    if nearest is not None and nearest[1] > cfg.similar_limit:
+        warnings.append(
+            f"{name!r} is very similar to the enrolled keyword {nearest[0]!r} (cosine {nearest[1]:.3f}); "
+            "they may be taken for each other: enrol more samples of both, or choose a longer phrase"
+        )
+    for w in warnings:
+        log.warning("%s", w)
+    info = {"calibration": cal.to_json(), "augment": augment, "clip_checks": warnings}
+    keyword = Keyword(name=name, centers=kw_centers.astype(np.float32), threshold=cal.threshold, samples=n, info=info)
+    return EnrollResult(keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest)
+
+
+def _check_outliers(loo: np.ndarray, names: Sequence[str], cfg: EnrollConfig) -> list[str]:
+    """Refuse or warn about clips whose leave-one-out similarity is far below the others'."""
+    warnings = []
+    for i, s in enumerate(loo):
+        rest = float(np.median(np.delete(loo, i)))
+        gap = rest - float(s)
+        msg = (
+            f"{names[i]}: similarity {s:.3f} to the other clips, whose median is {rest:.3f}; "
+            "it may be a different word or a bad take"
+        )
+        if gap > cfg.outlier_refuse:
+            raise EnrollmentError(msg + ": record it again or leave it out")
+        if gap > cfg.outlier_warn:
+            warnings.append(msg)
+    return warnings
+
+
+# ---------------------------------------------------------------------------- microphone
+
+
+def check_input_device(device: str | int | None, sample_rate: int):  # -> the sounddevice module
+    """Check that ``device`` (``None``: the default input) can record mono float32 at ``sample_rate``.
+
+    Returns the imported ``sounddevice`` module (imported here, lazily).
+
+    Raises:
+        DeviceError: PortAudio or the device is missing or cannot record so.
+    """
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as exc:
+        raise DeviceError(f"cannot record: sounddevice/PortAudio is unavailable ({exc})") from exc
+    try:
+        sd.check_input_settings(device=device, channels=1, samplerate=sample_rate, dtype="float32")
+    except Exception as exc:  # PortAudio reports a missing device as several exception types
+        raise DeviceError(
+            f"no usable input device {device if device is not None else '(default)'} ({exc}); "
+            "list devices with `python -m sounddevice` and pass --device"
+        ) from exc
+    return sd
+
+
+def record_clip(
+    seconds: float,
+    sample_rate: int,
+    device: str | int | None = None,
+    on_level: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """Record ``seconds`` of mono audio from a microphone through sounddevice → ``(samples,)`` float32.
+
+    Args:
+        device: a sounddevice device name or index (``None``: the default input).
+        on_level: called with the RMS of each ~50 ms block as it arrives (a level meter).
+    Raises:
+        DeviceError: PortAudio or the device is missing, or recording failed.
+    """
+    sd = check_input_device(device, sample_rate)
+    block = sample_rate // 20
+    total = int(seconds * sample_rate)
+    chunks: list[np.ndarray] = []
+    try:
+        with sd.InputStream(device=device, channels=1, samplerate=sample_rate, dtype="float32", blocksize=block) as s:
+            got = 0
+            while got < total:
+                data, _ = s.read(min(block, total - got))
+                chunks.append(data[:, 0].copy())
+                got += len(data)
+                if on_level is not None:
+                    on_level(float(np.sqrt(np.mean(data**2))))
+    except Exception as exc:  # the device may vanish mid-recording
+        raise DeviceError(f"recording from input device failed ({exc})") from exc
+    return np.concatenate(chunks).astype(np.float32)

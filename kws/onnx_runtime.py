@@ -1,0 +1,115 @@
+"""Run an exported model on ONNX Runtime, without PyTorch.
+
+This module is the runtime half of the ONNX contract (``kws.export`` is the
+other half, and imports the names below from here so that the contract lives
+in one place). It imports only numpy and onnxruntime: an application that
+enrols and detects keywords with an ``.onnx`` model never loads torch.
+
+The contract of an exported model:
+
+- input ``waveform``: float32 ``(batch, samples)``, 16 kHz, values in [-1, 1];
+  ``batch`` and ``samples`` are dynamic, ``samples >= n_fft`` (400); the model
+  was trained on ``window_samples`` (metadata) and :class:`OnnxEmbedder`
+  centre-pads/crops to that length;
+- output ``embedding``: float32 ``(batch, embedding_dim)``, unit L2 norm;
+- metadata (``metadata_props``, all strings): see :data:`REQUIRED_METADATA`,
+  plus ``kws_version``, ``frontend`` and ``encoder`` (config JSON) and
+  ``quantization`` (``none`` or ``int8``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kws.audio import SAMPLE_RATE
+from kws.embedder import Embedder
+from kws.errors import CheckpointError
+
+INPUT_NAME = "waveform"
+OUTPUT_NAME = "embedding"
+FORMAT_NAME = "kws-embedder"
+FORMAT_VERSION = 1
+# Keys an exported model must carry in its metadata_props.
+REQUIRED_METADATA = ("format", "format_version", "sample_rate", "window_samples", "embedding_dim", "model_id")
+
+
+class OnnxEmbedder(Embedder):
+    """Embedder over an exported ``.onnx`` model, on ONNX Runtime's CPU provider.
+
+    Args:
+        path: a model written by ``kws export``.
+        threads: intra-op threads (``None``: ONNX Runtime's default, one per core).
+
+    Raises:
+        CheckpointError: the file is missing, is not ONNX, or breaks the contract
+            (input/output names, dtypes, ranks, metadata).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: ONNX model not found")
+        if threads is not None and threads < 1:
+            raise CheckpointError(f"threads must be at least 1, got {threads}")
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            # One request at a time: inter-op threads would only add idle spinning.
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own pybind types for bad files
+            raise CheckpointError(
+                f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                "re-create it with `kws export`"
+            ) from exc
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._check_contract()
+        self.window_samples = int(self.metadata["window_samples"])
+        self.dim = int(self.metadata["embedding_dim"])
+        self.model_id = self.metadata["model_id"]
+        self.quantization = self.metadata.get("quantization", "none")
+
+    def _check_contract(self) -> None:
+        def bad(what: str) -> CheckpointError:
+            return CheckpointError(f"{self.path}: not a kws embedding model ({what}); export it with `kws export`")
+
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+            raise bad(f"expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}")
+        if inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 2:
+            raise bad(f"input must be float32 (batch, samples), found {inputs[0].type} {inputs[0].shape}")
+        out = next((o for o in outputs if o.name == OUTPUT_NAME), None)
+        if out is None:
+            raise bad(f"no output named {OUTPUT_NAME!r}, found {[o.name for o in outputs]}")
+        if out.type != "tensor(float)" or len(out.shape) != 2:
+            raise bad(f"output must be float32 (batch, dim), found {out.type} {out.shape}")
+        missing = [k for k in REQUIRED_METADATA if k not in self.metadata]
+        if missing:
+            raise bad(f"metadata lacks {', '.join(missing)}")
+        if self.metadata["format"] != FORMAT_NAME:
+            raise bad(f"metadata format is {self.metadata['format']!r}")
+        if self.metadata["format_version"] != str(FORMAT_VERSION):
+            raise CheckpointError(
+                f"{self.path}: export format version {self.metadata['format_version']} is not supported "
+                f"(this kws reads version {FORMAT_VERSION}); re-export the model with this kws"
+            )
+        try:
+            rate = int(self.metadata["sample_rate"])
+            window = int(self.metadata["window_samples"])
+            dim = int(self.metadata["embedding_dim"])
+        except ValueError as exc:
+            raise bad(f"non-integer metadata ({exc})") from exc
+        if rate != SAMPLE_RATE:
+            raise bad(f"sample_rate is {rate}, kws works at {SAMPLE_RATE} Hz")
+        if window < 1 or dim < 1:
+            raise bad(f"window_samples={window}, embedding_dim={dim}")
+        if isinstance(out.shape[1], int) and out.shape[1] != dim:
+            raise bad(f"output has {out.shape[1]} dimensions but metadata says {dim}")
+
+    def _embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]

@@ -1,0 +1,203 @@
+"""Streaming detector: incremental features, scores, event timing, smoothing, refractory, gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kws.bank import Keyword, KeywordBank
+from kws.detect import Detector, DetectorConfig, IncrementalLogMel, Trigger, WaveformWindow, detect_stream
+from kws.embedder import Embedder, TorchEmbedder
+from kws.errors import BankError, KwsError
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def embedder(random_checkpoint) -> TorchEmbedder:
+    from kws.embedder import load_embedder
+
+    return load_embedder(random_checkpoint, threads=1)
+
+
+class PlainEmbedder(Embedder):
+    """The same model behind the generic interface only (as the ONNX embedder is)."""
+
+    def __init__(self, inner: TorchEmbedder) -> None:
+        self.inner = inner
+        self.window_samples, self.dim, self.model_id = inner.window_samples, inner.dim, inner.model_id
+
+    def _embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner._embed(batch)
+
+
+def _word(f0: float, f1: float) -> np.ndarray:
+    """A 0.5 s chirp with harmonics, centred in a 1 s clip."""
+    t = np.arange(SR // 2) / SR
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2)
+    tone = np.sin(np.pi * t / 0.5) * (np.sin(phase) + 0.5 * np.sin(3 * phase))
+    return np.pad(0.3 * tone, (SR // 4, SR // 4)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scene(embedder):
+    """A stream with clips of two 'words' among noise, a bank made from those exact clips, and the truth."""
+    rng = np.random.default_rng(1)
+    clips = {"up": _word(300, 900), "down": _word(1200, 400)}
+    bank = KeywordBank(embedder.model_id, embedder.dim)
+    for name, emb in zip(clips, embedder(np.stack(list(clips.values())))):
+        bank.add(Keyword(name, emb[None], threshold=0.985, samples=1))
+    parts, truth, pos = [], [], 0
+    for i, name in enumerate(["up", "down", "up", "down"]):
+        gap = int(SR * (1.3 + 0.4 * i))
+        parts += [np.zeros(gap, np.float32), clips[name]]
+        pos += gap
+        truth.append((name, (pos + SR // 4) / SR, (pos + 3 * SR // 4) / SR))
+        pos += SR
+    parts.append(np.zeros(SR, np.float32))
+    audio = np.concatenate(parts)
+    audio += 0.003 * rng.standard_normal(len(audio)).astype(np.float32)
+    return audio, bank, truth
+
+
+def test_incremental_logmel_equals_offline_frontend(embedder):
+    import torch
+
+    rng = np.random.default_rng(0)
+    hop, window = 1600, embedder.window_samples
+    audio = 0.1 * rng.standard_normal(hop * 15).astype(np.float32)
+    padded = np.concatenate([np.zeros(window, np.float32), audio])
+    path = IncrementalLogMel(embedder.model, hop)
+    for k in range(1, 16):
+        frames = path.push(audio[(k - 1) * hop : k * hop])
+        with torch.inference_mode():
+            offline = embedder.model.frontend(torch.from_numpy(padded[k * hop : k * hop + window])[None])
+        assert frames.shape == offline.shape
+        assert torch.allclose(frames, offline, atol=1e-5, rtol=0), f"hop {k}"
+
+
+def test_incremental_path_needs_hop_on_frame_grid(embedder):
+    with pytest.raises(KwsError, match="multiple of the model's frame hop"):
+        IncrementalLogMel(embedder.model, 1000)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["incremental", "waveform"])
+def test_detector_scores_equal_offline_windows(embedder, scene, plain):
+    audio, bank, _ = scene
+    audio = audio[: 4 * SR]
+    emb = PlainEmbedder(embedder) if plain else embedder
+    det = Detector(emb, bank, DetectorConfig(vad=False))
+    assert isinstance(det.path, WaveformWindow if plain else IncrementalLogMel)
+    rng = np.random.default_rng(2)
+    got, i = [], 0
+    while i < len(audio):  # chunks of odd sizes, not aligned to hops
+        n = int(rng.integers(1, 5000))
+        got += list(det.hop_scores(audio[i : i + n]))
+        i += n
+    window, hop = embedder.window_samples, det.hop
+    padded = np.concatenate([np.zeros(window, np.float32), audio])
+    starts = range(hop, len(audio) + 1, hop)
+    offline = bank.score(embedder(np.stack([padded[s : s + window] for s in starts])))
+    assert [t for t, _ in got] == pytest.approx([s / SR for s in starts])
+    np.testing.assert_allclose(np.stack([s for _, s in got]), offline, atol=1e-4)
+
+
+def test_detector_finds_keywords_at_the_right_times(embedder, scene):
+    audio, bank, truth = scene
+    det = Detector(embedder, bank, DetectorConfig(smoothing=1))
+    events = []
+    for i in range(0, len(audio), 1234):
+        events += det.process(audio[i : i + 1234])
+    assert [e.keyword for e in events] == [w for w, _, _ in truth]
+    window, hop = embedder.window_samples / SR, det.hop / SR
+    for ev, (_, start, end) in zip(events, truth):
+        # The firing window must contain the keyword: it ends after the keyword starts
+        # and no later than one window plus one hop after the keyword's end.
+        assert start < ev.time <= end + window + hop
+        assert ev.score >= ev.threshold
+    assert det.stats.events == len(events)
+
+
+def test_detect_stream_yields_and_calls_back(embedder, scene):
+    audio, bank, truth = scene
+    seen = []
+    chunks = (audio[i : i + 1600] for i in range(0, len(audio), 1600))
+    events = list(detect_stream(embedder, bank, chunks, DetectorConfig(smoothing=1), callback=seen.append))
+    assert events == seen and len(events) == len(truth)
+    assert set(events[0].to_json()) >= {"keyword", "score", "threshold", "time"}
+    json.dumps(events[0].to_json())
+
+
+def test_trigger_refractory():
+    above = np.array([0.9], np.float32)
+    times = [round(0.1 * k, 1) for k in range(1, 21)]
+    slow = Trigger(["a"], np.array([0.5]), smoothing=1, refractory_s=1.0)
+    assert [e.time for t in times if (e := slow.step(t, above))] == [0.1, 1.1]
+    fast = Trigger(["a"], np.array([0.5]), smoothing=1, refractory_s=0.3)
+    assert [e.time for t in times if (e := fast.step(t, above))] == pytest.approx(np.arange(0.1, 2.01, 0.3))
+
+
+def test_trigger_smoothing_ignores_one_hop_spikes():
+    seq = [0.2, 0.2, 0.9, 0.2, 0.2, 0.9, 0.9, 0.2]
+    for smoothing, expected in ((1, [0.3, 0.6, 0.7]), (2, [0.7])):
+        trig = Trigger(["a"], np.array([0.7]), smoothing=smoothing, refractory_s=0.0)
+        fired = [e.time for k, s in enumerate(seq) if (e := trig.step(round(0.1 * (k + 1), 1), np.array([s])))]
+        assert fired == expected
+
+
+def test_trigger_only_best_keyword_fires_and_gated_hops_never_fire():
+    trig = Trigger(["a", "b"], np.array([0.5, 0.5]), smoothing=1, refractory_s=1.0)
+    ev = trig.step(0.1, np.array([0.8, 0.95]))
+    assert ev.keyword == "b" and ev.score == pytest.approx(0.95)
+    assert trig.step(0.2, np.array([0.8, 0.95])) is None  # b rests, and b is still the best
+    assert Trigger(["a"], np.array([-0.5]), 1, 1.0).step(0.1, None) is None
+
+
+def test_energy_gate_skips_silent_windows(embedder, scene):
+    audio, bank, truth = scene
+    silence = np.zeros(3 * SR, np.float32)
+    det = Detector(embedder, bank, DetectorConfig(vad=True))
+    assert det.process(silence) == [] and det.stats.hops == 30 and det.stats.embedded == 0
+    det = Detector(embedder, bank, DetectorConfig(vad=False))
+    det.process(silence)
+    assert det.stats.embedded == 30
+    # Speech-level audio passes the gate: every keyword is still found.
+    det = Detector(embedder, bank, DetectorConfig(smoothing=1, vad=True, vad_floor_dbfs=-40))
+    assert len(det.process(audio)) == len(truth) and 0 < det.stats.embedded < det.stats.hops
+
+
+def test_detector_refuses_bad_input(embedder, scene):
+    _, bank, _ = scene
+    other = KeywordBank("kws-someothermodel", embedder.dim)
+    other.add(Keyword("x", np.eye(1, embedder.dim, dtype=np.float32), 0.5, 1))
+    with pytest.raises(BankError, match="not comparable"):
+        Detector(embedder, other)
+    with pytest.raises(BankError, match="no keywords"):
+        Detector(embedder, KeywordBank(embedder.model_id, embedder.dim))
+    det = Detector(embedder, bank)
+    with pytest.raises(KwsError, match="mono"):
+        det.process(np.zeros((100, 2), np.float32))
+    with pytest.raises(KwsError, match="float"):
+        det.process(np.zeros(100, np.int16))
+    with pytest.raises(KwsError, match="whole number of samples"):
+        Detector(embedder, bank, DetectorConfig(hop_ms=0.01))
+
+
+def test_cli_detect_file_json(embedder, scene, random_checkpoint, tmp_path, capsys):
+    from kws.audio import write_audio
+    from kws.cli import main
+
+    audio, bank, truth = scene
+    wav, bank_path = tmp_path / "stream.wav", tmp_path / "bank.json"
+    write_audio(wav, audio)
+    bank.save(bank_path)
+    code = main(["detect", str(wav), "--bank", str(bank_path), "--json", "--smoothing", "1",
+                 "--model", str(random_checkpoint), "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["keyword"] for e in events] == [w for w, _, _ in truth]
+    assert all(start < e["time"] <= end + 1.1 for e, (_, start, end) in zip(events, truth))
+    assert "done" in err and f"{len(truth)} event(s)" in err

@@ -1,0 +1,103 @@
+"""Stream building, event matching and the threshold sweep of stream evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kws.audio import SAMPLE_RATE
+from kws.bank import Keyword, KeywordBank
+from kws.cli import main
+from kws.detect import DetectorConfig, Event
+from kws.embedder import load_embedder
+from kws.streams import TruthItem, build_stream, evaluate_stream, match_events
+
+KEYWORDS = ["cat", "yes"]
+DISTRACTORS = ["bat", "no", "left"]
+
+
+@pytest.fixture(scope="module")
+def stream(tiny_corpus):
+    return build_stream(tiny_corpus, KEYWORDS, DISTRACTORS, duration_s=30.0, seed=3, subset="testing")
+
+
+def test_build_stream_places_words_where_the_truth_says(stream):
+    audio, truth = stream
+    assert audio.dtype == np.float32 and len(audio) == 30 * SAMPLE_RATE
+    assert len(truth) >= 8
+    assert {t.word for t in truth} <= set(KEYWORDS + DISTRACTORS)
+    assert all(t.keyword == (t.word in KEYWORDS) for t in truth)
+    ends = [t.end for t in truth]
+    starts = [t.start for t in truth]
+    assert all(e <= s for e, s in zip(ends[:-1], starts[1:])), "placed words overlap"
+    assert ends[-1] <= 30.0
+    inside = np.zeros(len(audio), dtype=bool)
+    for t in truth:
+        inside[int(t.start * SAMPLE_RATE) : int(t.end * SAMPLE_RATE)] = True
+    # Speech spans are far louder than the -45 dBFS noise floor between them.
+    assert np.sqrt(np.mean(audio[inside] ** 2)) > 10 * np.sqrt(np.mean(audio[~inside] ** 2))
+
+
+def test_build_stream_is_deterministic_for_a_seed(tiny_corpus, stream):
+    audio, truth = build_stream(tiny_corpus, KEYWORDS, DISTRACTORS, duration_s=30.0, seed=3, subset="testing")
+    assert truth == stream[1] and np.array_equal(audio, stream[0])
+    _, other = build_stream(tiny_corpus, KEYWORDS, DISTRACTORS, duration_s=30.0, seed=4, subset="testing")
+    assert other != truth
+
+
+def test_match_events_counts_hits_false_alarms_and_latency():
+    truth = [TruthItem("cat", 1.0, 1.5, True), TruthItem("cat", 5.0, 5.4, True), TruthItem("yes", 8.0, 8.5, True)]
+    events = [
+        Event("cat", 0.9, 0.8, 1.8),  # hit, 0.3 s after the end
+        Event("cat", 0.9, 0.8, 2.0),  # second event on the same word: false alarm
+        Event("yes", 0.9, 0.8, 5.2),  # wrong word at 'cat': false alarm
+        Event("yes", 0.9, 0.8, 9.1),  # hit, 0.6 s late
+    ]
+    latencies, false_alarms = match_events(events, truth, window_s=1.0)
+    assert latencies == pytest.approx([0.3, 0.6])
+    assert false_alarms == 2
+
+
+def test_threshold_sweep_trades_recall_for_false_alarms(tiny_corpus, stream, random_checkpoint):
+    embedder = load_embedder(random_checkpoint)
+    audio, truth = stream
+    # Centers from the keywords' training clips; the stream holds testing speakers.
+    from kws.data.speech_commands import SpeechCommands
+
+    train = SpeechCommands(tiny_corpus, "training", words=KEYWORDS)
+    emb = embedder(train.load_all(progress=False))
+    bank = KeywordBank(embedder.model_id, embedder.dim)
+    for c, word in enumerate(train.classes):
+        center = emb[train.labels == c].mean(axis=0)
+        bank.add(Keyword(word, (center / np.linalg.norm(center))[None], threshold=0.9, samples=1))
+    offsets = [-0.3, -0.1, 0.0, 0.1]
+    report = evaluate_stream(embedder, bank, audio, truth, offsets=offsets, cfg=DetectorConfig())
+    points = report["points"]
+    assert [p["offset"] for p in points] == offsets
+    assert report["keyword_occurrences"] == sum(t.keyword for t in truth)
+    recalls = [p["recall"] for p in points]
+    alarms = [p["false_alarms"] for p in points]
+    assert recalls == sorted(recalls, reverse=True) and alarms == sorted(alarms, reverse=True)
+    assert 0 < report["windows_embedded"] <= report["hops"]
+
+
+def test_stream_eval_cli_writes_json_and_plot(tiny_corpus, random_checkpoint, tmp_path, capsys):
+    embedder = load_embedder(random_checkpoint)
+    bank = KeywordBank(embedder.model_id, embedder.dim)
+    rng = np.random.default_rng(0)
+    for word in KEYWORDS:
+        v = rng.standard_normal(embedder.dim).astype(np.float32)
+        bank.add(Keyword(word, (v / np.linalg.norm(v))[None], threshold=0.5, samples=3))
+    bank.save(tmp_path / "bank.json")
+    out = tmp_path / "report"
+    code = main([
+        "stream-eval", str(tiny_corpus), "--bank", str(tmp_path / "bank.json"), "--minutes", "0.3",
+        "--model", str(random_checkpoint), "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "stream_eval.json").read_text())
+    assert report["keywords"] == KEYWORDS and report["points"]
+    assert (out / "stream_eval.png").stat().st_size > 1000
+    assert "keyword occurrences" in capsys.readouterr().out

@@ -1,0 +1,163 @@
+"""The synthetic corpus: vocabularies, speakers, clips, splits, noise, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from kws.audio import load_audio
+from kws.data.synth import (
+    PEAK_LEVEL,
+    SynthConfig,
+    english_voices,
+    load_vocab,
+    make_speakers,
+    speak,
+    synthesize,
+    voice_variants,
+)
+from kws.errors import DataError
+
+from conftest import TINY_WORDS
+
+
+def test_bundled_vocabularies() -> None:
+    sc = load_vocab("speech_commands")
+    assert len(sc) == 35 and {"yes", "no", "marvin", "learn"} <= set(sc)
+    train = load_vocab("train")
+    assert len(train) == 3000 and len(set(train)) == 3000
+
+
+def test_vocab_file_is_cleaned_and_validated(tmp_path: Path) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text("# my words\nHello\n\n  don't \nwell-known\n")
+    assert load_vocab(str(good)) == ["hello", "don't", "well-known"]
+    for name, text in {"digits": "yes\nno2\n", "space": "hey there\n", "dup": "yes\nYES\n", "empty": "#\n"}.items():
+        bad = tmp_path / f"{name}.txt"
+        bad.write_text(text)
+        with pytest.raises(DataError, match=str(bad)):
+            load_vocab(str(bad))
+    with pytest.raises(DataError, match="no such vocabulary"):
+        load_vocab(str(tmp_path / "missing.txt"))
+
+
+def test_speakers_are_deterministic_distinct_and_varied() -> None:
+    a, b = make_speakers(150, seed=3), make_speakers(150, seed=3)
+    assert a == b and [s.id for s in a] == [s.id for s in b]
+    assert [s.id for s in make_speakers(150, seed=4)] != [s.id for s in a]
+    ids = [s.id for s in a]
+    assert len(set(ids)) == 150
+    assert all(len(i) == 8 and "_" not in i and int(i, 16) >= 0 for i in ids)
+    assert all(s.voice.startswith("gmw/") for s in a)
+    assert len({(s.voice, s.variant) for s in a}) == 150  # timbres do not repeat while pairs last
+    assert len(english_voices()) >= 5 and len(voice_variants()) >= 50
+    assert len({s.speed for s in a}) > 20 and len({s.pitch for s in a}) > 20
+
+
+def test_long_word_is_sped_up_to_fit() -> None:
+    slow = make_speakers(1, seed=0)[0]
+    slow = type(slow)(voice=slow.voice, variant=slow.variant, speed=80, pitch=50, amplitude=100)
+    x = speak("internationalization", slow)
+    assert x.shape == (16000,) and x.dtype == np.float32
+    loud = np.flatnonzero(np.abs(x) > 1e-3)
+    assert loud[0] > 0 and loud[-1] < 15999  # fits, with silence at both ends
+    assert np.isclose(np.abs(x).max(), PEAK_LEVEL, atol=1e-6)
+
+
+def test_tiny_corpus_layout_and_clips(tiny_corpus: Path) -> None:
+    speakers = json.loads((tiny_corpus / "speakers.json").read_text())
+    assert len(speakers) == 12
+    for word in TINY_WORDS:
+        files = sorted((tiny_corpus / word).glob("*.wav"))
+        assert [f.name.split("_nohash_")[0] for f in files] == sorted(speakers)
+    clip = tiny_corpus / "cat" / files[0].name
+    info = sf.info(str(clip))
+    assert (info.samplerate, info.frames, info.channels, info.subtype) == (16000, 16000, 1, "PCM_16")
+    x = load_audio(clip)
+    assert np.isclose(np.abs(x).max(), PEAK_LEVEL, atol=1e-3)
+    energy = x**2
+    centroid = (energy * np.arange(len(x))).sum() / energy.sum()
+    assert 4000 < centroid < 12000  # the word sits in the middle of its second
+    # Different speakers of one word really sound different.
+    other = load_audio(tiny_corpus / "cat" / files[1].name)
+    assert not np.allclose(x, other, atol=1e-2)
+
+
+def test_tiny_corpus_splits_by_speaker(tiny_corpus: Path) -> None:
+    speakers = json.loads((tiny_corpus / "speakers.json").read_text())
+    lists = {}
+    for name in ("validation", "testing"):
+        lines = (tiny_corpus / f"{name}_list.txt").read_text().split()
+        assert all((tiny_corpus / rel).is_file() for rel in lines)
+        lists[name] = {rel.split("/")[1].split("_nohash_")[0] for rel in lines}
+        assert lists[name] == {sid for sid, s in speakers.items() if s["split"] == name}
+        assert len(lines) == len(lists[name]) * len(TINY_WORDS)  # every clip of those speakers
+    assert lists["validation"] and lists["testing"] and not lists["validation"] & lists["testing"]
+    assert sum(s["split"] == "training" for s in speakers.values()) == 8
+
+
+def test_tiny_corpus_background_noise(tiny_corpus: Path) -> None:
+    folder = tiny_corpus / "_background_noise_"
+    names = sorted(p.name for p in folder.glob("*.wav"))
+    assert names == ["babble.wav", "brown_noise.wav", "pink_noise.wav", "white_noise.wav"]
+    spectra = {}
+    for name in names:
+        x = load_audio(folder / name)
+        assert x.shape == (5 * 16000,) and np.abs(x).max() > 0.1
+        spectra[name] = np.abs(np.fft.rfft(x)) ** 2
+    low_share = {n: s[: len(s) // 16].sum() / s.sum() for n, s in spectra.items()}  # power below 500 Hz
+    assert low_share["white_noise.wav"] < low_share["pink_noise.wav"] < low_share["brown_noise.wav"]
+
+
+def test_resume_is_deterministic_and_independent_of_workers(tmp_path: Path) -> None:
+    cfg = SynthConfig(words=("go", "stop"), speakers=4, seed=1, noise_seconds=1.0, workers=1)
+    first = synthesize(cfg, tmp_path / "a", progress=False)
+    assert (first["written"], first["skipped"], first["failed"]) == (8, 0, 0)
+    clips = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").glob("[a-z]*/*.wav"))
+    victim = tmp_path / "a" / clips[3]
+    before = victim.read_bytes()
+    victim.unlink()
+    again = synthesize(cfg, tmp_path / "a", progress=False)
+    assert (again["written"], again["skipped"]) == (1, 7)
+    assert victim.read_bytes() == before
+
+    parallel = SynthConfig(words=("go", "stop"), speakers=4, seed=1, noise_seconds=1.0, workers=2)
+    synthesize(parallel, tmp_path / "b", progress=False)
+    for rel in clips + [Path("validation_list.txt"), Path("_background_noise_/babble.wav")]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_refuses_to_mix_corpora(tmp_path: Path) -> None:
+    cfg = SynthConfig(words=("go",), speakers=3, noise_seconds=0.5, workers=1)
+    synthesize(cfg, tmp_path / "c", progress=False)
+    with pytest.raises(DataError, match="different settings.*speakers"):
+        synthesize(SynthConfig(words=("go",), speakers=4, noise_seconds=0.5, workers=1), tmp_path / "c")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        synthesize(cfg, tmp_path / "other")
+    with pytest.raises(DataError, match="bad word"):
+        synthesize(SynthConfig(words=("go now",), speakers=3), tmp_path / "d")
+
+
+def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kws.cli import main
+
+    out = tmp_path / "corpus"
+    code = main(["-q", "synth", "--words", "yes,No", "--speakers", "3", "--out", str(out), "--workers", "1",
+                 "--noise-seconds", "0.5"])  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["written"] == 6 and report["speakers"] == {"training": 2, "validation": 1, "testing": 0}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["_background_noise_", "no", "yes"]
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("alpha\nbeta\ngamma\n")
+    assert main(["-q", "synth", "--vocab", str(vocab), "--max-words", "1", "--speakers", "3",
+                 "--out", str(tmp_path / "v"), "--workers", "1", "--noise-seconds", "0.5"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "v").iterdir() if p.is_dir()) == ["_background_noise_", "alpha"]
+    assert main(["synth", "--words", "two words", "--out", str(tmp_path / "x")]) == 2
+    assert "bad word" in capsys.readouterr().err

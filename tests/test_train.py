@@ -1,0 +1,205 @@
+"""Trainer: a short CPU run learns, resumes exactly, writes loadable checkpoints; DDP; configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kws.errors import ConfigError, KwsError
+from kws.train import load_config, lr_factor, resolve_words, train
+
+REPO = Path(__file__).resolve().parents[1]
+HELDOUT = '["no", "seven"]'  # trained on yes, cat, bat, left
+
+
+def tiny_overrides(corpus: Path, out: Path, epochs: int = 4) -> list[str]:
+    return [
+        f'data.root="{corpus}"',
+        f"data.heldout_words={HELDOUT}",
+        f'train.out_dir="{out}"',
+        f"train.epochs={epochs}",
+        "train.p=4",
+        "train.k=4",
+        "train.steps_per_epoch=5",
+        "train.device=\"cpu\"",
+        "eval.shots=[1]",
+        "eval.best_shot=1",
+        "eval.episodes=100",
+        "eval.eer_episodes=20",
+        "eval.ref_per_word=4",
+    ]
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of an uninterrupted 4-epoch run on the tiny corpus."""
+    out = tmp_path_factory.mktemp("run") / "full"
+    train(load_config(None, tiny_overrides(tiny_corpus, out)), progress=False)
+    return out
+
+
+def test_short_run_learns_and_logs(trained: Path) -> None:
+    rows = read_rows(trained)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
+    for term in ("loss_triplet", "loss_center", "loss_classifier", "train_acc", "seen_acc", "eer", "clips_per_s"):
+        assert term in rows[-1], term
+    # 2-way 1-shot on words never trained on, queries from speakers not in the support: chance is 0.5.
+    assert rows[-1]["fewshot_1"] > 0.6
+    csv_lines = (trained / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 5 and "fewshot_1" in csv_lines[0].split(",")
+
+
+def test_checkpoints_load_with_weights_only(trained: Path) -> None:
+    from kws.model import load_model
+
+    for name in ("last.pt", "best.pt"):
+        payload = torch.load(trained / name, map_location="cpu", weights_only=True)
+        assert payload["extra"]["classes"] == ["bat", "cat", "left", "yes"]
+        model = load_model(trained / name)
+        emb = model(torch.zeros(2, 16000))
+        assert emb.shape == (2, 128)
+    assert torch.load(trained / "last.pt", weights_only=True)["extra"]["epoch"] == 4
+
+
+def test_resume_continues_where_it_stopped(trained: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    cfg = load_config(None, tiny_overrides(tiny_corpus, out))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, progress=False, on_epoch=stop_after_two)
+    assert torch.load(out / "last.pt", weights_only=True)["extra"]["epoch"] == 2
+    with pytest.raises(KwsError, match="--resume"):
+        train(cfg, progress=False)
+    seen = []
+    train(cfg, resume=True, progress=False, on_epoch=lambda row: seen.append(row["epoch"]))
+    assert seen == [3, 4]
+    assert [r["epoch"] for r in read_rows(out)] == [1, 2, 3, 4]
+    # Same weights as the uninterrupted run: optimizer, centers, head and RNG all carried over.
+    full = torch.load(trained / "last.pt", weights_only=True)
+    resumed = torch.load(out / "last.pt", weights_only=True)
+    assert resumed["extra"]["step"] == full["extra"]["step"] == 20
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_resume_without_checkpoint_is_refused(tiny_corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(KwsError, match="nothing to resume"):
+        train(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "empty")), resume=True, progress=False)
+
+
+def test_ddp_two_cpu_processes(tiny_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    sets = tiny_overrides(tiny_corpus, out, epochs=1) + ["train.p=2", "train.k=2", "train.steps_per_epoch=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "kws", "train", *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}/2: epoch 1 done, 2 batches" in proc.stderr
+    rows = read_rows(out)
+    assert len(rows) == 1 and rows[0]["world_size"] == 2
+    assert torch.load(out / "last.pt", weights_only=True)["extra"]["step"] == 2
+    assert proc.stdout.count("epoch   1 |") == 1  # only rank 0 reports
+
+
+def test_config_errors_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*train\.epochz"):
+        load_config(bad)
+    bad.write_text("[trian]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[trian\]"):
+        load_config(bad)
+    bad.write_text("[train]\nepochs = 'three'\n")
+    with pytest.raises(ConfigError, match="train.epochs: expected int"):
+        load_config(bad)
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        load_config(None, ["optim.schedule=linear"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["epochs=3"])
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=r"augment.snr_db: expected 2 values"):
+        load_config(None, ["augment.snr_db=[1.0]"])
+
+
+def test_cli_reports_config_error_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from kws.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[loss]\ntriplet_margn = 0.3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loss.triplet_margn" in err[0] and err[0].startswith("kws: error:")
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(None, ["train.epochs=7", "optim.lr=1e-3", "loss.triplet_soft=true", 'data.words=["a", "b"]',
+                             "data.root=some/where", "augment.snr_db=[5, 10]"])  # fmt: skip
+    assert cfg.train.epochs == 7 and cfg.optim.lr == 1e-3 and cfg.loss.triplet_soft is True
+    assert cfg.data.words == ["a", "b"] and cfg.data.root == "some/where"
+    assert cfg.augment.snr_db == (5.0, 10.0)
+
+
+def test_recipe_config_holds_out_speech_commands_words() -> None:
+    from kws.data.synth import load_vocab
+
+    cfg = load_config(REPO / "recipes" / "speech_commands" / "config.toml")
+    words, heldout = resolve_words(cfg.data)
+    sc = load_vocab("speech_commands")
+    assert heldout == sc and len(sc) == 35
+    assert words is not None and not set(words) & set(sc)
+    assert set(words) == set(load_vocab("train")) - set(sc)
+    assert cfg.model.size == "small"
+
+
+def test_lr_schedules() -> None:
+    total, warmup = 100, 10
+    cosine = [lr_factor(s, total, warmup, "cosine", 0.01) for s in range(total)]
+    assert cosine[0] == pytest.approx(0.1) and cosine[9] == pytest.approx(1.0)
+    assert cosine[-1] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(cosine[9:], cosine[10:]))
+    onecycle = [lr_factor(s, total, warmup, "onecycle") for s in range(total)]
+    assert onecycle[0] < 0.1 and onecycle[9] == pytest.approx(1.0) and onecycle[-1] < 1e-4
+    assert all(a <= b for a, b in zip(onecycle[:9], onecycle[1:10]))
+
+
+def test_bench_train_measures_throughput(capsys: pytest.CaptureFixture) -> None:
+    from kws.cli import main
+
+    assert main(["bench", "train", "--device", "cpu", "--steps", "1", "--warmup", "0", "--p", "2", "--k", "2",
+                 "--classes", "4"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "clips_per_s" in out and "ms_per_step" in out
+
+
+def test_copy_of_run_is_not_clobbered(trained: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(KwsError, match="already holds a training run"):
+        train(load_config(None, tiny_overrides(tiny_corpus, out)), progress=False)
+    assert (out / "last.pt").read_bytes() == before
