@@ -103,6 +103,16 @@ def trim_silence(x: np.ndarray, frame: int = SAMPLE_RATE // 100, db: float = 40.
     return x[start:stop]
 
 
+def centre_speech(x: np.ndarray, length: int, db: float = 40.0) -> np.ndarray:
+    """Trim silence (see :func:`trim_silence`) and centre what is left in ``length`` samples.
+
+    Speech longer than ``length`` is centre-cropped; an all-silent clip is
+    centre-padded or cropped as it is.
+    """
+    speech = trim_silence(x, db=db)
+    return pad_or_crop(speech if len(speech) else x, length)
+
+
 def pcm16_to_float(raw: bytes, channels: int = 1) -> np.ndarray:
     """Decode interleaved little-endian 16-bit PCM into mono float32.
 

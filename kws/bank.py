@@ -4,6 +4,12 @@ A bank holds, for each keyword, its center(s) in embedding space, its
 detection threshold and how many clips made it, plus the identity of the model
 whose embeddings these are. A bank refuses to be used with another model:
 embeddings of different models are not comparable.
+
+Version 2 also keeps, per keyword, the enrolment clips' embeddings
+(``positives``) and the history of feedback (:mod:`kws.feedback`): each entry
+adds a positive or a negative embedding and remembers the keyword as it was
+before, so that it can be undone exactly. The negatives are the embeddings of
+the negative entries. Version-1 files still load (no positives, no history).
 """
 
 from __future__ import annotations
@@ -20,7 +26,83 @@ from kws.errors import BankError
 from kws.fileio import write_json
 
 BANK_FORMAT = "kws-bank"
-BANK_VERSION = 1
+BANK_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# How a keyword's negatives act (see :func:`apply_negatives`): "suppress" zeroes
+# out windows closer to a negative than to the keyword; "raise" leaves scores
+# alone (feedback raises the threshold above the negatives' scores instead).
+NEGATIVE_RULES = ("suppress", "raise")
+DEFAULT_NEGATIVE_RULE = "suppress"
+# Score of a suppressed window: the lowest cosine, so that it can never fire.
+SUPPRESSED_SCORE = -1.0
+
+
+def _vec_json(v: np.ndarray) -> list[float]:
+    return [round(float(x), 7) for x in v]
+
+
+def apply_negatives(scores: np.ndarray, negative_sims: np.ndarray | None) -> np.ndarray:
+    """Suppress the scores of windows closer to a negative example than to the keyword.
+
+    Args:
+        scores: ``(batch,)`` cosine of each window to the keyword (best center).
+        negative_sims: ``(batch,)`` cosine of each window to its nearest negative, or ``None``.
+    Returns:
+        ``(batch,)`` scores, :data:`SUPPRESSED_SCORE` where ``negative_sims > scores``.
+    """
+    if negative_sims is None:
+        return scores
+    return np.where(negative_sims > scores, np.float32(SUPPRESSED_SCORE), scores).astype(np.float32)
+
+
+@dataclass
+class Entry:
+    """One feedback change to a keyword.
+
+    Attributes:
+        id: number of the entry within its keyword (1, 2, ...).
+        kind: ``"negative"`` (not the keyword) or ``"positive"`` (the keyword).
+        source: name of the clip it came from.
+        added: when, ISO 8601 UTC.
+        embedding: ``(dim,)`` unit-norm embedding of the window it added.
+        before: the keyword's ``centers``/``threshold``/``samples``/``info``/
+            ``negative_rule`` as stored just before this entry (JSON data), to undo it exactly.
+    """
+
+    id: int
+    kind: str
+    source: str
+    added: str
+    embedding: np.ndarray
+    before: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "source": self.source,
+            "added": self.added,
+            "embedding": _vec_json(self.embedding),
+            "before": self.before,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], dim: int) -> "Entry":
+        entry = cls(
+            id=int(d["id"]),
+            kind=str(d["kind"]),
+            source=str(d["source"]),
+            added=str(d["added"]),
+            embedding=np.asarray(d["embedding"], dtype=np.float32),
+            before=dict(d["before"]),
+        )
+        if entry.kind not in ("negative", "positive"):
+            raise ValueError(f"entry {entry.id} has kind {entry.kind!r}, expected 'negative' or 'positive'")
+        if entry.embedding.shape != (dim,) or not np.all(np.isfinite(entry.embedding)):
+            raise ValueError(f"entry {entry.id}: embedding has shape {entry.embedding.shape}, expected ({dim},)")
+        if not {"centers", "threshold", "samples", "info"} <= set(entry.before):
+            raise ValueError(f"entry {entry.id}: 'before' lacks the keyword's earlier state")
+        return entry
 
 
 @dataclass
@@ -31,8 +113,13 @@ class Keyword:
         name: the keyword as the user named it.
         centers: ``(n_centers, dim)`` unit-norm float32.
         threshold: cosine score at or above which the keyword fires.
-        samples: number of enrolment clips.
+        samples: number of clips (enrolment clips plus positive feedback).
         info: free-form calibration details (plain JSON data).
+        positives: ``(n_clips, dim)`` unit-norm embeddings of the enrolment
+            clips (each clip's own, without augmented copies); ``None`` for
+            keywords from version-1 banks.
+        history: feedback entries, oldest first.
+        negative_rule: how negatives act on scores, one of :data:`NEGATIVE_RULES`.
     """
 
     name: str
@@ -40,13 +127,47 @@ class Keyword:
     threshold: float
     samples: int
     info: dict[str, Any] = field(default_factory=dict)
+    positives: np.ndarray | None = None
+    history: list[Entry] = field(default_factory=list)
+    negative_rule: str = DEFAULT_NEGATIVE_RULE
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def negatives(self) -> np.ndarray | None:
+        """``(n_negatives, dim)`` embeddings of the negative entries, or ``None`` if there are none."""
+        neg = [e.embedding for e in self.history if e.kind == "negative"]
+        return np.stack(neg) if neg else None
+
+    @property
+    def all_positives(self) -> np.ndarray | None:
+        """``(n, dim)``: enrolment positives then positive entries (``None`` without enrolment positives)."""
+        if self.positives is None:
+            return None
+        extra = [e.embedding for e in self.history if e.kind == "positive"]
+        return np.concatenate([self.positives, np.stack(extra)]) if extra else self.positives
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """``(batch,)`` score of ``(batch, dim)`` unit-norm embeddings: best center, negatives applied."""
+        scores = (embeddings @ self.centers.T).max(axis=1).astype(np.float32)
+        negatives = self.negatives
+        if self.negative_rule != "suppress" or negatives is None:
+            return scores
+        return apply_negatives(scores, (embeddings @ negatives.T).max(axis=1))
+
+    def state_json(self) -> dict[str, Any]:
+        """The parts of the keyword that feedback changes, as JSON data."""
         return {
-            "centers": [[round(float(v), 7) for v in c] for c in self.centers],
+            "centers": [_vec_json(c) for c in self.centers],
             "threshold": float(self.threshold),
             "samples": int(self.samples),
             "info": self.info,
+            "negative_rule": self.negative_rule,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.state_json(),
+            "positives": None if self.positives is None else [_vec_json(p) for p in self.positives],
+            "history": [e.to_json() for e in self.history],
         }
 
     @classmethod
@@ -56,13 +177,26 @@ class Keyword:
             threshold = float(d["threshold"])
             samples = int(d["samples"])
             info = dict(d.get("info", {}))
-        except (KeyError, TypeError, ValueError) as exc:
+            rule = str(d.get("negative_rule", DEFAULT_NEGATIVE_RULE))
+            raw_pos = d.get("positives")
+            positives = None if raw_pos is None else np.asarray(raw_pos, dtype=np.float32)
+            history = [Entry.from_json(e, dim) for e in d.get("history", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BankError(f"keyword {name!r} is malformed ({exc})") from exc
         if centers.ndim != 2 or centers.shape[0] == 0 or centers.shape[1] != dim:
             raise BankError(f"keyword {name!r}: centers have shape {centers.shape}, expected (n, {dim})")
         if not np.all(np.isfinite(centers)) or not math.isfinite(threshold):
             raise BankError(f"keyword {name!r}: centers or threshold are not finite numbers")
-        return cls(name=name, centers=centers, threshold=threshold, samples=samples, info=info)
+        if positives is not None and (positives.ndim != 2 or positives.shape[1] != dim or not np.all(np.isfinite(positives))):
+            raise BankError(f"keyword {name!r}: positives have shape {positives.shape}, expected (n, {dim})")
+        if rule not in NEGATIVE_RULES:
+            raise BankError(f"keyword {name!r}: negative_rule {rule!r} is not one of {', '.join(NEGATIVE_RULES)}")
+        if len({e.id for e in history}) != len(history):
+            raise BankError(f"keyword {name!r}: feedback entries have duplicate ids")
+        return cls(
+            name=name, centers=centers, threshold=threshold, samples=samples, info=info,
+            positives=positives, history=history, negative_rule=rule,
+        )
 
 
 class KeywordBank:
@@ -126,7 +260,7 @@ class KeywordBank:
             )
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """Cosine score of each embedding to each keyword (best of its centers).
+        """Cosine score of each embedding to each keyword (best of its centers, negatives applied).
 
         Args:
             embeddings: ``(batch, dim)`` unit-norm.
@@ -135,7 +269,7 @@ class KeywordBank:
         """
         if not self.keywords:
             return np.zeros((len(embeddings), 0), dtype=np.float32)
-        cols = [(embeddings @ k.centers.T).max(axis=1) for k in self.keywords.values()]
+        cols = [k.score(embeddings) for k in self.keywords.values()]
         return np.stack(cols, axis=1).astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
@@ -163,8 +297,11 @@ class KeywordBank:
             raise BankError(f"{path}: not a valid bank file (corrupt or truncated JSON: {exc})") from exc
         if not isinstance(d, dict) or d.get("format") != BANK_FORMAT:
             raise BankError(f"{path}: not a kws keyword bank")
-        if d.get("version") != BANK_VERSION:
-            raise BankError(f"{path}: bank version {d.get('version')} is not supported (expected {BANK_VERSION})")
+        if d.get("version") not in READABLE_VERSIONS:
+            raise BankError(
+                f"{path}: bank version {d.get('version')} is not supported (expected one of "
+                f"{', '.join(map(str, READABLE_VERSIONS))}); update kws"
+            )
         try:
             bank = cls(model_id=str(d["model_id"]), dim=int(d["dim"]))
             for name, kw in dict(d["keywords"]).items():

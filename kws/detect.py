@@ -2,8 +2,9 @@
 
 Every hop (default 100 ms) the last window (1 s) is embedded and scored against
 every keyword's centers; scores are smoothed over a few hops; a keyword fires
-when its smoothed score reaches its threshold and it is the best-scoring keyword
-above threshold; then it rests for the refractory time.
+when its smoothed score rises through its threshold and it is the best-scoring
+keyword above threshold; then every keyword rests for the refractory time (see
+:class:`Trigger`).
 
 The window is embedded through a *window path*, the seam between the detector and
 the embedder:
@@ -49,7 +50,8 @@ class DetectorConfig:
             frame hop (10 ms) so that log-mel frames can be reused.
         smoothing: a keyword's score is the mean of its last ``smoothing`` hop
             scores (1 = no smoothing).
-        refractory_ms: after a keyword fires it cannot fire again for this long.
+        refractory_ms: after an event no keyword fires for this long (and the keyword
+            that fired waits until its score has fallen below threshold).
         threshold_offset: added to every keyword's threshold (> 0: fewer false
             alarms, < 0: more recall).
         vad: skip embedding windows whose energy is below ``vad_floor_dbfs``.
@@ -58,7 +60,10 @@ class DetectorConfig:
 
     hop_ms: float = 100.0
     smoothing: int = 2
-    refractory_ms: float = 1000.0
+    # Longer than the 1 s window: the word that fired has left the window
+    # before anything can fire again (measured on the demo stream: 1000 ms let
+    # the tail of "tree" fire "three" a second after "tree" fired).
+    refractory_ms: float = 1500.0
     threshold_offset: float = 0.0
     vad: bool = True
     vad_floor_dbfs: float = -55.0
@@ -179,7 +184,14 @@ def window_path(embedder: Embedder, hop: int) -> WindowPath:
 
 
 class Trigger:
-    """Smoothing, per-keyword threshold and refractory time over a sequence of hop scores."""
+    """Smoothing, per-keyword threshold and refractory time over a sequence of hop scores.
+
+    One spoken word fires at most once: a keyword fires on the *rising edge* of its
+    smoothed score through its threshold (it re-arms only after falling below it
+    again), and after any event every keyword rests for the refractory time, so
+    that a word does not also fire a similar-sounding keyword while the window
+    slides over it.
+    """
 
     def __init__(self, names: list[str], thresholds: np.ndarray, smoothing: int, refractory_s: float) -> None:
         self.names = list(names)
@@ -191,7 +203,8 @@ class Trigger:
     def reset(self) -> None:
         self._history = np.full((self.smoothing, len(self.names)), GATED_SCORE, dtype=np.float32)
         self._steps = 0
-        self._resting_until = np.full(len(self.names), -math.inf)
+        self._resting_until = -math.inf
+        self._armed = np.ones(len(self.names), dtype=bool)
 
     def step(self, time: float, scores: np.ndarray | None) -> Event | None:
         """Feed one hop's raw scores ``(n_keywords,)`` (``None``: hop skipped by the gate)."""
@@ -199,14 +212,16 @@ class Trigger:
         self._steps += 1
         smoothed = self._history[: min(self._steps, self.smoothing)].mean(axis=0)
         above = smoothed >= self.thresholds
+        self._armed |= ~above
         if not above.any():
             return None
         best = int(np.argmax(np.where(above, smoothed, -np.inf)))
         # A small epsilon so that float rounding of accumulated hop times does not
         # shift the end of the refractory period by one hop.
-        if time + 1e-9 < self._resting_until[best]:
+        if time + 1e-9 < self._resting_until or not self._armed[best]:
             return None
-        self._resting_until[best] = time + self.refractory_s
+        self._resting_until = time + self.refractory_s
+        self._armed[best] = False
         return Event(self.names[best], float(smoothed[best]), float(self.thresholds[best]), time)
 
 

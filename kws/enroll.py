@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kws.audio import load_audio, pad_or_crop, trim_silence
+from kws.audio import centre_speech, load_audio, trim_silence
 from kws.bank import Keyword, KeywordBank
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError, DeviceError, EnrollmentError
@@ -195,7 +195,7 @@ def prepare_clips(
                 f"longer than the model's {window_samples / sample_rate:.2f} s window; "
                 "use a shorter keyword or cut the clip to the keyword alone"
             )
-        out.append(pad_or_crop(speech, window_samples))
+        out.append(centre_speech(x, window_samples, db=cfg.trim_db))
     return np.stack(out).astype(np.float32), warnings
 
 
@@ -346,8 +346,7 @@ def _embed_files(embedder: Embedder, files: Sequence[Path], trim_db: float, desc
         batch = []
         for f in files[i : i + bs]:
             x = load_audio(f, embedder.sample_rate)
-            speech = trim_silence(x, frame=embedder.sample_rate // 100, db=trim_db)
-            batch.append(speech if len(speech) else x)
+            batch.append(centre_speech(x, embedder.window_samples, db=trim_db))
         out.append(embedder(batch))
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), dtype=np.float32)
 
@@ -387,6 +386,17 @@ def embed_impostor_folder(
     return _embed_files(embedder, files, cfg.trim_db, desc="impostors")
 
 
+def impostors_from_path(embedder: Embedder, path: str | Path | None, exclude: str | None = None) -> np.ndarray:
+    """Impostor embeddings ``(M, D)`` from ``path``: an impostor-set ``.npz``, a folder
+    of clips (see :func:`embed_impostor_folder`), or ``None`` for the bundled set."""
+    if path is None:
+        return load_impostors(embedder, exclude=exclude)
+    path = Path(path)
+    if path.is_dir():
+        return embed_impostor_folder(embedder, path, exclude=exclude)
+    return load_impostors(embedder, exclude=exclude, path=path)
+
+
 def build_impostor_set(
     embedder: Embedder,
     corpus_root: str | Path,
@@ -402,7 +412,7 @@ def build_impostor_set(
     their embeddings with each one's word (so that enrolling one of these words
     leaves its own clips out) and the model id. Written atomically.
 
-    The npz holds ``model_id`` (str), ``embeddings`` ``(M, D)`` float32 and ``words`` ``(M,)`` str.
+    The npz holds ``model_id`` (str), ``embeddings`` ``(M, D)`` float16 and ``words`` ``(M,)`` str.
     """
     from kws.data.speech_commands import SpeechCommands
 
@@ -417,10 +427,11 @@ def build_impostor_set(
     emb = _embed_files(embedder, [c.path for c in chosen], EnrollConfig().trim_db, desc="impostor set")
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
-        np.savez(
+        # float16 halves the bundled file; thresholds need no more than 3 digits.
+        np.savez_compressed(
             fh,
             model_id=np.array(embedder.model_id),
-            embeddings=emb.astype(np.float32),
+            embeddings=emb.astype(np.float16),
             words=np.array([c.word for c in chosen]),
         )
     log.info("wrote %d impostor embeddings (%d words) to %s", len(emb), len(words), out_path)
@@ -543,7 +554,15 @@ def enroll(
     for w in warnings:
         log.warning("%s", w)
     info = {"calibration": cal.to_json(), "augment": augment, "clip_checks": warnings}
-    keyword = Keyword(name=name, centers=kw_centers.astype(np.float32), threshold=cal.threshold, samples=n, info=info)
+    # Each clip's own embedding is kept so that feedback can re-make the centers with more clips.
+    keyword = Keyword(
+        name=name,
+        centers=kw_centers.astype(np.float32),
+        threshold=cal.threshold,
+        samples=n,
+        info=info,
+        positives=emb[:, 0].astype(np.float32),
+    )
     return EnrollResult(keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kws.audio import centre_speech
 from kws.embedder import Embedder
 from kws.errors import DataError, EnrollmentError
 from kws.fileio import atomic_path, write_json
@@ -44,6 +45,8 @@ class EvalConfig:
     Attributes:
         subset: corpus split (``training``, ``validation``, ``testing``, ``all``).
         words: words to evaluate on (default: every word folder).
+        centre: trim each clip's silence and centre its speech in the window, as
+            enrolment does (and as the detector's best-aligned window sees it).
         shots: K of the N-way K-shot episodes.
         ways: N of the episodes (all words if fewer).
         episodes: episodes per K.
@@ -63,6 +66,7 @@ class EvalConfig:
 
     subset: str = "testing"
     words: list[str] | None = None
+    centre: bool = True
     shots: tuple[int, ...] = (1, 3, 5)
     ways: int = 10
     episodes: int = 300
@@ -104,9 +108,17 @@ class EmbeddedCorpus:
 
 
 def embed_corpus(
-    embedder: Embedder, root: str | Path, subset: str = "testing", words: list[str] | None = None, progress: bool = True
+    embedder: Embedder,
+    root: str | Path,
+    subset: str = "testing",
+    words: list[str] | None = None,
+    progress: bool = True,
+    centre: bool = True,
 ) -> EmbeddedCorpus:
-    """Read a Speech Commands–layout split and embed every clip (with a progress bar)."""
+    """Read a Speech Commands–layout split and embed every clip (with a progress bar).
+
+    With ``centre``, each clip's speech is trimmed and centred first (:func:`kws.audio.centre_speech`).
+    """
     from tqdm import tqdm
 
     from kws.data.speech_commands import SpeechCommands
@@ -115,6 +127,8 @@ def embed_corpus(
     if len(ds) == 0:
         raise DataError(f"{root}: the {subset} split has no clips of the chosen words")
     audio = ds.load_all(progress=progress)
+    if centre:
+        audio = np.stack([centre_speech(x, audio.shape[1]) for x in audio])
     step = 8 * embedder.batch_size
     chunks = [
         embedder(audio[i : i + step])
@@ -371,7 +385,7 @@ def evaluate(
         the report (the same data as ``report.json``).
     """
     out = Path(out_dir)
-    corpus = embed_corpus(embedder, corpus_root, cfg.subset, cfg.words, progress=progress)
+    corpus = embed_corpus(embedder, corpus_root, cfg.subset, cfg.words, progress=progress, centre=cfg.centre)
     if len(corpus.classes) < 2:
         raise DataError("evaluation needs at least two words")
     report: dict[str, Any] = {

@@ -1,6 +1,8 @@
 """Training the encoder with metric-learning losses; single device or torchrun + DDP.
 
-One epoch: P×K batches (:class:`kws.data.PKSampler`) from the training set held
+One epoch: P×K batches (:class:`kws.data.sampler.PKSampler`, or
+:class:`~kws.data.sampler.HardClassSampler` whose batches gather nearby words,
+from class centers refreshed every epoch) from the training set held
 in memory as int16 (on the GPU when there is one), augmented, turned into
 log-mel and masked (SpecAugment) on the training device, encoded, and scored by
 a :class:`kws.losses.JointLoss`. After each epoch rank 0 measures the embedding
@@ -37,7 +39,8 @@ from torch import nn
 from kws.data.augment import AugmentConfig, Augmenter
 from kws.errors import CheckpointError, ConfigError, KwsError
 from kws.features import SpecAugment, SpecAugmentConfig
-from kws.losses import BatchHardTripletLoss, CenterLoss, ClassifierHead, JointLoss
+from kws.data.sampler import SAMPLERS
+from kws.losses import METRIC_LOSSES, CenterLoss, ClassifierHead, JointLoss, build_metric_loss
 from kws.model import KeywordModel, ModelConfig, PRESETS, preset
 
 if sys.version_info >= (3, 11):
@@ -84,9 +87,20 @@ class ModelSection:
 
 @dataclass
 class LossConfig:
-    """Weights of the loss terms (0 turns a term off) and their settings."""
+    """The loss terms, their weights (0 turns a term off) and their settings.
 
-    triplet: float = 1.0
+    ``metric`` names the metric-learning term (one of
+    :data:`kws.losses.METRIC_LOSSES`), weighted by ``metric_weight``; each
+    loss's settings are the keys prefixed with its name (``ms_`` for
+    ``multi_similarity``), passed to its constructor without the prefix.
+    ``triplet`` is the weight key of configs written when the triplet loss was
+    the only metric term: when set (>= 0) it stands for ``metric_weight`` and
+    needs ``metric = "triplet"``.
+    """
+
+    metric: str = "triplet"
+    metric_weight: float = 1.0
+    triplet: float = -1.0  # old name of metric_weight; -1: not set
     center: float = 0.1
     classifier: float = 1.0
     classifier_kind: str = "cosine"  # or "softmax"
@@ -94,7 +108,51 @@ class LossConfig:
     classifier_margin: float = 0.2
     triplet_margin: float = 0.2
     triplet_soft: bool = False
+    contrastive_pos_margin: float = 0.0
+    contrastive_neg_margin: float = 1.0
+    npair_scale: float = 10.0
+    coupled_clusters_margin: float = 0.5
+    circle_m: float = 0.25
+    circle_gamma: float = 80.0
+    ms_alpha: float = 2.0
+    ms_beta: float = 50.0
+    ms_base: float = 0.5
+    ms_epsilon: float = 0.1
+    oim_queue_size: int = 4096
+    oim_momentum: float = 0.5
+    oim_scale: float = 10.0
+    proxy_anchor_proxies_per_class: int = 1
+    proxy_anchor_alpha: float = 32.0
+    proxy_anchor_delta: float = 0.1
+    proxy_anchor_temperature: float = 0.1
     center_alpha: float = 0.5
+
+    def metric_term_weight(self) -> float:
+        """The weight of the metric term (``triplet`` when an old config sets it, else ``metric_weight``)."""
+        return self.triplet if self.triplet >= 0 else self.metric_weight
+
+    def metric_params(self) -> dict[str, Any]:
+        """Constructor arguments of the selected metric loss: its prefixed keys, prefix removed."""
+        prefix = ("ms" if self.metric == "multi_similarity" else self.metric) + "_"
+        names = [f.name for f in dataclasses.fields(self) if f.name.startswith(prefix)]
+        return {name[len(prefix) :]: getattr(self, name) for name in names}
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for loss settings no run could use."""
+        if self.metric not in METRIC_LOSSES:
+            raise ConfigError(f"loss.metric must be one of {', '.join(METRIC_LOSSES)}, got {self.metric!r}")
+        if self.triplet >= 0 and self.metric != "triplet":
+            raise ConfigError(
+                f'loss.triplet is the old weight key of the triplet loss; with loss.metric = "{self.metric}" '
+                "set loss.metric_weight instead"
+            )
+        if self.triplet < 0 and self.triplet != -1.0:
+            raise ConfigError("loss weights must be >= 0")
+        try:
+            # Building a tiny instance runs each loss's own checks, so none is repeated here.
+            build_metric_loss(self.metric, self.metric_params(), dim=2, num_classes=2)
+        except ValueError as exc:
+            raise ConfigError(f"[loss] {self.metric}: {exc}") from None
 
 
 @dataclass
@@ -119,6 +177,7 @@ class LoopConfig:
     bf16: bool = True  # bf16 autocast of the encoder on CUDA (ignored on CPU)
     seed: int = 0
     out_dir: str = "runs/speech_commands"
+    sampler: str = "pk"  # "pk": random P×K batches; "hard_class": each batch's words are each other's nearest
 
 
 @dataclass
@@ -151,8 +210,9 @@ class TrainConfig:
             (self.model.size in PRESETS, f"model.size must be one of {sorted(PRESETS)}"),
             (self.model.embedding_dim >= 2, "model.embedding_dim must be at least 2"),
             (self.loss.classifier_kind in ClassifierHead.KINDS, f"loss.classifier_kind must be one of {ClassifierHead.KINDS}"),
-            (min(self.loss.triplet, self.loss.center, self.loss.classifier) >= 0, "loss weights must be >= 0"),
-            (self.loss.triplet + self.loss.center + self.loss.classifier > 0, "at least one loss weight must be > 0"),
+            (min(self.loss.metric_weight, self.loss.center, self.loss.classifier) >= 0, "loss weights must be >= 0"),
+            (self.loss.metric_term_weight() + self.loss.center + self.loss.classifier > 0,
+             "at least one loss weight must be > 0"),
             (0 < self.loss.center_alpha <= 1, "loss.center_alpha must be in (0, 1]"),
             (self.loss.triplet_margin >= 0, "loss.triplet_margin must be >= 0"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
@@ -164,6 +224,7 @@ class TrainConfig:
             (self.train.p >= 2 and self.train.k >= 2, "train.p and train.k must be at least 2 (triplets need both)"),
             (self.train.steps_per_epoch >= 0, "train.steps_per_epoch must be >= 0"),
             (self.train.device in DEVICES, f"train.device must be one of {DEVICES}"),
+            (self.train.sampler in SAMPLERS, f"train.sampler must be one of {SAMPLERS}"),
             (self.eval.n_way >= 2, "eval.n_way must be at least 2"),
             (bool(self.eval.shots) and min(self.eval.shots) >= 1, "eval.shots must be a non-empty list of counts >= 1"),
             (self.eval.best_shot in self.eval.shots, "eval.best_shot must be one of eval.shots"),
@@ -174,6 +235,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.loss.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,18 +367,25 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
 
 
 def build_loss(cfg: LossConfig, dim: int, num_classes: int) -> JointLoss:
-    """The configured :class:`JointLoss` (terms with weight 0 are left out)."""
+    """The configured :class:`JointLoss` (terms with weight 0 are left out).
+
+    The metric term is named after its loss (``triplet``, ``circle`` …), so the
+    logged columns say which one was trained.
+    """
     terms: dict[str, nn.Module] = {}
-    if cfg.triplet > 0:
-        terms["triplet"] = BatchHardTripletLoss(cfg.triplet_margin, cfg.triplet_soft)
+    weights: dict[str, float] = {}
+    if cfg.metric_term_weight() > 0:
+        terms[cfg.metric] = build_metric_loss(cfg.metric, cfg.metric_params(), dim, num_classes)
+        weights[cfg.metric] = cfg.metric_term_weight()
     if cfg.center > 0:
         terms["center"] = CenterLoss(num_classes, dim, cfg.center_alpha)
+        weights["center"] = cfg.center
     if cfg.classifier > 0:
         terms["classifier"] = ClassifierHead(
             dim, num_classes, cfg.classifier_kind, cfg.classifier_scale, cfg.classifier_margin
         )
-    weights = {"triplet": cfg.triplet, "center": cfg.center, "classifier": cfg.classifier}
-    return JointLoss(terms, {name: weights[name] for name in terms})
+        weights["classifier"] = cfg.classifier
+    return JointLoss(terms, weights)
 
 
 def model_config(cfg: ModelSection) -> ModelConfig:
@@ -582,7 +651,7 @@ def train(
     """
     from tqdm import tqdm
 
-    from kws.data.sampler import PKSampler
+    from kws.data.sampler import HardClassSampler, PKSampler
     from kws.data.speech_commands import SpeechCommands, background_noise
     from kws.model import save_checkpoint
 
@@ -619,6 +688,9 @@ def train(
         augmenter = Augmenter(cfg.augment, background_noise(cfg.data.root)).to(device)
         optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg.optim)
 
+        sampler_type = HardClassSampler if cfg.train.sampler == "hard_class" else PKSampler
+        sampler = sampler_type(train_set.labels, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size)
+        hard = isinstance(sampler, HardClassSampler)
         start_epoch, step, best, rows = 0, 0, -math.inf, []
         if resume:
             extra = _load_resume(out_dir / LAST, model, train_set.classes)
@@ -626,13 +698,14 @@ def train(
             optimizer.load_state_dict(extra["optimizer"])
             start_epoch, step, best = int(extra["epoch"]), int(extra["step"]), float(extra["best"])
             rows = _read_metrics(out_dir, start_epoch) if is_main else []
+            if hard and "sampler_centers" in extra:
+                sampler.set_centers(extra["sampler_centers"])
             log.info("resuming %s after epoch %d", out_dir / LAST, start_epoch)
         if dist.enabled:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module, device_ids=[device.index] if device.type == "cuda" else None
             )
 
-        sampler = PKSampler(train_set.labels, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size)
         steps_per_epoch = cfg.train.steps_per_epoch or len(sampler)
         total_steps = steps_per_epoch * cfg.train.epochs
         warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
@@ -645,6 +718,10 @@ def train(
             augmenter.train()
             sums: dict[str, torch.Tensor] = {}
             correct = torch.zeros((), device=device)
+            # Centers for the hard-class sampler: the center loss keeps them, else running means do.
+            class_means = (
+                _ClassMeans(len(train_set.classes), model.dim, device) if hard and "center" not in loss.terms else None
+            )
             t0 = time.perf_counter()
             bar = tqdm(_epoch_batches(sampler, epoch, steps_per_epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}",
                        unit="batch", disable=not (progress and is_main), leave=False)  # fmt: skip
@@ -660,6 +737,8 @@ def train(
                 terms, emb = optimize(step_module, optimizer, wave, y, cfg.optim.grad_clip)
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value
+                if class_means is not None:
+                    class_means.add(emb, y)
                 if "classifier" in loss.terms:
                     with torch.no_grad():
                         correct += (loss.terms["classifier"].logits(emb).argmax(dim=1) == y).sum()
@@ -675,6 +754,10 @@ def train(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - t0
+            sampler_centers = None
+            if hard:
+                sampler_centers = _sampler_centers(loss, class_means, dist.enabled)
+                sampler.set_centers(sampler_centers)
             n_batches = steps_per_epoch * dist.world_size
             clips = n_batches * cfg.train.p * cfg.train.k
             log.info("rank %d/%d: epoch %d done, %d batches", dist.rank, dist.world_size, epoch + 1, steps_per_epoch)
@@ -702,6 +785,8 @@ def train(
                     "heldout_words": heldout, "config": cfg.to_dict(), "metrics": row,
                     "optimizer": optimizer.state_dict(), "loss": loss.state_dict(),
                 }  # fmt: skip
+                if sampler_centers is not None:
+                    extra["sampler_centers"] = sampler_centers.cpu()
                 save_checkpoint(out_dir / LAST, model, extra)
                 if improved:
                     save_checkpoint(out_dir / BEST, model, extra)
@@ -712,6 +797,33 @@ def train(
     finally:
         if dist.owns_group:
             torch.distributed.destroy_process_group()
+
+
+class _ClassMeans:
+    """Running per-class sums of training embeddings over an epoch (for the hard-class sampler)."""
+
+    def __init__(self, num_classes: int, dim: int, device: torch.device) -> None:
+        self.sums = torch.zeros(num_classes, dim, device=device)
+        self.counts = torch.zeros(num_classes, device=device)
+
+    def add(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        self.sums.index_add_(0, labels, embeddings.float())
+        self.counts += torch.bincount(labels, minlength=len(self.counts)).to(self.counts.dtype)
+
+
+def _sampler_centers(loss: JointLoss, means: _ClassMeans | None, distributed: bool) -> torch.Tensor:
+    """Class centers ``(classes, D)`` for the hard-class sampler, identical on every rank.
+
+    The center loss's centers when that term is trained (already synchronised
+    across ranks); else the epoch's mean training embedding of each class,
+    summed over ranks (zero for a class no rank saw).
+    """
+    if means is None:
+        return loss.terms["center"].centers.detach().clone()
+    if distributed:
+        torch.distributed.all_reduce(means.sums)
+        torch.distributed.all_reduce(means.counts)
+    return means.sums / means.counts.clamp_min(1.0)[:, None]
 
 
 def _epoch_batches(sampler: Any, epoch: int, steps: int) -> Iterator[list[int]]:

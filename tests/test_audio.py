@@ -122,3 +122,15 @@ def test_write_audio_round_trip_is_atomic(tmp_path: Path) -> None:
     flac = tmp_path / "x.flac"
     write_audio(flac, sine(440, 16000))
     assert sf.info(str(flac)).format == "FLAC" and np.allclose(load_audio(flac), sine(440, 16000), atol=1e-4)
+
+
+def test_centre_speech_moves_the_word_to_the_middle():
+    from kws.audio import centre_speech
+
+    x = np.zeros(16000, dtype=np.float32)
+    x[1000:4000] = np.sin(np.arange(3000) * 0.3).astype(np.float32)  # a "word" early in the clip
+    y = centre_speech(x, 16000)
+    loud = np.flatnonzero(np.abs(y) > 0.01)
+    assert len(y) == 16000
+    assert abs((loud[0] + loud[-1]) / 2 - 8000) < 200
+    assert np.array_equal(centre_speech(np.zeros(500, np.float32), 1000), np.zeros(1000, np.float32))

@@ -130,18 +130,30 @@ def test_detect_stream_yields_and_calls_back(embedder, scene):
     json.dumps(events[0].to_json())
 
 
-def test_trigger_refractory():
-    above = np.array([0.9], np.float32)
+def test_trigger_fires_once_per_crossing_and_rests_after_an_event():
     times = [round(0.1 * k, 1) for k in range(1, 21)]
-    slow = Trigger(["a"], np.array([0.5]), smoothing=1, refractory_s=1.0)
-    assert [e.time for t in times if (e := slow.step(t, above))] == [0.1, 1.1]
-    fast = Trigger(["a"], np.array([0.5]), smoothing=1, refractory_s=0.3)
-    assert [e.time for t in times if (e := fast.step(t, above))] == pytest.approx(np.arange(0.1, 2.01, 0.3))
+    steady = Trigger(["a"], np.array([0.5]), smoothing=1, refractory_s=0.3)
+    # A score that stays above threshold (one long word) fires once.
+    assert [e.time for t in times if (e := steady.step(t, np.array([0.9])))] == [0.1]
+    # Dips below threshold re-arm the keyword; the refractory time still applies.
+    pulses = [0.9 if k % 2 == 0 else 0.1 for k in range(20)]
+    for refractory, expected in ((0.3, [0.1, 0.5, 0.9, 1.3, 1.7]), (1.0, [0.1, 1.1])):
+        trig = Trigger(["a"], np.array([0.5]), smoothing=1, refractory_s=refractory)
+        fired = [e.time for t, s in zip(times, pulses) if (e := trig.step(t, np.array([s])))]
+        assert fired == pytest.approx(expected)
+
+
+def test_trigger_rest_after_an_event_holds_for_every_keyword():
+    trig = Trigger(["three", "tree"], np.array([0.5, 0.5]), smoothing=1, refractory_s=1.0)
+    assert trig.step(0.1, np.array([0.6, 0.8])).keyword == "tree"
+    # The same word, as the window slides, now looks more like "three": no second event.
+    assert trig.step(0.2, np.array([0.9, 0.4])) is None
+    assert trig.step(1.2, np.array([0.9, 0.4])).keyword == "three"
 
 
 def test_trigger_smoothing_ignores_one_hop_spikes():
     seq = [0.2, 0.2, 0.9, 0.2, 0.2, 0.9, 0.9, 0.2]
-    for smoothing, expected in ((1, [0.3, 0.6, 0.7]), (2, [0.7])):
+    for smoothing, expected in ((1, [0.3, 0.6]), (2, [0.7])):
         trig = Trigger(["a"], np.array([0.7]), smoothing=smoothing, refractory_s=0.0)
         fired = [e.time for k, s in enumerate(seq) if (e := trig.step(round(0.1 * (k + 1), 1), np.array([s])))]
         assert fired == expected

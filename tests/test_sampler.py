@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kws.data.sampler import PKSampler
+from kws.data.sampler import HardClassSampler, PKSampler
 from kws.errors import KwsError
 
 LABELS = np.repeat(np.arange(8), [20, 15, 12, 9, 30, 11, 2, 13])  # class 6 has fewer than K clips
@@ -68,3 +68,73 @@ def test_rejects_impossible_settings() -> None:
         PKSampler([], p=1, k=1)
     with pytest.raises(KwsError):
         PKSampler(LABELS, p=2, k=2, rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------------------- hard-class sampler
+
+CLUSTERED = np.repeat(np.arange(8), 10)
+
+
+def two_cluster_centers(seed: int = 0) -> np.ndarray:
+    """Classes 0–3 around one direction, 4–7 around an orthogonal one (3-D, a little noise)."""
+    rng = np.random.default_rng(seed)
+    centers = np.zeros((8, 3))
+    centers[:4, 0], centers[4:, 1] = 1.0, 1.0
+    return centers + 0.1 * rng.standard_normal((8, 3))
+
+
+def batch_classes(batch: list[int], labels: np.ndarray, k: int) -> list[int]:
+    """Classes of a batch in the order the sampler chose them (k clips each)."""
+    return [int(labels[i]) for i in batch[::k]]
+
+
+def test_hard_class_sampler_is_pk_until_it_has_centers() -> None:
+    assert list(HardClassSampler(LABELS, 3, 2, seed=4)) == list(PKSampler(LABELS, 3, 2, seed=4))
+
+
+def test_hard_class_batches_gather_nearest_classes() -> None:
+    centers = two_cluster_centers()
+    sampler = HardClassSampler(CLUSTERED, p=4, k=2, seed=0)
+    sampler.set_centers(centers)
+    c = centers / np.linalg.norm(centers, axis=1, keepdims=True)
+    sim = c @ c.T
+    batches = list(sampler)
+    assert len(batches) == len(CLUSTERED) // 8
+    for batch in batches:
+        chosen = batch_classes(batch, CLUSTERED, 2)
+        assert len(set(chosen)) == 4 and Counter(CLUSTERED[batch].tolist()) == {c: 2 for c in chosen}
+        assert set(chosen) in ({0, 1, 2, 3}, {4, 5, 6, 7})  # never mixes the two clusters
+        # Greedy: each added class is the one most alike (mean cosine) to those before it.
+        for n in range(1, 4):
+            rest = [x for x in range(8) if x not in chosen[:n]]
+            best = max(rest, key=lambda x: sim[x, chosen[:n]].mean())
+            assert chosen[n] == best
+    # Seeds walk a permutation: every class leads exactly one of the first 8 batches.
+    assert sorted(batch_classes(b, CLUSTERED, 2)[0] for b in batches[:8]) == list(range(8))
+
+
+def test_hard_class_sampler_is_deterministic_and_rank_aware() -> None:
+    centers = two_cluster_centers(1)
+
+    def make(rank: int = 0, world: int = 1, seed: int = 0) -> HardClassSampler:
+        s = HardClassSampler(CLUSTERED, 3, 2, seed=seed, rank=rank, world_size=world)
+        s.set_centers(centers)
+        return s
+
+    assert list(make()) == list(make())
+    assert list(make(seed=1)) != list(make())
+    moved = make()
+    moved.set_epoch(1)
+    assert list(moved) != list(make())
+    ranks = [list(make(r, 2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(make()) // 2 and ranks[0] != ranks[1]
+    assert [b for pair in zip(*ranks) for b in pair] == list(make())[: 2 * len(ranks[0])]
+
+
+def test_hard_class_sampler_checks_centers() -> None:
+    sampler = HardClassSampler(CLUSTERED, 2, 2)
+    with pytest.raises(KwsError, match="every label"):
+        sampler.set_centers(np.zeros((5, 3)))
+    # An all-zero row (a class never seen) is allowed: it is simply no one's neighbour in particular.
+    sampler.set_centers(np.zeros((8, 3)))
+    assert all(len(set(CLUSTERED[b].tolist())) == 2 for b in sampler)

@@ -194,6 +194,20 @@ def test_bench_train_measures_throughput(capsys: pytest.CaptureFixture) -> None:
                  "--classes", "4"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "clips_per_s" in out and "ms_per_step" in out
+    assert "vs default" not in out
+
+
+def test_bench_train_compares_losses(capsys: pytest.CaptureFixture) -> None:
+    from kws.cli import main
+
+    args = ["bench", "train", "--device", "cpu", "--steps", "1", "--warmup", "0", "--p", "2", "--k", "2",
+            "--classes", "4"]  # fmt: skip
+    assert main([*args, "--loss", "oim"]) == 0
+    table = capsys.readouterr().out.split("vs default")[1].splitlines()[1:]
+    assert [line.split()[0] for line in table] == ["default", "oim"]
+    assert all(float(line.split()[-1]) > 0 for line in table)  # loss ms
+    assert main([*args, "--loss", "arcface"]) == 2
+    assert "arcface" in capsys.readouterr().err
 
 
 def test_copy_of_run_is_not_clobbered(trained: Path, tiny_corpus: Path, tmp_path: Path) -> None:
@@ -203,3 +217,74 @@ def test_copy_of_run_is_not_clobbered(trained: Path, tiny_corpus: Path, tmp_path
     with pytest.raises(KwsError, match="already holds a training run"):
         train(load_config(None, tiny_overrides(tiny_corpus, out)), progress=False)
     assert (out / "last.pt").read_bytes() == before
+
+
+def test_metric_loss_and_sampler_are_chosen_by_name(tmp_path: Path) -> None:
+    from kws.losses import CircleLoss, OIMLoss
+    from kws.train import build_loss
+
+    cfg = load_config(None, ['loss.metric="circle"', "loss.circle_m=0.3", "loss.metric_weight=0.1",
+                             'train.sampler="hard_class"'])  # fmt: skip
+    loss = build_loss(cfg.loss, 8, 5)
+    assert isinstance(loss.terms["circle"], CircleLoss) and loss.terms["circle"].m == 0.3
+    assert loss.weights == {"circle": 0.1, "center": 0.1, "classifier": 1.0}
+    assert cfg.train.sampler == "hard_class"
+    oim = build_loss(load_config(None, ['loss.metric="oim"', "loss.oim_queue_size=16"]).loss, 8, 5).terms["oim"]
+    assert isinstance(oim, OIMLoss) and oim.queue.shape == (16, 8)
+    # The old weight key still works for the triplet loss, and only there.
+    old = load_config(None, ["loss.triplet=0.5"])
+    assert build_loss(old.loss, 8, 5).weights["triplet"] == 0.5
+    with pytest.raises(ConfigError, match="metric_weight"):
+        load_config(None, ['loss.metric="npair"', "loss.triplet=0.5"])
+    with pytest.raises(ConfigError, match="loss.metric must be one of"):
+        load_config(None, ['loss.metric="arcface"'])
+    with pytest.raises(ConfigError, match=r"\[loss\] circle: .*m="):
+        load_config(None, ['loss.metric="circle"', "loss.circle_m=1.5"])
+    with pytest.raises(ConfigError, match="train.sampler"):
+        load_config(None, ['train.sampler="random"'])
+    with pytest.raises(ConfigError, match="at least one loss weight"):
+        load_config(None, ["loss.metric_weight=0", "loss.center=0", "loss.classifier=0"])
+
+
+def test_ablation_runner_end_to_end(
+    tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "recipes" / "speech_commands" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ablation", ablation)  # dataclasses look their module up there
+    spec.loader.exec_module(ablation)
+    out = tmp_path / "ablation"
+    sets = ['data.heldout_vocab=""', 'data.heldout_words=["cat", "bat", "no"]', 'train.device="cpu"', "train.p=3",
+            "train.k=2", "train.steps_per_epoch=2", 'train.sampler="hard_class"', "eval.shots=[1, 3]",
+            "eval.best_shot=1", "eval.episodes=20", "eval.eer_episodes=10", "eval.ref_per_word=2",
+            "eval.queries=2"]  # fmt: skip
+    argv = ["--data", str(tiny_corpus), "--epochs", "1", "--out", str(out), "--quiet",
+            "--variants", "contrastive", "multi_similarity+ce", *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+    ablation.main(argv)
+    report = json.loads((out / "ablation.json").read_text())
+    rows = report["rows"]
+    assert list(rows) == ["contrastive", "multi_similarity+ce"]
+    for name, row in rows.items():
+        assert (out / name / "best.pt").is_file()
+        assert 0.0 <= row["fewshot_1"] <= 1.0 and 0.0 <= row["eer"] <= 1.0 and row["train_time_s"] > 0
+        # cat/bat are one phoneme apart; "no" is far from both.
+        assert [(p["a"], p["b"]) for p in row["minimal_pairs"]] == [("cat", "bat")]
+        assert row["minimal_pair_error"] == pytest.approx(
+            (row["minimal_pairs"][0]["a_as_b"] + row["minimal_pairs"][0]["b_as_a"]) / 2
+        )
+    logged = read_rows(out / "multi_similarity+ce")[0]
+    assert "loss_multi_similarity" in logged and "loss_classifier" in logged and "loss_center" not in logged
+    # The hard-class sampler got its centers from running means of each word's embeddings (no center loss here):
+    # 3 training words, each mean inside the unit ball and not empty; they are kept for resuming.
+    centers = torch.load(out / "contrastive" / "last.pt", weights_only=True)["extra"]["sampler_centers"]
+    norms = centers.norm(dim=1)
+    assert centers.shape == (3, 128) and bool(((norms > 0.05) & (norms <= 1.0 + 1e-5)).all())
+    table = (out / "ablation.md").read_text().splitlines()
+    assert len(table) == 4 and "minimal-pair error" in table[0] and table[2].startswith("| contrastive only |")
+    assert "0.1 multi_similarity + CE" in capsys.readouterr().out
+    # A finished variant is not trained again.
+    before = (out / "contrastive" / "last.pt").stat().st_mtime_ns
+    ablation.main(argv[:-2 * len(sets)] + [a for s in sets for a in ("--set", s)])
+    assert (out / "contrastive" / "last.pt").stat().st_mtime_ns == before

@@ -3,12 +3,19 @@
 Times the same step the trainer runs — augmentation, log-mel, SpecAugment,
 encoder (bf16 autocast on CUDA), joint loss, backward, AdamW — on random
 waveforms, after a few warm-up steps. Content does not change the cost.
+
+``--loss NAME`` (repeatable, or ``all``) also times the step with that metric
+loss in place of the default's (the other terms unchanged) and prints each
+one's ms/step relative to the default step, and the time of the loss terms
+alone (forward and backward on fixed embeddings). Those comparisons use the
+fastest of the timed steps, the figure other work on a busy machine disturbs least.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 NAME = "train"
 HELP = "training throughput in clips/s (default encoder and losses; bf16 on CUDA)"
@@ -23,56 +30,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no-bf16", action="store_true", help="float32 on CUDA too")
+    parser.add_argument("--loss", action="append", default=[], metavar="NAME",
+                        help="also time this metric loss against the default (repeatable; 'all': every one)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict:
+    import dataclasses
+
     import numpy as np
     import torch
 
     from kws.data.augment import Augmenter
     from kws.errors import KwsError
     from kws.features import SpecAugment
+    from kws.losses import METRIC_LOSSES
     from kws.model import KeywordModel, count_parameters
-    from kws.train import ModelSection, TrainConfig, TrainStep, build_loss, make_optimizer, model_config, optimize
+    from kws.train import (
+        LossConfig, ModelSection, TrainConfig, TrainStep, build_loss, make_optimizer, model_config, optimize,
+    )  # fmt: skip
 
     if args.p < 2 or args.k < 2 or args.steps < 1 or args.warmup < 0 or args.classes < args.p:
         raise KwsError("need --p >= 2, --k >= 2, --steps >= 1, --warmup >= 0 and --classes >= --p")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise KwsError("--device cuda: no CUDA device is available")
+    names = list(METRIC_LOSSES) if "all" in args.loss else list(dict.fromkeys(args.loss))
+    unknown = [n for n in names if n not in METRIC_LOSSES]
+    if unknown:
+        raise KwsError(f"--loss {', '.join(unknown)}: unknown; choose from {', '.join(METRIC_LOSSES)} or all")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda" and not args.no_bf16
     defaults = TrainConfig()
     torch.manual_seed(0)
     model = KeywordModel(model_config(ModelSection(args.size, defaults.model.embedding_dim))).to(device)
-    loss = build_loss(defaults.loss, model.dim, args.classes).to(device)
-    step = TrainStep(model, SpecAugment(defaults.specaugment), loss, bf16).train()
     rng = np.random.default_rng(0)
     noise = [rng.standard_normal(16000 * 10).astype(np.float32) * 0.1]
     augmenter = Augmenter(defaults.augment, noise).to(device).train()
-    optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), defaults.optim)
     batch = args.p * args.k
     wave = torch.randn(batch, model.cfg.window_samples, device=device) * 0.1
     labels = torch.arange(args.p, device=device).repeat_interleave(args.k)
-
-    def one_step() -> None:
-        with torch.no_grad():
-            x = augmenter(wave)
-        optimize(step, optimizer, x, labels, defaults.optim.grad_clip)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(args.warmup):
-        one_step()
-    sync()
+    def timed(fn: Any) -> list[float]:
+        """Seconds of each of ``args.steps`` calls of ``fn``, after ``args.warmup`` untimed ones."""
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.steps):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def time_steps(loss_cfg: LossConfig) -> tuple[list[float], float]:
+        """Seconds of each training step, and the fastest loss computation alone, with the losses of ``loss_cfg``."""
+        loss = build_loss(loss_cfg, model.dim, args.classes).to(device)
+        step = TrainStep(model, SpecAugment(defaults.specaugment), loss, bf16).train()
+        optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), defaults.optim)
+
+        def one_step() -> None:
+            with torch.no_grad():
+                x = augmenter(wave)
+            optimize(step, optimizer, x, labels, defaults.optim.grad_clip)
+
+        emb = torch.nn.functional.normalize(torch.randn(batch, model.dim, device=device), dim=1).requires_grad_()
+        return timed(one_step), min(timed(lambda: loss(emb, labels)[0].backward()))
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        one_step()
-    sync()
-    elapsed = time.perf_counter() - t0
+    step_times, loss_s = time_steps(defaults.loss)
+    elapsed = sum(step_times)
     figures = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "size": args.size,
@@ -88,4 +119,16 @@ def run(args: argparse.Namespace) -> dict:
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:.1f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if names:
+        base = 1000 * min(step_times)
+        per_loss = {}
+        header = f"{'metric loss':<18} {'ms/step':>9} {'vs default':>10} {'loss ms':>9}"
+        print(f"\n{header}  (fastest of {args.steps} steps)")
+        print(f"{'default (' + defaults.loss.metric + ')':<18} {base:9.1f} {1.0:10.2f} {1000 * loss_s:9.2f}")
+        for name in names:
+            step_times, loss_s = time_steps(dataclasses.replace(defaults.loss, metric=name))
+            ms = 1000 * min(step_times)
+            per_loss[name] = {"ms_per_step": ms, "relative": ms / base, "loss_ms": 1000 * loss_s}
+            print(f"{name:<18} {ms:9.1f} {ms / base:10.2f} {1000 * loss_s:9.2f}")
+        figures["losses"] = per_loss
     return figures

@@ -1,4 +1,4 @@
-"""``kws bank``: list, show, remove and rename enrolled keywords."""
+"""``kws bank``: list, show, remove and rename enrolled keywords; undo feedback."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "show": ("show one keyword's details and calibration", ["keyword"]),
         "remove": ("remove a keyword", ["keyword"]),
         "rename": ("rename a keyword", ["old", "new"]),
+        "undo": ("undo a keyword's latest feedback entry (see `kws bank show`)", ["keyword"]),
     }
     for name, (help_text, positionals) in actions.items():
         ap = bsub.add_parser(name, help=help_text)
         for pos in positionals:
             ap.add_argument(pos, metavar=pos.upper())
+        if name == "undo":
+            ap.add_argument("entry", nargs="?", type=int, metavar="ENTRY", help="entry id; must be the latest (default)")
         ap.add_argument("--bank", required=True, metavar="BANK", help="keyword bank file")
         ap.set_defaults(func=_run)
 
@@ -38,10 +41,23 @@ def _run(args: argparse.Namespace) -> int:
         kw = bank[args.keyword]
         print(f"{kw.name}: threshold {kw.threshold:.3f}, {kw.samples} clip(s), {len(kw.centers)} center(s)")
         print(json.dumps(kw.info, indent=2))
+        rule = f", negatives {kw.negative_rule}" if kw.negatives is not None else ""
+        print(f"feedback: {len(kw.history)} entr{'y' if len(kw.history) == 1 else 'ies'}{rule}")
+        for e in kw.history:
+            print(f"  {e.id:3d}  {e.kind:<8}  {e.added}  {e.source}")
     elif args.bank_command == "remove":
         bank.remove(args.keyword)
         bank.save(args.bank)
         print(f"removed {args.keyword!r} from {args.bank}")
+    elif args.bank_command == "undo":
+        from kws.feedback import undo
+
+        entry = undo(bank, args.keyword, args.entry)
+        bank.save(args.bank)
+        print(
+            f"undid entry {entry.id} of {args.keyword!r} ({entry.kind}, {entry.source}); "
+            f"threshold now {bank[args.keyword].threshold:.3f}"
+        )
     else:
         bank.rename(args.old, args.new)
         bank.save(args.bank)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         spoken = [t.word for t in truth_iter if t.start < ev.time < t.end + 1.0]
         print(f"  {ev.time:7.2f} s  {ev.keyword:<8} score {ev.score:.3f}   (words in window: {', '.join(spoken) or '-'})")
     lat = sorted(result.latencies)
-    median = f", median latency {1000 * lat[len(lat) // 2]:.0f} ms after the word ends" if lat else ""
+    median = f", median event time {1000 * lat[len(lat) // 2]:+.0f} ms from the end of the word" if lat else ""
     print(f"\nsummary: {result.hits} hits, {result.misses} misses, {result.false_alarms} false alarms{median}")
     if args.bank:
         print(f"bank saved to {args.bank}; try: kws detect FILE --bank {args.bank}")

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=int, metavar="HZ", help="sample rate of raw PCM on stdin (default 16000) or to open the device at")
     p.add_argument("--channels", type=int, metavar="N", help="channels of raw PCM on stdin (default 1) or to open the device with")
     p.add_argument("--realtime", action="store_true", help="pace a file at real-time speed, like a live input")
+    p.add_argument("--save-events", metavar="DIR", help="save the audio around each event (WAV + JSON sidecar) in DIR")
+    p.add_argument("--event-preroll-ms", type=float, default=500.0, help="audio saved before the window that fired (500)")
+    p.add_argument("--event-postroll-ms", type=float, default=500.0, help="audio saved after it (500)")
+    p.add_argument("--save-events-max-mb", type=float, default=100.0, help="size cap of DIR; oldest clips go first (100)")
     add_detector_arguments(p)
     add_model_arguments(p)
     p.set_defaults(func=run)
@@ -53,18 +57,30 @@ def run(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
     detector = Detector(embedder, bank, cfg)
+    recorder = None
+    if args.save_events:
+        from kws.feedback import EventClipConfig, EventRecorder
+
+        clip_cfg = EventClipConfig(args.event_preroll_ms, args.event_postroll_ms, args.save_events_max_mb)
+        recorder = EventRecorder(args.save_events, embedder.window_samples, embedder.model_id, clip_cfg)
     source = _source(args)
     started = time.monotonic()
     interrupted = False
     try:
         for chunk in source:
-            for event in detector.process(chunk):
+            events = detector.process(chunk)
+            for event in events:
                 if args.json:
                     print(json.dumps(event.to_json()), flush=True)
                 else:
                     print(f"{event.time:9.2f} s  {event.keyword}  (score {event.score:.3f}, threshold {event.threshold:.3f})", flush=True)
+            if recorder is not None:
+                recorder.feed(chunk, events)
     except KeyboardInterrupt:
         interrupted = True
+    if recorder is not None:
+        recorder.close()
+        print(f"kws detect: {len(recorder.written)} event clip(s) saved in {args.save_events}", file=sys.stderr)
     _summary(detector, source, time.monotonic() - started, interrupted)
     return 0
 

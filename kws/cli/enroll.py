@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-far", type=float, default=0.01, metavar="P", help="false-accept rate to aim at (0.01)")
     p.add_argument(
         "--impostors",
-        metavar="DIR",
-        help="folder of other speech (clips or a Speech Commands layout); default: the bundled set",
+        metavar="PATH",
+        help="other speech: an impostor-set .npz, or a folder of clips (or a Speech Commands layout); "
+        "default: the bundled set",
     )
     p.add_argument("--replace", action="store_true", help="replace the keyword if it is already enrolled")
     p.add_argument("--centers", type=int, default=1, metavar="K", help="centers for varied samples (1)")
@@ -59,7 +60,7 @@ def _record(args: argparse.Namespace, sample_rate: int) -> tuple[list, list[str]
 def _run(args: argparse.Namespace) -> int:
     from kws.audio import load_audio
     from kws.bank import KeywordBank
-    from kws.enroll import embed_impostor_folder, enroll
+    from kws.enroll import enroll, impostors_from_path
     from kws.errors import EnrollmentError
 
     if args.record is not None and args.clips:
@@ -80,9 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         clips = [load_audio(c, embedder.sample_rate) for c in args.clips]
         names = [str(c) for c in args.clips]
-    impostors = None
-    if args.impostors:
-        impostors = embed_impostor_folder(embedder, args.impostors, exclude=args.keyword)
+    impostors = impostors_from_path(embedder, args.impostors, exclude=args.keyword)
     result = enroll(
         embedder,
         args.keyword,

@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="also compare enrolment with and without augmentation over N episodes",
     )
+    p.add_argument(
+        "--no-centre",
+        dest="centre",
+        action="store_false",
+        help="embed clips as they are (default: trim silence and centre the speech, as enrolment does)",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_model_arguments(p)
     p.set_defaults(func=_run)
@@ -73,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         across_speakers=not args.same_speakers,
         augment_episodes=args.augment_episodes,
         seed=args.seed,
+        centre=args.centre,
     )
     report = evaluate(embedder_from_args(args), args.corpus, cfg, args.out)
     print(format_table(report))

@@ -1,4 +1,4 @@
-"""P×K batch sampler for metric learning (batch-hard triplet, center loss)."""
+"""Batch samplers for metric learning: P×K (:class:`PKSampler`) and hard classes (:class:`HardClassSampler`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from kws.errors import KwsError
+
+SAMPLERS = ("pk", "hard_class")
 
 
 class PKSampler(torch.utils.data.Sampler[list[int]]):
@@ -32,9 +34,9 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
     ) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         if labels.ndim != 1 or len(labels) == 0:
-            raise KwsError("PKSampler needs a non-empty 1-D sequence of labels")
+            raise KwsError(f"{type(self).__name__} needs a non-empty 1-D sequence of labels")
         if p < 1 or k < 1:
-            raise KwsError(f"PKSampler needs p >= 1 and k >= 1, got p={p}, k={k}")
+            raise KwsError(f"{type(self).__name__} needs p >= 1 and k >= 1, got p={p}, k={k}")
         if not 0 <= rank < world_size:
             raise KwsError(f"rank {rank} is outside world_size {world_size}")
         classes, inverse = np.unique(labels, return_inverse=True)
@@ -42,6 +44,7 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
             raise KwsError(f"P={p} classes per batch, but the labels hold only {len(classes)} classes")
         self.p, self.k, self.seed, self.rank, self.world_size = p, k, seed, rank, world_size
         self.epoch = 0
+        self.classes = classes  # class label of each class position
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse))[:-1]
         self._members = np.split(order, bounds)  # dataset indices of each class
@@ -53,20 +56,25 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
     def __len__(self) -> int:
         return self._batches_total // self.world_size
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _batch_classes(self, rng: np.random.Generator) -> Iterator[list[int]]:
+        """Class positions of each batch: a shuffled order of classes, never repeating one inside a batch."""
         n_classes = len(self._members)
-        pools = [rng.permutation(m) for m in self._members]
-        cursor = [0] * n_classes
         class_queue: list[int] = []
-        for b in range(len(self) * self.world_size):
-            # Refill with a fresh permutation of classes, never repeating one inside a batch.
+        while True:
             while len(class_queue) < self.p:
                 fresh = [c for c in rng.permutation(n_classes).tolist() if c not in class_queue[: self.p]]
                 class_queue += fresh
             chosen, class_queue = class_queue[: self.p], class_queue[self.p :]
+            yield chosen
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        pools = [rng.permutation(m) for m in self._members]
+        cursor = [0] * len(self._members)
+        plan = self._batch_classes(rng)
+        for b in range(len(self) * self.world_size):
             batch = []
-            for c in chosen:
+            for c in next(plan):
                 members = self._members[c]
                 if len(members) < self.k:
                     batch += rng.choice(members, self.k, replace=True).tolist()
@@ -77,3 +85,66 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
                 cursor[c] += self.k
             if b % self.world_size == self.rank:
                 yield batch
+
+
+class HardClassSampler(PKSampler):
+    """P×K batches whose classes are each other's nearest classes (hard negatives for one another).
+
+    Each batch starts from a seed class — seeds walk a shuffled order of all
+    classes, so every class leads a batch once per pass — and grows greedily:
+    the next class is the one, not yet in the batch, with the highest mean
+    cosine similarity to the classes already in it. Similarities come from the
+    class centers given to :meth:`set_centers` (the trainer refreshes them every
+    epoch); until then, or for a class whose center is zero (never seen), the
+    batches are those of :class:`PKSampler`'s random order or random picks.
+    ``k=2`` gives the N classes × 2 batches of the N-pair loss.
+
+    Classes near many others appear in more batches than isolated ones: that
+    is the point. Deterministic for ``(seed, epoch, centers)``; ranks share one
+    plan as in :class:`PKSampler` (the centers must be the same on every rank).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        p: int,
+        k: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(labels, p, k, seed, rank, world_size)
+        self._similarity: np.ndarray | None = None
+
+    def set_centers(self, centers: np.ndarray | torch.Tensor) -> None:
+        """Class centers ``(num_classes, dim)``, row ``i`` for label ``i`` (labels absent from the data are ignored)."""
+        centers = torch.as_tensor(centers).detach().float().cpu().numpy()
+        if centers.ndim != 2 or len(centers) <= int(self.classes.max()):
+            raise KwsError(
+                f"class centers must be (num_classes, dim) with a row for every label up to {int(self.classes.max())}, "
+                f"got shape {centers.shape}"
+            )
+        c = centers[self.classes]
+        norm = np.linalg.norm(c, axis=1, keepdims=True)
+        c = np.where(norm > 0, c / np.maximum(norm, 1e-12), 0.0)
+        self._similarity = c @ c.T
+
+    def _batch_classes(self, rng: np.random.Generator) -> Iterator[list[int]]:
+        if self._similarity is None:
+            yield from super()._batch_classes(rng)
+            return
+        sim = self._similarity
+        n_classes = len(sim)
+        while True:
+            for seed_class in rng.permutation(n_classes).tolist():
+                chosen = [seed_class]
+                # Random tie-breaking jitter, far below any real difference in similarity.
+                score = sim[seed_class] + 1e-6 * rng.random(n_classes)
+                taken = np.zeros(n_classes, dtype=bool)
+                taken[seed_class] = True
+                while len(chosen) < self.p:
+                    nxt = int(np.argmax(np.where(taken, -np.inf, score)))
+                    chosen.append(nxt)
+                    taken[nxt] = True
+                    score = score + sim[nxt]
+                yield chosen

@@ -1,0 +1,495 @@
+"""Learning from mistakes: event clips, false-alarm feedback and re-enrolment, without retraining.
+
+* :class:`EventRecorder` writes the audio around each detection (the window that
+  fired plus a pre-roll and a post-roll) as a WAV with a JSON sidecar, in a
+  folder kept under a size cap.
+* :func:`add_negative` ("that was not the keyword") stores a clip's embedding as
+  a negative example of a keyword; :func:`add_positive` ("that was it") adds a
+  further positive and re-makes the keyword's centers. Both re-calibrate the
+  threshold with :func:`kws.enroll.calibrate`, the rule used at enrolment.
+* :func:`undo` takes back the latest change exactly (each entry remembers the
+  keyword as it was before).
+
+How negatives act is the keyword's ``negative_rule`` (:data:`kws.bank.NEGATIVE_RULES`):
+``"suppress"`` (default: a window closer to a negative than to the keyword
+cannot fire, see :func:`kws.bank.apply_negatives`) or ``"raise"`` (the threshold
+is raised just above the negatives' scores). ``kws bench feedback`` measures both.
+
+The embedding of a clip is that of the window that fired, for an event clip (its
+sidecar says where the window is), else that of the clip's best-scoring window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kws.audio import SAMPLE_RATE, load_audio, write_audio
+from kws.bank import DEFAULT_NEGATIVE_RULE, NEGATIVE_RULES, Entry, Keyword, KeywordBank, apply_negatives
+from kws.detect import Event
+from kws.embedder import Embedder
+from kws.enroll import (
+    Calibration,
+    EnrollConfig,
+    _centers,
+    _kmeans_assign,
+    calibrate,
+    leave_one_out_scores,
+    load_impostors,
+    nearest_keyword,
+)
+from kws.errors import AudioError, BankError, EnrollmentError
+from kws.fileio import write_json
+from kws.metrics import normalize
+
+log = logging.getLogger(__name__)
+
+EVENT_FORMAT = "kws-event"
+
+
+# ---------------------------------------------------------------------------- event clips
+
+
+@dataclass(frozen=True)
+class EventClipConfig:
+    """What :class:`EventRecorder` keeps.
+
+    Attributes:
+        preroll_ms: audio kept before the window that fired.
+        postroll_ms: audio kept after it (the clip is written once it has arrived).
+        max_mb: the folder's event clips and sidecars are kept under this size,
+            the oldest deleted first.
+    """
+
+    preroll_ms: float = 500.0
+    postroll_ms: float = 500.0
+    max_mb: float = 100.0
+
+    def validate(self) -> None:
+        if self.preroll_ms < 0 or self.postroll_ms < 0:
+            raise AudioError(f"pre-roll and post-roll cannot be negative ({self.preroll_ms}, {self.postroll_ms} ms)")
+        if self.max_mb <= 0:
+            raise AudioError(f"the event folder's size cap must be positive, got {self.max_mb} MB")
+
+
+def _safe_name(keyword: str) -> str:
+    return re.sub(r"[^\w-]+", "_", keyword).strip("_") or "keyword"
+
+
+class EventRecorder:
+    """Writes the audio around each event to ``folder`` as ``<run>_<time>s_<keyword>.wav`` + ``.json``.
+
+    Feed it the same chunks as the :class:`~kws.detect.Detector` and the events
+    each chunk produced: ``recorder.feed(chunk, detector.process(chunk))``; call
+    :meth:`close` at the end of the stream to write clips still waiting for their
+    post-roll. Stream time 0 is the first sample fed; before it the stream is
+    silence (as the detector assumes), so early clips are padded with zeros.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        window_samples: int,
+        model_id: str,
+        config: EventClipConfig = EventClipConfig(),
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        config.validate()
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.window = window_samples
+        self.model_id = model_id
+        self.cfg = config
+        self.sr = sample_rate
+        self.pre = round(config.preroll_ms * sample_rate / 1000)
+        self.post = round(config.postroll_ms * sample_rate / 1000)
+        # Names start with the run's start so that runs never overwrite each other and sort by age.
+        self.run = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # stream sample index of _buf[0]
+        self._fed = 0
+        self._pending: list[tuple[Event, int, int]] = []  # event, clip start, clip end (samples)
+        self.written: list[Path] = []
+
+    def feed(self, chunk: np.ndarray, events: Sequence[Event] = ()) -> list[Path]:
+        """Add ``(samples,)`` audio and the events it completed; returns the clips written now."""
+        self._buf = np.concatenate([self._buf, np.asarray(chunk, dtype=np.float32)])
+        self._fed += len(chunk)
+        for ev in events:
+            end = round(ev.time * self.sr)
+            self._pending.append((ev, end - self.window - self.pre, end + self.post))
+        written = self._flush(final=False)
+        # Later events end after the samples fed so far minus a hop (< 1 s), so their
+        # clips start no earlier than this.
+        keep_from = self._fed - (self.window + self.pre + self.sr)
+        if self._pending:
+            keep_from = min(keep_from, min(start for _, start, _ in self._pending))
+        if keep_from > self._buf_start:
+            self._buf = self._buf[keep_from - self._buf_start :]
+            self._buf_start = keep_from
+        return written
+
+    def close(self) -> list[Path]:
+        """Write the clips still waiting for post-roll, with the audio there is."""
+        return self._flush(final=True)
+
+    def _flush(self, final: bool) -> list[Path]:
+        written, waiting = [], []
+        for item in self._pending:
+            if final or item[2] <= self._fed:
+                written.append(self._write(*item))
+            else:
+                waiting.append(item)
+        self._pending = waiting
+        return written
+
+    def _audio(self, start: int, end: int) -> np.ndarray:
+        """Stream samples ``[start, end)``, zeros before the stream start."""
+        end = min(end, self._fed)
+        lead = max(0, -start)
+        a, b = max(start, 0) - self._buf_start, end - self._buf_start
+        return np.concatenate([np.zeros(lead, np.float32), self._buf[a:b]])
+
+    def _write(self, ev: Event, start: int, end: int) -> Path:
+        stem = f"{self.run}_{ev.time:09.2f}s_{_safe_name(ev.keyword)}"
+        wav = self.folder / f"{stem}.wav"
+        write_audio(wav, self._audio(start, end), self.sr)
+        write_json(
+            wav.with_suffix(".json"),
+            {
+                "format": EVENT_FORMAT,
+                **ev.to_json(),
+                "clip": wav.name,
+                "clip_start_s": round(start / self.sr, 4),
+                "window_start_s": round(self.pre / self.sr, 4),
+                "window_end_s": round((self.pre + self.window) / self.sr, 4),
+                "sample_rate": self.sr,
+                "model_id": self.model_id,
+                "saved": _now(),
+            },
+        )
+        log.debug("saved event clip %s", wav)
+        self.written.append(wav)
+        self._enforce_cap(keep=wav)
+        return wav
+
+    def _enforce_cap(self, keep: Path) -> None:
+        """Delete the oldest event clips (and sidecars) until the folder is under the cap."""
+        clips = [p for p in self.folder.glob("*.wav") if p.with_suffix(".json").is_file()]
+        sizes = {p: p.stat().st_size + p.with_suffix(".json").stat().st_size for p in clips}
+        total, cap = sum(sizes.values()), self.cfg.max_mb * 1024 * 1024
+        for p in sorted(clips, key=lambda p: (p.stat().st_mtime_ns, p.name)):
+            if total <= cap:
+                break
+            if p == keep:
+                continue
+            p.unlink()
+            p.with_suffix(".json").unlink()
+            total -= sizes[p]
+            log.info("event folder over %.1f MB: deleted %s", self.cfg.max_mb, p.name)
+
+
+# ---------------------------------------------------------------------------- clip → embedding
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_sidecar(path: str | Path) -> dict | None:
+    """The event sidecar beside an audio clip, or ``None`` if the clip is not an event clip."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        d = json.loads(side.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AudioError(f"{side}: unreadable event sidecar ({exc}); delete it to use the clip as a plain clip") from exc
+    if not isinstance(d, dict) or d.get("format") != EVENT_FORMAT:
+        return None
+    if not all(isinstance(d.get(k), (int, float)) for k in ("window_start_s", "window_end_s")):
+        raise AudioError(f"{side}: event sidecar lacks the window's position (window_start_s, window_end_s)")
+    return d
+
+
+def best_window(embedder: Embedder, keyword: Keyword, audio: np.ndarray, hop_ms: float = 100.0) -> tuple[np.ndarray, float]:
+    """The embedding ``(dim,)`` of the window of ``audio`` ``(samples,)`` that scores highest for
+    ``keyword`` (its centers, negatives ignored), and the window's start in seconds."""
+    w = embedder.window_samples
+    hop = max(1, round(hop_ms * embedder.sample_rate / 1000))
+    if len(audio) <= w:
+        return embedder(audio[None])[0], 0.0
+    starts = list(range(0, len(audio) - w + 1, hop))
+    if starts[-1] != len(audio) - w:
+        starts.append(len(audio) - w)
+    emb = embedder(np.stack([audio[s : s + w] for s in starts]))
+    i = int(np.argmax((emb @ keyword.centers.T).max(axis=1)))
+    return emb[i], starts[i] / embedder.sample_rate
+
+
+def clip_embedding(embedder: Embedder, keyword: Keyword, clip: str | Path | np.ndarray) -> tuple[np.ndarray, str]:
+    """The embedding ``(dim,)`` a clip stands for, and how it was found (for messages).
+
+    An event clip (a file with a ``kws-event`` sidecar) gives the window that fired;
+    any other clip (a file or ``(samples,)`` audio at the embedder's rate) gives
+    its best-scoring window for ``keyword``.
+    """
+    if isinstance(clip, np.ndarray):
+        emb, start = best_window(embedder, keyword, np.asarray(clip, dtype=np.float32))
+        return emb, f"best window at {start:.2f} s"
+    audio = load_audio(clip, embedder.sample_rate)
+    side = read_sidecar(clip)
+    if side is None:
+        emb, start = best_window(embedder, keyword, audio)
+        return emb, f"best window at {start:.2f} s"
+    a, b = (round(side[k] * embedder.sample_rate) for k in ("window_start_s", "window_end_s"))
+    if not 0 <= a < b <= len(audio):
+        raise AudioError(f"{clip}: the sidecar's window {a}-{b} lies outside the clip ({len(audio)} samples)")
+    return embedder(audio[a:b][None])[0], f"the window that fired ({side['window_start_s']:.2f}-{side['window_end_s']:.2f} s)"
+
+
+# ---------------------------------------------------------------------------- feedback
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """How feedback re-calibrates a keyword.
+
+    Attributes:
+        negative_rule: ``"suppress"`` or ``"raise"`` (see the module doc);
+            ``None`` keeps the keyword's own rule.
+        raise_margin: with ``"raise"``, the threshold goes this far above the
+            highest negative's score.
+        target_quantile: as at enrolment (:class:`kws.enroll.EnrollConfig`).
+        kmeans_iters: as at enrolment, when positives re-make several centers.
+    """
+
+    negative_rule: str | None = None
+    raise_margin: float = 0.02
+    target_quantile: float = EnrollConfig.target_quantile
+    kmeans_iters: int = EnrollConfig.kmeans_iters
+
+
+@dataclass
+class FeedbackResult:
+    """What one feedback call changed.
+
+    Attributes:
+        keyword: the keyword's name.
+        entry: the history entry added (undo it with :func:`undo`).
+        how: how the clip's embedding was found.
+        similarity: the clip's cosine to the keyword's centers before the change.
+        threshold_before / threshold_after: the keyword's threshold.
+        calibration: the new calibration (``expected_far`` on the impostors).
+        nearest: the most similar other keyword and its cosine, if any.
+    """
+
+    keyword: str
+    entry: Entry
+    how: str
+    similarity: float
+    threshold_before: float
+    threshold_after: float
+    calibration: Calibration
+    nearest: tuple[str, float] | None
+
+
+def _enrolled_state(keyword: Keyword) -> dict:
+    """The keyword as stored before any feedback (JSON data)."""
+    return keyword.history[0].before if keyword.history else keyword.state_json()
+
+
+def _recenter(keyword: Keyword, cfg: FeedbackConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Centers ``(k, dim)``, raw leave-one-out scores ``(n,)`` and their embeddings ``(n, dim)`` (or ``None``).
+
+    Without positive feedback these are the enrolment's own (augmented centers included);
+    with it, the centers are re-made from all positives as enrolment makes them.
+    """
+    enrolled = _enrolled_state(keyword)
+    positives = keyword.all_positives
+    if not any(e.kind == "positive" for e in keyword.history):
+        centers = np.asarray(enrolled["centers"], dtype=np.float32)
+        target = np.asarray(enrolled["info"].get("calibration", {}).get("target_scores", []), dtype=np.float32)
+        aligned = positives if positives is not None and len(positives) == len(target) else None
+        return centers, target, aligned
+    assert positives is not None  # add_positive refuses keywords without positives
+    k = min(len(enrolled["centers"]), len(positives))
+    emb = positives[:, None]
+    assign = _kmeans_assign(positives, k, cfg.kmeans_iters) if k > 1 else np.zeros(len(positives), dtype=int)
+    centers = _centers(emb, assign, np.ones(len(positives), dtype=bool)).astype(np.float32)
+    target = leave_one_out_scores(emb, assign) if len(positives) > 1 else np.zeros(0, np.float32)
+    return centers, target, positives
+
+
+def recalibrate(keyword: Keyword, impostors: np.ndarray, config: FeedbackConfig = FeedbackConfig()) -> Calibration:
+    """Re-make ``keyword``'s centers and threshold from its positives and negatives, in place.
+
+    The threshold comes from :func:`kws.enroll.calibrate` on the leave-one-out
+    and impostor scores as the keyword now scores them (negatives applied under
+    ``"suppress"``); under ``"raise"`` it is then lifted above the negatives' scores.
+
+    Args:
+        impostors: ``(M, dim)`` unit-norm embeddings of other speech.
+    """
+    enrolled_cal = _enrolled_state(keyword)["info"].get("calibration", {})
+    target_far = float(enrolled_cal.get("target_far", 0.01))
+    centers, target, target_emb = _recenter(keyword, config)
+    keyword.centers = centers
+    negatives = keyword.negatives
+    suppress = keyword.negative_rule == "suppress" and negatives is not None
+    if suppress and target_emb is not None:
+        # A suppressed enrolment clip cannot pass at any threshold: leaving it in would only
+        # drag the target-quantile cap (and so the threshold) down to the suppressed score.
+        kept = apply_negatives(target, (target_emb @ negatives.T).max(axis=1)) == target
+        if not kept.all():
+            log.warning("%d of %d enrolment clips of %r are nearer a negative than the keyword",
+                        int((~kept).sum()), len(kept), keyword.name)
+        target = target[kept]
+    impostor_scores = keyword.score(impostors)  # negatives applied when the rule is "suppress"
+    cal = calibrate(target, impostor_scores, target_far, config.target_quantile)
+    if keyword.negative_rule == "raise" and negatives is not None:
+        above = float((negatives @ centers.T).max()) + config.raise_margin
+        if above > cal.threshold:
+            cal = dataclasses.replace(
+                cal,
+                threshold=above,
+                expected_far=float(np.mean(impostor_scores >= above)),
+                expected_frr=float(np.mean(target < above)) if len(target) else float("nan"),
+                limited_by="negatives",
+            )
+    keyword.threshold = cal.threshold
+    keyword.info = {
+        **_enrolled_state(keyword)["info"],
+        "calibration": cal.to_json(),
+        "feedback": {"negative_rule": keyword.negative_rule, "negatives": 0 if negatives is None else len(negatives)},
+    }
+    return cal
+
+
+def _add(
+    embedder: Embedder,
+    bank: KeywordBank,
+    name: str,
+    kind: str,
+    clip: str | Path | np.ndarray,
+    impostors: np.ndarray | None,
+    source: str | None,
+    config: FeedbackConfig,
+) -> FeedbackResult:
+    bank.check_model(embedder.model_id)
+    kw = bank[name]
+    if config.negative_rule is not None and config.negative_rule not in NEGATIVE_RULES:
+        raise EnrollmentError(f"negative rule must be one of {', '.join(NEGATIVE_RULES)}, got {config.negative_rule!r}")
+    if kind == "positive" and kw.positives is None:
+        raise EnrollmentError(
+            f"{name!r} was enrolled with an older kws that did not keep its enrolment clips; "
+            "re-enrol it (kws enroll --replace) before adding positives"
+        )
+    if impostors is None:
+        impostors = load_impostors(embedder, exclude=name)
+    impostors = normalize(np.asarray(impostors, dtype=np.float32))
+    emb, how = clip_embedding(embedder, kw, clip)
+    emb = normalize(emb).astype(np.float32)
+    similarity = float((kw.centers @ emb).max())
+    if kind == "negative":
+        _, loo, _ = _recenter(kw, config)
+        if len(loo) and similarity >= float(np.median(loo)):
+            raise EnrollmentError(
+                f"this clip looks like {name!r} itself (similarity {similarity:.3f} to it, as high as its "
+                f"enrolment clips' typical {float(np.median(loo)):.3f}); it was not added as a negative, "
+                f"since that would stop {name!r} from being detected. If it was a real detection, "
+                f"nothing needs fixing; if not, raise the threshold (--threshold-offset) or re-enrol {name!r}"
+            )
+    if source is None:
+        source = "audio" if isinstance(clip, np.ndarray) else Path(clip).name
+    entry = Entry(
+        id=max((e.id for e in kw.history), default=0) + 1,
+        kind=kind,
+        source=source,
+        added=_now(),
+        embedding=emb,
+        before=json.loads(json.dumps(kw.state_json())),
+    )
+    threshold_before = kw.threshold
+    kw.history.append(entry)
+    if config.negative_rule is not None:
+        kw.negative_rule = config.negative_rule
+    if kind == "positive":
+        kw.samples += 1
+    cal = recalibrate(kw, impostors, config)
+    nearest = nearest_keyword(bank, kw.centers, exclude=name)
+    log.info("%s %s: threshold %.3f -> %.3f", kind, name, threshold_before, kw.threshold)
+    return FeedbackResult(name, entry, how, similarity, threshold_before, kw.threshold, cal, nearest)
+
+
+def add_negative(
+    embedder: Embedder,
+    bank: KeywordBank,
+    name: str,
+    clip: str | Path | np.ndarray,
+    impostors: np.ndarray | None = None,
+    source: str | None = None,
+    config: FeedbackConfig = FeedbackConfig(),
+) -> FeedbackResult:
+    """Add ``clip`` as a negative example of keyword ``name`` ("that was not the keyword"), in place.
+
+    Args:
+        clip: an event clip or any audio file, or ``(samples,)`` audio at the embedder's rate.
+        impostors: ``(M, dim)`` other speech for re-calibration; ``None``: the bundled set.
+        source: name recorded in the history (default: the file name).
+    Raises:
+        EnrollmentError: the clip sounds like the keyword itself (not added).
+        BankError: no such keyword, or a bank of another model.
+    """
+    return _add(embedder, bank, name, "negative", clip, impostors, source, config)
+
+
+def add_positive(
+    embedder: Embedder,
+    bank: KeywordBank,
+    name: str,
+    clip: str | Path | np.ndarray,
+    impostors: np.ndarray | None = None,
+    source: str | None = None,
+    config: FeedbackConfig = FeedbackConfig(),
+) -> FeedbackResult:
+    """Add ``clip`` as a further positive of keyword ``name`` (a missed or weak detection), in place.
+
+    The centers are re-made from all positives and the threshold re-calibrated.
+    Arguments as :func:`add_negative`.
+    """
+    return _add(embedder, bank, name, "positive", clip, impostors, source, config)
+
+
+def undo(bank: KeywordBank, name: str, entry_id: int | None = None) -> Entry:
+    """Take back the latest feedback entry of ``name`` (in place), restoring the keyword exactly.
+
+    Entries are undone latest first: ``entry_id``, if given, must be the latest.
+    Returns the entry removed.
+    """
+    kw = bank[name]
+    if not kw.history:
+        raise BankError(f"{name!r} has no feedback to undo")
+    latest = kw.history[-1]
+    if entry_id is not None and entry_id != latest.id:
+        ids = [e.id for e in kw.history]
+        if entry_id not in ids:
+            raise BankError(f"{name!r} has no feedback entry {entry_id} (entries: {', '.join(map(str, ids))})")
+        later = ", ".join(str(i) for i in ids[ids.index(entry_id) + 1 :][::-1])
+        raise BankError(f"entry {entry_id} of {name!r} is not the latest; undo entries {later} first (latest first)")
+    before = latest.before
+    kw.centers = np.asarray(before["centers"], dtype=np.float32)
+    kw.threshold = float(before["threshold"])
+    kw.samples = int(before["samples"])
+    kw.info = before["info"]
+    kw.negative_rule = str(before.get("negative_rule", DEFAULT_NEGATIVE_RULE))
+    kw.history.pop()
+    return latest

@@ -1,0 +1,60 @@
+"""Phonemes of words (espeak-ng) and minimal pairs: words one phoneme apart.
+
+Minimal pairs ("cat"/"bat", "light"/"right") are the hardest case of few-shot
+keyword spotting; the training ablation reports how often such words are taken
+for one another. Phonemes come from espeak-ng's IPA transcription, split into
+phonemes by espeak-ng itself (``--sep``), with stress marks dropped: stress
+moves with the word, it is not a sound of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Sequence
+
+from kws.data.synth import _espeak
+from kws.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_SEP = "_"
+_STRESS = "ˈˌ"
+
+
+def phonemes(word: str, voice: str = "en-us") -> tuple[str, ...]:
+    """The phonemes of ``word`` as espeak-ng says it in ``voice``, e.g. ``cat`` → ``('k', 'a', 't')``."""
+    if not word.strip():
+        raise DataError("cannot transcribe an empty word")
+    out = _espeak(["-q", "--ipa", f"--sep={_SEP}", "-v", voice, word]).decode("utf-8").split()
+    tokens = [t.strip(_STRESS) for chunk in out for t in chunk.split(_SEP)]
+    return tuple(t for t in tokens if t)
+
+
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two phoneme sequences (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def minimal_pairs(
+    words: Iterable[str], max_distance: int = 1, voice: str = "en-us"
+) -> list[tuple[str, str, int]]:
+    """Pairs of ``words`` whose phonemes are at most ``max_distance`` edits apart (and not identical).
+
+    Returns ``(a, b, distance)`` in the order the words were given. Homophones
+    (distance 0) are left out: no acoustic model can tell them apart.
+    """
+    words = list(dict.fromkeys(words))
+    phones = {w: phonemes(w, voice) for w in words}
+    pairs = []
+    for a, b in itertools.combinations(words, 2):
+        d = edit_distance(phones[a], phones[b])
+        if 0 < d <= max_distance:
+            pairs.append((a, b, d))
+    log.info("%d minimal pair(s) among %d words", len(pairs), len(words))
+    return pairs

@@ -1,0 +1,269 @@
+"""Event clips, false-alarm feedback, re-enrolment and undo (kws.feedback, bank version 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kws.audio import load_audio, write_audio
+from kws.bank import Entry, Keyword, KeywordBank
+from kws.cli import main
+from kws.detect import Detector, DetectorConfig, Event
+from kws.errors import BankError, EnrollmentError
+from kws.feedback import (
+    EventClipConfig,
+    EventRecorder,
+    FeedbackConfig,
+    add_negative,
+    add_positive,
+    read_sidecar,
+    undo,
+)
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def embedder(random_checkpoint):
+    from kws.embedder import load_embedder
+
+    return load_embedder(random_checkpoint, threads=1)
+
+
+def _word(f0: float, f1: float, shift: int = 0, seed: int | None = None) -> np.ndarray:
+    """A 0.5 s chirp with harmonics in a 1 s clip (a 'word'), varied by ``shift`` and noise of ``seed``."""
+    t = np.arange(SR // 2) / SR
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2)
+    tone = np.sin(np.pi * t / 0.5) * (np.sin(phase) + 0.5 * np.sin(3 * phase))
+    x = np.pad(0.3 * tone, (SR // 4 + shift, SR // 4 - shift))
+    if seed is not None:
+        x = x + 0.002 * np.random.default_rng(seed).standard_normal(SR)
+    return x.astype(np.float32)
+
+
+UP, DOWN = (300, 900), (1200, 400)
+
+
+def _stream(words: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """Clips among silence with a little noise; truth as (name, speech start s, speech end s)."""
+    parts, truth, pos = [], [], 0
+    for i, (name, clip) in enumerate(words):
+        gap = int(SR * (1.3 + 0.4 * i))
+        parts += [np.zeros(gap, np.float32), clip]
+        pos += gap
+        truth.append((name, (pos + SR // 4) / SR, (pos + 3 * SR // 4) / SR))
+        pos += SR
+    parts.append(np.zeros(SR, np.float32))
+    audio = np.concatenate(parts)
+    return audio + 0.003 * np.random.default_rng(1).standard_normal(len(audio)).astype(np.float32), truth
+
+
+def _run(embedder, bank, audio, folder=None, config=EventClipConfig()):
+    det = Detector(embedder, bank, DetectorConfig(smoothing=1, refractory_ms=2000))
+    rec = EventRecorder(folder, embedder.window_samples, embedder.model_id, config) if folder else None
+    events, rng, i = [], np.random.default_rng(3), 0
+    while i < len(audio):  # chunks of odd sizes, not aligned to hops
+        chunk = audio[i : i + int(rng.integers(500, 6000))]
+        got = det.process(chunk)
+        events += got
+        if rec:
+            rec.feed(chunk, got)
+        i += len(chunk)
+    if rec:
+        rec.close()
+    return events, rec
+
+
+@pytest.fixture(scope="module")
+def impostors(embedder) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    noise = [(0.1 * rng.standard_normal(SR)).astype(np.float32) for _ in range(30)]
+    other = [_word(600 + 40 * k, 200 + 60 * k, seed=k) for k in range(30)]
+    return embedder(noise + other)
+
+
+@pytest.fixture
+def enrolled(embedder, impostors) -> KeywordBank:
+    """A bank with 'up' enrolled (through kws.enroll) from 3 slightly varied clips."""
+    from kws.enroll import enroll
+
+    clips = [_word(*UP, shift=s, seed=k) for k, s in enumerate((0, 160, -160))]
+    bank = KeywordBank(embedder.model_id, embedder.dim)
+    bank.add(enroll(embedder, "up", clips, impostors=impostors).keyword)
+    return bank
+
+
+def test_event_clips_hold_the_keyword_at_the_reported_time(embedder, tmp_path):
+    clips = {"up": _word(*UP), "down": _word(*DOWN)}
+    bank = KeywordBank(embedder.model_id, embedder.dim)
+    for name, emb in zip(clips, embedder(np.stack(list(clips.values())))):
+        bank.add(Keyword(name, emb[None], threshold=0.985, samples=1))
+    audio, truth = _stream([(n, clips[n]) for n in ["up", "down", "up", "down"]])
+    events, rec = _run(embedder, bank, audio, tmp_path, EventClipConfig(preroll_ms=300, postroll_ms=400))
+    assert [e.keyword for e in events] == [w for w, _, _ in truth]
+    assert len(rec.written) == len(events)
+    for ev, wav, (_, start, end) in zip(events, rec.written, truth):
+        side = read_sidecar(wav)
+        assert (side["keyword"], side["time"]) == (ev.keyword, round(ev.time, 3))
+        assert side["model_id"] == embedder.model_id and side["score"] >= side["threshold"]
+        x = load_audio(wav)
+        first = round((ev.time - 1.0 - 0.3) * SR)
+        assert len(x) == round(1.7 * SR)
+        np.testing.assert_allclose(x, audio[first : first + len(x)], atol=2 / 32768)  # 16-bit WAV
+        # The keyword lies in the window the sidecar names, and that window scores as it did live.
+        a, b = round(side["window_start_s"] * SR), round(side["window_end_s"] * SR)
+        w0 = ev.time - 1.0
+        assert w0 < start < end <= w0 + 1.0 + 0.1 and (a, b) == (round(0.3 * SR), round(1.3 * SR))
+        assert bank.score(embedder(x[a:b][None]))[0, bank.names.index(ev.keyword)] >= 0.98
+
+
+def test_event_folder_stays_under_its_size_cap(tmp_path):
+    one_clip = 44 + 2 * SR * 2 + 600  # WAV header, 2 s of 16-bit audio, roughly the sidecar
+    rec = EventRecorder(tmp_path, SR, "m", EventClipConfig(500, 500, max_mb=2.5 * one_clip / 2**20))
+    audio = 0.01 * np.random.default_rng(0).standard_normal(SR).astype(np.float32)
+    for k in range(1, 8):
+        rec.feed(audio, [Event("up", 0.9, 0.8, float(k))])
+    rec.close()
+    left = sorted(tmp_path.glob("*.wav"))
+    assert len(rec.written) == 7 and len(left) == 2
+    assert left == rec.written[-2:]  # the oldest went first
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 2.5 * one_clip
+    assert all(p.with_suffix(".json").is_file() for p in left)
+
+
+def test_feedback_round_trips_through_the_bank_and_undo_restores_it_exactly(
+    embedder, enrolled, impostors, random_checkpoint, tmp_path, capsys
+):
+    bank_path, imp_path, clip = tmp_path / "bank.json", tmp_path / "imp.npz", tmp_path / "down.wav"
+    enrolled.save(bank_path)
+    np.savez(imp_path, model_id=np.array(embedder.model_id), embeddings=impostors, words=np.array(["x"] * len(impostors)))
+    write_audio(clip, np.concatenate([np.zeros(SR // 2, np.float32), _word(*DOWN)]))
+    original = bank_path.read_bytes()
+    common = ["--bank", str(bank_path), "--model", str(random_checkpoint), "--impostors", str(imp_path)]
+
+    assert main(["feedback", str(clip), "--not", "up", *common]) == 0
+    out = capsys.readouterr().out
+    assert "threshold" in out and "->" in out and "expected false-accept" in out
+    d = json.loads(bank_path.read_text())
+    assert d["version"] == 2
+    bank = KeywordBank.load(bank_path, model_id=embedder.model_id)
+    kw = bank["up"]
+    assert [(e.id, e.kind, e.source) for e in kw.history] == [(1, "negative", "down.wav")]
+    assert kw.negatives.shape == (1, embedder.dim) and kw.positives.shape == (3, embedder.dim)
+    assert kw.info["feedback"]["negatives"] == 1
+
+    assert main(["feedback", str(clip), "--is", "up", *common]) == 0
+    kw = KeywordBank.load(bank_path)["up"]
+    assert [e.kind for e in kw.history] == ["negative", "positive"] and kw.samples == 4
+    assert kw.all_positives.shape == (4, embedder.dim)
+    capsys.readouterr()
+    assert main(["bank", "show", "up", "--bank", str(bank_path)]) == 0
+    show = capsys.readouterr().out
+    assert "2 entries" in show and "negative" in show and "positive" in show and "down.wav" in show
+
+    assert main(["bank", "undo", "up", "1", "--bank", str(bank_path)]) == 2  # not the latest
+    assert "undo entries 2 first" in capsys.readouterr().err
+    assert main(["bank", "undo", "up", "--bank", str(bank_path)]) == 0
+    assert main(["bank", "undo", "up", "1", "--bank", str(bank_path)]) == 0
+    assert bank_path.read_bytes() == original
+    with pytest.raises(BankError, match="no feedback to undo"):
+        undo(KeywordBank.load(bank_path), "up")
+
+
+def test_a_negative_that_is_the_keyword_itself_is_refused(embedder, enrolled, impostors):
+    from kws.enroll import prepare_clips
+
+    before = json.dumps(enrolled.to_json())
+    # An enrolment clip as enrolment saw it (trimmed and centred): surely the keyword itself.
+    same = prepare_clips([_word(*UP, seed=0)], embedder.window_samples, SR)[0][0]
+    with pytest.raises(EnrollmentError, match="looks like 'up' itself.*not added as a negative"):
+        add_negative(embedder, enrolled, "up", same, impostors=impostors)
+    assert json.dumps(enrolled.to_json()) == before
+
+
+@pytest.mark.parametrize("rule", ["suppress", "raise"])
+def test_negatives_stop_the_false_alarm_they_match(embedder, enrolled, impostors, rule, tmp_path):
+    audio, truth = _stream([("up", _word(*UP, seed=11)), ("down", _word(*DOWN, seed=12)), ("up", _word(*UP, seed=13)), ("down", _word(*DOWN, seed=14))])
+    kw = enrolled["up"]
+    # A threshold low enough that the other word fires too: the false alarm to fix.
+    down_score = float(kw.score(embedder(_word(*DOWN)[None]))[0])
+    kw.threshold = down_score - 0.01
+    events, rec = _run(embedder, enrolled, audio, tmp_path)
+    false = [w for w, e in zip(rec.written, events) if any(n == "down" and s < e.time < t + 1.1 for n, s, t in truth)]
+    assert len(events) == 4 and len(false) == 2
+    result = add_negative(embedder, enrolled, "up", false[0], impostors=impostors, config=FeedbackConfig(negative_rule=rule))
+    assert "window that fired" in result.how
+    kw.threshold = min(kw.threshold, down_score - 0.01) if rule == "suppress" else kw.threshold
+    after, _ = _run(embedder, enrolled, audio)
+    # Neither the false alarm fed back nor the other utterance of that word fires any more.
+    assert not any(any(n == "down" and s < e.time < t + 1.1 for n, s, t in truth) for e in after)
+
+
+def test_suppression_is_selective():
+    """A window nearer a negative than the keyword is suppressed; one nearer the keyword is not."""
+    c, n = np.eye(4, dtype=np.float32)[:2]
+    kw = Keyword("up", c[None], threshold=0.5, samples=1)
+    near_neg = np.array([[0.6, 0.8, 0, 0]], np.float32)
+    near_kw = np.array([[0.8, 0.6, 0, 0]], np.float32)
+    before = kw.score(np.concatenate([near_neg, near_kw]))
+    kw.history.append(Entry(1, "negative", "x.wav", "now", n, kw.state_json()))
+    after = kw.score(np.concatenate([near_neg, near_kw]))
+    np.testing.assert_allclose(before, [0.6, 0.8], atol=1e-6)
+    np.testing.assert_allclose(after, [-1.0, 0.8], atol=1e-6)
+    kw.negative_rule = "raise"  # under "raise" the threshold does the work, scores stay
+    np.testing.assert_allclose(kw.score(np.concatenate([near_neg, near_kw])), [0.6, 0.8], atol=1e-6)
+
+
+def test_version_1_bank_still_loads_and_takes_negatives(embedder, impostors, tmp_path):
+    center = embedder(_word(*UP)[None])[0]
+    v1 = {
+        "format": "kws-bank",
+        "version": 1,
+        "model_id": embedder.model_id,
+        "dim": embedder.dim,
+        "keywords": {
+            "up": {
+                "centers": [[float(v) for v in center]],
+                "threshold": 0.9,
+                "samples": 3,
+                "info": {"calibration": {"target_far": 0.01, "target_scores": [0.999, 0.998, 0.999]}},
+            }
+        },
+    }
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(v1))
+    bank = KeywordBank.load(path, model_id=embedder.model_id)
+    kw = bank["up"]
+    assert kw.positives is None and kw.history == [] and kw.negatives is None
+    np.testing.assert_allclose(bank.score(center[None]), [[1.0]], atol=1e-5)
+    with pytest.raises(EnrollmentError, match="re-enrol"):
+        add_positive(embedder, bank, "up", _word(*UP), impostors=impostors)
+    add_negative(embedder, bank, "up", _word(*DOWN), impostors=impostors)
+    bank.save(path)
+    assert json.loads(path.read_text())["version"] == 2
+    assert len(KeywordBank.load(path)["up"].history) == 1
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda e: e.update(kind="maybe"), "kind 'maybe'"),
+        (lambda e: e.update(embedding=[0.1, 0.2]), "expected \\(8,\\)"),
+        (lambda e: e.pop("before"), "malformed"),
+    ],
+)
+def test_malformed_feedback_entries_give_bank_errors(tmp_path, damage, message):
+    bank = KeywordBank("m", 8)
+    c = np.eye(8, dtype=np.float32)[:1]
+    bank.add(Keyword("up", c, 0.5, 1, positives=c))
+    d = bank.to_json()
+    entry = {"id": 1, "kind": "negative", "source": "x.wav", "added": "now", "embedding": [0.0] * 7 + [1.0],
+             "before": bank["up"].state_json()}
+    damage(entry)
+    d["keywords"]["up"]["history"] = [entry]
+    (tmp_path / "b.json").write_text(json.dumps(d))
+    with pytest.raises(BankError, match=message):
+        KeywordBank.load(tmp_path / "b.json")
