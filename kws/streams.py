@@ -142,10 +142,13 @@ def evaluate_stream(
     bank: KeywordBank,
     audio: np.ndarray,
     truth: list[TruthItem],
-    offsets: Sequence[float] = tuple(np.round(np.arange(-0.2, 0.21, 0.02), 3)),
+    offsets: Sequence[float] = tuple(np.round(np.arange(-0.1, 0.31, 0.02), 3)),
     cfg: DetectorConfig = DetectorConfig(),
 ) -> dict:
     """Recall, false alarms per hour and latency at each threshold offset.
+
+    Each offset of the sweep is added to the bank's thresholds *instead of*
+    ``cfg.threshold_offset`` (the detector's default is one point of the sweep).
 
     Returns a plain-data report: ``{"duration_s", "keywords", "points": [{offset,
     recall, false_alarms, fa_per_hour, latency_mean_s, latency_median_s,

@@ -88,7 +88,7 @@ def test_detector_scores_equal_offline_windows(embedder, scene, plain):
     audio, bank, _ = scene
     audio = audio[: 4 * SR]
     emb = PlainEmbedder(embedder) if plain else embedder
-    det = Detector(emb, bank, DetectorConfig(vad=False))
+    det = Detector(emb, bank, DetectorConfig(vad=False, threshold_offset=0.0))
     assert isinstance(det.path, WaveformWindow if plain else IncrementalLogMel)
     rng = np.random.default_rng(2)
     got, i = [], 0
@@ -106,7 +106,7 @@ def test_detector_scores_equal_offline_windows(embedder, scene, plain):
 
 def test_detector_finds_keywords_at_the_right_times(embedder, scene):
     audio, bank, truth = scene
-    det = Detector(embedder, bank, DetectorConfig(smoothing=1))
+    det = Detector(embedder, bank, DetectorConfig(smoothing=1, threshold_offset=0.0))
     events = []
     for i in range(0, len(audio), 1234):
         events += det.process(audio[i : i + 1234])
@@ -124,7 +124,7 @@ def test_detect_stream_yields_and_calls_back(embedder, scene):
     audio, bank, truth = scene
     seen = []
     chunks = (audio[i : i + 1600] for i in range(0, len(audio), 1600))
-    events = list(detect_stream(embedder, bank, chunks, DetectorConfig(smoothing=1), callback=seen.append))
+    events = list(detect_stream(embedder, bank, chunks, DetectorConfig(smoothing=1, threshold_offset=0.0), callback=seen.append))
     assert events == seen and len(events) == len(truth)
     assert set(events[0].to_json()) >= {"keyword", "score", "threshold", "time"}
     json.dumps(events[0].to_json())
@@ -170,13 +170,13 @@ def test_trigger_only_best_keyword_fires_and_gated_hops_never_fire():
 def test_energy_gate_skips_silent_windows(embedder, scene):
     audio, bank, truth = scene
     silence = np.zeros(3 * SR, np.float32)
-    det = Detector(embedder, bank, DetectorConfig(vad=True))
+    det = Detector(embedder, bank, DetectorConfig(vad=True, threshold_offset=0.0))
     assert det.process(silence) == [] and det.stats.hops == 30 and det.stats.embedded == 0
-    det = Detector(embedder, bank, DetectorConfig(vad=False))
+    det = Detector(embedder, bank, DetectorConfig(vad=False, threshold_offset=0.0))
     det.process(silence)
     assert det.stats.embedded == 30
     # Speech-level audio passes the gate: every keyword is still found.
-    det = Detector(embedder, bank, DetectorConfig(smoothing=1, vad=True, vad_floor_dbfs=-40))
+    det = Detector(embedder, bank, DetectorConfig(smoothing=1, vad=True, vad_floor_dbfs=-40, threshold_offset=0.0))
     assert len(det.process(audio)) == len(truth) and 0 < det.stats.embedded < det.stats.hops
 
 
@@ -205,7 +205,7 @@ def test_cli_detect_file_json(embedder, scene, random_checkpoint, tmp_path, caps
     wav, bank_path = tmp_path / "stream.wav", tmp_path / "bank.json"
     write_audio(wav, audio)
     bank.save(bank_path)
-    code = main(["detect", str(wav), "--bank", str(bank_path), "--json", "--smoothing", "1",
+    code = main(["detect", str(wav), "--bank", str(bank_path), "--json", "--smoothing", "1", "--threshold-offset", "0",
                  "--model", str(random_checkpoint), "--threads", "1"])
     out, err = capsys.readouterr()
     assert code == 0

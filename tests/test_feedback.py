@@ -62,7 +62,7 @@ def _stream(words: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[tuple
 
 
 def _run(embedder, bank, audio, folder=None, config=EventClipConfig()):
-    det = Detector(embedder, bank, DetectorConfig(smoothing=1, refractory_ms=2000))
+    det = Detector(embedder, bank, DetectorConfig(smoothing=1, refractory_ms=2000, threshold_offset=0.0))
     rec = EventRecorder(folder, embedder.window_samples, embedder.model_id, config) if folder else None
     events, rng, i = [], np.random.default_rng(3), 0
     while i < len(audio):  # chunks of odd sizes, not aligned to hops

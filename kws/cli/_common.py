@@ -35,12 +35,19 @@ def embedder_from_args(args: argparse.Namespace) -> Embedder:
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     """The streaming detector's settings (:class:`kws.detect.DetectorConfig`)."""
+    from kws.detect import DetectorConfig
+
     parser.add_argument("--hop-ms", type=float, default=100.0, help="time between scored windows (default 100)")
     parser.add_argument(
         "--refractory-ms", type=float, default=1500.0, help="rest after an event (default 1500)"
     )
     parser.add_argument("--smoothing", type=int, default=2, help="average scores over this many hops (default 2)")
-    parser.add_argument("--threshold-offset", type=float, default=0.0, help="added to every threshold (default 0)")
+    parser.add_argument(
+        "--threshold-offset",
+        type=float,
+        default=DetectorConfig.threshold_offset,
+        help=f"added to every keyword's threshold for streams (default {DetectorConfig.threshold_offset})",
+    )
     parser.add_argument("--no-vad", action="store_true", help="embed every window, even silent ones")
     parser.add_argument(
         "--vad-dbfs", type=float, default=-55.0, help="energy gate: skip windows quieter than this (default -55)"
