@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(
         embedder, bank_path=args.bank, minutes=args.minutes, seed=args.seed, cfg=detector_config_from_args(args)
     )
-    print("\nenrolled (3 clips each):")
+    offset = args.threshold_offset
+    print(f"\nenrolled (3 clips each; in a stream each threshold is raised by {offset:+.2f}):")
     for r in result.enrolled:
         near = f", nearest {r.nearest[0]!r} at cosine {r.nearest[1]:.2f}" if r.nearest else ""
         print(f"  {r.keyword.name:<8} threshold {r.threshold:.3f}{near}")
