@@ -18,6 +18,8 @@ from kws.errors import AudioError
 from kws.fileio import atomic_path
 
 SAMPLE_RATE = 16000
+# Audio files kws looks for when it is given a folder.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

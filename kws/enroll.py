@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kws.audio import centre_speech, load_audio, trim_silence
+from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, trim_silence
 from kws.bank import Keyword, KeywordBank
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError, DeviceError, EnrollmentError
@@ -29,7 +29,6 @@ from kws.metrics import normalize, threshold_at_far
 log = logging.getLogger(__name__)
 
 IMPOSTORS_PATH = ASSETS / "impostors.npz"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MAX_CLIPS = 10
 
 

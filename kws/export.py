@@ -28,7 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kws import __version__
-from kws.audio import load_audio, pad_or_crop
+from kws.audio import AUDIO_SUFFIXES, load_audio, pad_or_crop
 from kws.embedder import DEFAULT_CHECKPOINT
 from kws.errors import CheckpointError, ExportError, KwsError
 from kws.fileio import atomic_path
@@ -44,7 +44,6 @@ INT8_MIN_COSINE = 0.95
 # Scope prefix the exporter gives the front-end's nodes (KeywordModel.frontend). The
 # DFT power spectrum and the log amplify quantisation error, so they stay fp32.
 FRONTEND_SCOPE = "/frontend/"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 @dataclass

@@ -104,17 +104,8 @@ class HardClassSampler(PKSampler):
     plan as in :class:`PKSampler` (the centers must be the same on every rank).
     """
 
-    def __init__(
-        self,
-        labels: Sequence[int],
-        p: int,
-        k: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        super().__init__(labels, p, k, seed, rank, world_size)
-        self._similarity: np.ndarray | None = None
+    # Class-to-class cosine similarities; None until set_centers is called.
+    _similarity: np.ndarray | None = None
 
     def set_centers(self, centers: np.ndarray | torch.Tensor) -> None:
         """Class centers ``(num_classes, dim)``, row ``i`` for label ``i`` (labels absent from the data are ignored)."""
