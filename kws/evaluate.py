@@ -5,8 +5,8 @@ then a function of the embedded corpus (a *section*): N-way K-shot accuracy,
 open-set detection (EER, FRR at fixed FAR, DET curve), confusion of minimal
 pairs, a 2-D projection of the embedding space, and optionally the effect of
 enrolment augmentation. :func:`evaluate` runs the sections and writes a JSON of
-the numbers with PNG plots beside it. Another mode (say, the 12-class Speech
-Commands task) is another section over an :class:`EmbeddedCorpus`.
+the numbers with PNG plots beside it. The 12-class Speech Commands benchmark
+(:mod:`kws.twelve_class`) builds on the same embedded corpora and plots.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from kws.metrics import (
     normalize,
     open_set_trials,
 )
+
+if TYPE_CHECKING:
+    from kws.data.speech_commands import SpeechCommands
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +95,14 @@ class EmbeddedCorpus:
         labels: ``(N,)`` indices into ``classes``.
         classes: the words.
         speakers: ``(N,)`` speaker ids.
-        audio: ``(N, samples)`` the clips (kept for sections that re-embed them).
+        audio: ``(N, samples)`` the clips (kept for sections that re-embed them), or ``None``.
     """
 
     embeddings: np.ndarray
     labels: np.ndarray
     classes: list[str]
     speakers: np.ndarray
-    audio: np.ndarray = field(repr=False)
+    audio: np.ndarray | None = field(default=None, repr=False)
 
     def index(self, word: str) -> int:
         if word not in self.classes:
@@ -115,17 +118,24 @@ def embed_corpus(
     progress: bool = True,
     centre: bool = True,
 ) -> EmbeddedCorpus:
-    """Read a Speech Commands–layout split and embed every clip (with a progress bar).
+    """Read a Speech Commands–layout split and embed every clip (see :func:`embed_dataset`)."""
+    from kws.data.speech_commands import SpeechCommands
 
-    With ``centre``, each clip's speech is trimmed and centred first (:func:`kws.audio.centre_speech`).
+    return embed_dataset(embedder, SpeechCommands(root, subset=subset, words=words), progress, centre)
+
+
+def embed_dataset(
+    embedder: Embedder, ds: SpeechCommands, progress: bool = True, centre: bool = True, keep_audio: bool = True
+) -> EmbeddedCorpus:
+    """Embed every clip of a dataset (with a progress bar).
+
+    With ``centre``, each clip's speech is trimmed and centred first
+    (:func:`kws.audio.centre_speech`); ``keep_audio`` keeps the clips in the result.
     """
     from tqdm import tqdm
 
-    from kws.data.speech_commands import SpeechCommands
-
-    ds = SpeechCommands(root, subset=subset, words=words, heldout_words=())
     if len(ds) == 0:
-        raise DataError(f"{root}: the {subset} split has no clips of the chosen words")
+        raise DataError(f"{ds.root}: the chosen split has no clips of the chosen words")
     audio = ds.load_all(progress=progress)
     if centre:
         audio = np.stack([centre_speech(x, audio.shape[1]) for x in audio])
@@ -139,7 +149,7 @@ def embed_corpus(
         labels=np.asarray(ds.labels),
         classes=list(ds.classes),
         speakers=np.asarray(ds.speakers),
-        audio=audio,
+        audio=audio if keep_audio else None,
     )
 
 
@@ -352,6 +362,32 @@ def plot_projection(proj: dict[str, Any], classes: list[str], path: Path) -> Non
     ax.set_xlabel(f"PC 1 ({100 * ev[0]:.0f}% of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ev[1]:.0f}% of variance)")
     ax.set_title("embedding space (PCA), word centers marked")
+    _save(fig, path)
+
+
+def plot_confusion(counts: np.ndarray, classes: list[str] | tuple[str, ...], title: str, path: Path) -> None:
+    """Confusion matrix as row-normalised colours (recall along the diagonal) with the counts written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(counts)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(0.55 * n + 2, 0.55 * n + 1.5))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xticks(range(n), classes, rotation=60, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     _save(fig, path)
 
 

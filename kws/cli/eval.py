@@ -1,4 +1,5 @@
-"""``kws eval``: few-shot, open-set and minimal-pair evaluation of a model on a corpus."""
+"""``kws eval``: few-shot, open-set and minimal-pair evaluation of a model on a corpus,
+or (``--twelve-class``) the Speech Commands 12-class benchmark."""
 
 from __future__ import annotations
 
@@ -30,13 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate a model on a Speech Commands-layout corpus (few-shot, open-set, minimal pairs)",
         description="Embed a corpus split and report N-way K-shot accuracy, open-set detection "
         "(EER, FRR at 1%% and 5%% FAR, DET curve), minimal-pair confusion and a 2-D projection. "
-        "Writes report.json and PNG plots into --out.",
+        "Writes report.json and PNG plots into --out. With --twelve-class, scores the Speech Commands "
+        "12-class task instead (ten command words, _unknown_, _silence_) with a classifier built from the "
+        "--reference corpus: with zero real examples and with K real clips per word (--shots, --draws); "
+        "writes twelve_class.json and confusion-matrix PNGs.",
     )
     p.add_argument("corpus", metavar="CORPUS", help="corpus root (Speech Commands layout)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for report.json and plots")
     p.add_argument("--words", nargs="+", metavar="WORD", help="words to evaluate on (default: all)")
     p.add_argument("--subset", default="testing", choices=("training", "validation", "testing", "all"))
-    p.add_argument("--shots", type=_int_list, default=(1, 3, 5), metavar="K,K", help="K of the episodes (1,3,5)")
+    p.add_argument("--shots", type=_int_list, metavar="K,K", help="K of the episodes (1,3,5)")
     p.add_argument("--ways", type=int, default=10, metavar="N", help="N of the episodes (10)")
     p.add_argument("--episodes", type=int, default=300, metavar="N", help="episodes per K (300)")
     p.add_argument("--open-set-episodes", type=int, default=100, metavar="N", help="open-set episodes (100)")
@@ -59,19 +63,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="embed clips as they are (default: trim silence and centre the speech, as enrolment does)",
     )
+    p.add_argument(
+        "--twelve-class",
+        action="store_true",
+        help="run the Speech Commands 12-class benchmark instead (needs --reference; --shots default 1,3,5,10)",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="DIR",
+        help="12-class mode: the corpus (e.g. the synthetic one) whose words, validation speakers and "
+        "background noise build the classifier",
+    )
+    p.add_argument("--draws", type=int, default=10, metavar="N", help="12-class mode: draws per K (10)")
     p.add_argument("--seed", type=int, default=0)
     add_model_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.twelve_class:
+        return _run_twelve_class(args)
     from kws.evaluate import EvalConfig, evaluate, format_table
 
     words = [w for item in args.words for w in item.split(",") if w] if args.words else None
     cfg = EvalConfig(
         subset=args.subset,
         words=words,
-        shots=args.shots,
+        shots=args.shots or (1, 3, 5),
         ways=args.ways,
         episodes=args.episodes,
         open_set_episodes=args.open_set_episodes,
@@ -84,4 +102,23 @@ def _run(args: argparse.Namespace) -> int:
     report = evaluate(embedder_from_args(args), args.corpus, cfg, args.out)
     print(format_table(report))
     print(f"report and plots in {args.out}")
+    return 0
+
+
+def _run_twelve_class(args: argparse.Namespace) -> int:
+    from kws.errors import ConfigError
+    from kws.twelve_class import TwelveClassConfig, evaluate_twelve_class, format_twelve_class
+
+    if not args.reference:
+        raise ConfigError("--twelve-class needs --reference DIR (the corpus that builds the classifier)")
+    if args.draws < 1:
+        raise ConfigError(f"--draws must be at least 1, got {args.draws}")
+    if args.words:
+        raise ConfigError("--twelve-class scores the ten Speech Commands words; --words does not apply")
+    cfg = TwelveClassConfig(
+        subset=args.subset, shots=args.shots or (1, 3, 5, 10), draws=args.draws, centre=args.centre, seed=args.seed
+    )
+    report = evaluate_twelve_class(embedder_from_args(args), args.corpus, args.reference, cfg, args.out)
+    print(format_twelve_class(report))
+    print(f"report and confusion matrices in {args.out}")
     return 0
