@@ -82,33 +82,80 @@ class LogMel(nn.Module):
 @dataclass(frozen=True)
 class SpecAugmentConfig:
     """Masks per example: ``freq_masks`` bands of up to ``freq_width`` mels and
-    ``time_masks`` spans of up to ``time_width`` frames."""
+    ``time_masks`` spans of up to ``time_width`` frames; with probability
+    ``warp_prob``, a vocal-tract-length warp of the frequency axis by a factor
+    drawn from ``[1 - warp, 1 + warp]`` (0: off)."""
 
     freq_masks: int = 2
     freq_width: int = 6
     time_masks: int = 2
     time_width: int = 10
+    warp: float = 0.0
+    warp_prob: float = 0.5
+
+
+# Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above.
+_MEL_HZ_PER_MEL, _MEL_LOG_HZ, _MEL_LOG_MEL, _MEL_LOG_STEP = 200.0 / 3, 1000.0, 15.0, float(np.log(6.4) / 27.0)
+
+
+def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    """Hz → mel on Slaney's scale, as librosa's ``hz_to_mel``."""
+    log_part = _MEL_LOG_MEL + torch.log(f.clamp_min(1e-6) / _MEL_LOG_HZ) / _MEL_LOG_STEP
+    return torch.where(f < _MEL_LOG_HZ, f / _MEL_HZ_PER_MEL, log_part)
+
+
+def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`hz_to_mel`."""
+    log_part = _MEL_LOG_HZ * torch.exp(_MEL_LOG_STEP * (m - _MEL_LOG_MEL))
+    return torch.where(m < _MEL_LOG_MEL, m * _MEL_HZ_PER_MEL, log_part)
 
 
 class SpecAugment(nn.Module):
-    """Time and frequency masking on log-mel ``(batch, mels, frames)``; identity in eval mode.
+    """Frequency warping, then time and frequency masking, on log-mel ``(batch, mels, frames)``;
+    identity in eval mode.
 
+    The warp stands in for another speaker's vocal tract (VTLP, Jaitly & Hinton
+    2013): the mel band centred at ``f`` Hz takes the value at ``f / alpha``
+    (interpolated between bands), so formants move by the factor ``alpha``.
     Masked cells take each example's mean log-mel value, so masking does not
     inject an artificial silence level.
     """
 
-    def __init__(self, cfg: SpecAugmentConfig = SpecAugmentConfig()) -> None:
+    def __init__(
+        self, cfg: SpecAugmentConfig = SpecAugmentConfig(), frontend: FrontendConfig = FrontendConfig()
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        edges = hz_to_mel(torch.tensor([frontend.fmin, frontend.fmax], dtype=torch.float64))
+        # Mel band centres are evenly spaced in mel between fmin and fmax (n_mels + 2 points, ends dropped).
+        mel_step = float(edges[1] - edges[0]) / (frontend.n_mels + 1)
+        centres_mel = edges[0] + mel_step * torch.arange(1, frontend.n_mels + 1, dtype=torch.float64)
+        self.mel_first, self.mel_step = float(centres_mel[0]), mel_step
+        self.register_buffer("centres_hz", mel_to_hz(centres_mel).float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
         batch, mels, frames = x.shape
+        if self.cfg.warp > 0:
+            alpha = 1 + self.cfg.warp * (2 * torch.rand(batch, device=x.device) - 1)
+            x = self.warp(x, torch.where(torch.rand(batch, device=x.device) < self.cfg.warp_prob, alpha, 1.0))
         mask = self._mask(batch, mels, self.cfg.freq_masks, self.cfg.freq_width, x.device)[:, :, None]
         mask = mask | self._mask(batch, frames, self.cfg.time_masks, self.cfg.time_width, x.device)[:, None, :]
         fill = x.mean(dim=(1, 2), keepdim=True).expand_as(x)
         return torch.where(mask, fill, x)
+
+    def warp(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Move each example's spectral envelope up in frequency by its factor ``alpha`` ``(batch,)``."""
+        batch, mels, frames = x.shape
+        if mels != len(self.centres_hz):
+            raise ValueError(f"SpecAugment was built for {len(self.centres_hz)} mel bands, got {mels}")
+        pos = (hz_to_mel(self.centres_hz[None, :] / alpha[:, None]) - self.mel_first) / self.mel_step
+        pos = pos.clamp(0, mels - 1)
+        lo = pos.floor().long().clamp_max(mels - 2)
+        frac = (pos - lo)[:, :, None].to(x.dtype)
+        lo = lo[:, :, None].expand(batch, mels, frames)
+        return torch.lerp(x.gather(1, lo), x.gather(1, lo + 1), frac)
 
     @staticmethod
     def _mask(batch: int, size: int, count: int, width: int, device: torch.device) -> torch.Tensor:

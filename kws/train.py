@@ -684,7 +684,7 @@ def train(
 
         model = KeywordModel(model_config(cfg.model)).to(device)
         loss = build_loss(cfg.loss, cfg.model.embedding_dim, len(train_set.classes)).to(device)
-        step_module: nn.Module = TrainStep(model, SpecAugment(cfg.specaugment), loss, bf16)
+        step_module: nn.Module = TrainStep(model, SpecAugment(cfg.specaugment, model.frontend.cfg), loss, bf16)
         augmenter = Augmenter(cfg.augment, background_noise(cfg.data.root)).to(device)
         optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg.optim)
 

@@ -103,3 +103,28 @@ def test_reverb_adds_a_decaying_tail_and_keeps_level() -> None:
     late = y[:, 9000 + 6400:].abs().mean(1)  # well past RT60
     assert (tail > 1e-3).all() and (late < tail / 10).all()
     assert y[:, :7000].abs().max() < 1e-6  # causal: nothing before the burst
+
+
+def band_energy(x: torch.Tensor, lo: float, hi: float) -> np.ndarray:
+    spec = np.abs(np.fft.rfft(x.numpy(), axis=-1)) ** 2
+    f = np.fft.rfftfreq(x.shape[-1], 1 / SR)
+    return spec[:, (f >= lo) & (f < hi)].sum(axis=-1)
+
+
+def test_bandlimit_removes_what_lies_outside_the_pass_band() -> None:
+    x = tone(100.0) + tone(1000.0) + tone(6000.0)
+    y = Augmenter(only(bandlimit_prob=1.0, highpass_hz=(300.0, 400.0), lowpass_hz=(3000.0, 3500.0)))(x)
+    kept = band_energy(y, 900, 1100) / band_energy(x, 900, 1100)
+    assert np.all(kept > 0.95)
+    assert np.all(band_energy(y, 5900, 6100) < 1e-3 * band_energy(x, 5900, 6100))
+    assert np.all(band_energy(y, 50, 150) < 1e-2 * band_energy(x, 50, 150))
+
+
+def test_codec_quantises_to_the_drawn_depth() -> None:
+    x = burst(4) + tone(440.0, 4)
+    y = Augmenter(only(codec_prob=1.0, codec_bits=(6.0, 6.0)))(x)
+    assert all(len(torch.unique(row)) <= 2**6 + 1 for row in y)  # 2^5 levels each side, and zero
+    snr = 10 * torch.log10(x.pow(2).sum(1) / (y - x).pow(2).sum(1))
+    assert torch.all(snr > 15) and torch.all(snr < 40)  # μ-law at 6 bits: about 25 dB
+    fine = Augmenter(only(codec_prob=1.0, codec_bits=(10.0, 10.0)))(x)
+    assert torch.all((fine - x).pow(2).sum(1) < (y - x).pow(2).sum(1))

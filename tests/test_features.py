@@ -116,3 +116,22 @@ def test_specaugment_masks_have_the_configured_widths() -> None:
         assert len(idx) == 0 or int(idx[-1] - idx[0]) + 1 == len(idx)
     fill = x.mean(dim=(1, 2))
     assert torch.allclose(y[masked], fill[:, None, None].expand_as(x)[masked])
+
+
+def test_warp_moves_a_formant_by_its_factor() -> None:
+    """A bump at the band centred on 1,500 Hz moves to the band centred nearest 1.1 × 1,500 Hz."""
+    cfg = FrontendConfig()
+    centres = librosa.mel_frequencies(cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.fmax)[1:-1]
+    aug = SpecAugment(SpecAugmentConfig(warp=0.1), cfg)
+    np.testing.assert_allclose(aug.centres_hz.numpy(), centres, rtol=1e-4)
+    src = int(np.argmin(np.abs(centres - 1500)))
+    x = torch.zeros(3, cfg.n_mels, 5)
+    x[:, src] = 1.0
+    y = aug.warp(x, torch.tensor([1.0, 1.1, 0.9]))
+    assert torch.equal(y[0], x[0])
+    for row, alpha in ((1, 1.1), (2, 0.9)):
+        peak = int(y[row, :, 0].argmax())
+        assert abs(peak - np.argmin(np.abs(centres - alpha * centres[src]))) <= 1 and peak != src
+    torch.manual_seed(0)
+    z = aug.train()(torch.randn(64, cfg.n_mels, 98))
+    assert z.shape == (64, cfg.n_mels, 98)

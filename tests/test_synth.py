@@ -58,6 +58,21 @@ def test_speakers_are_deterministic_distinct_and_varied() -> None:
     assert len({s.speed for s in a}) > 20 and len({s.pitch for s in a}) > 20
 
 
+def test_accented_speakers_use_non_english_voices_and_leave_the_english_ones_alone() -> None:
+    from kws.data.synth import ACCENT_VOICES
+
+    plain, mixed = make_speakers(20, seed=3), make_speakers(20, seed=3, accents=0.25)
+    assert sum(s.voice in ACCENT_VOICES for s in mixed) == 5
+    assert mixed[:15] == plain[:15]  # the English speakers are drawn as before
+    assert len({s.id for s in mixed}) == 20
+    x = speak("yes", next(s for s in mixed if s.voice in ACCENT_VOICES))
+    assert x.shape == (16000,) and np.abs(x).max() > 0.1
+    with pytest.raises(DataError, match="fraction"):
+        make_speakers(4, seed=0, accents=1.5)
+    assert "accents" not in SynthConfig(words=("yes",)).identity()  # old corpora keep resuming
+    assert SynthConfig(words=("yes",), accents=0.2).identity()["accents"] == 0.2
+
+
 def test_long_word_is_sped_up_to_fit() -> None:
     slow = make_speakers(1, seed=0)[0]
     slow = type(slow)(voice=slow.voice, variant=slow.variant, speed=80, pitch=50, amplitude=100)

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     def time_steps(loss_cfg: LossConfig) -> tuple[list[float], float]:
         """Seconds of each training step, and the fastest loss computation alone, with the losses of ``loss_cfg``."""
         loss = build_loss(loss_cfg, model.dim, args.classes).to(device)
-        step = TrainStep(model, SpecAugment(defaults.specaugment), loss, bf16).train()
+        step = TrainStep(model, SpecAugment(defaults.specaugment, model.frontend.cfg), loss, bf16).train()
         optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), defaults.optim)
 
         def one_step() -> None:

@@ -29,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (empty, or a corpus to resume)")
     p.add_argument("--speakers", type=int, default=120, metavar="N", help="synthetic speakers (default: 120)")
     p.add_argument("--seed", type=int, default=0, help="random seed for speakers, splits and noise (default: 0)")
+    p.add_argument(
+        "--accents",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of speakers given a non-English espeak-ng voice (German, Dutch, Afrikaans, French, "
+        "Portuguese, Polish, Welsh) reading the English words: accented speech (default: 0)",
+    )
     p.add_argument("--workers", type=int, metavar="N", help="parallel processes (default: all cores)")
     p.add_argument(
         "--noise-seconds", type=float, default=60.0, metavar="S", help="length of each noise file (default: 60)"
@@ -54,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         raise DataError("--workers must be at least 1")
     cfg = SynthConfig(
         words=tuple(words), speakers=args.speakers, seed=args.seed, noise_seconds=args.noise_seconds,
-        workers=args.workers,
+        accents=args.accents, workers=args.workers,
     )  # fmt: skip
     report = synthesize(cfg, Path(args.out), progress=not args.quiet)
     print(json.dumps(report, indent=2))

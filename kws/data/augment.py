@@ -1,4 +1,5 @@
-"""Waveform augmentation on batches: speed, time shift, reverberation, noise, gain.
+"""Waveform augmentation on batches: speed, time shift, reverberation, band-limiting,
+noise, codec quantisation, gain.
 
 Everything is vectorised over the batch and runs on the input's device, so the
 same module augments a GPU batch in the training loop or a ``(1, samples)`` clip
@@ -35,6 +36,13 @@ class AugmentConfig:
     speed: tuple[float, float] = (0.9, 1.1)  # >1: faster (a shorter word), length kept
     reverb_prob: float = 0.3
     rt60: tuple[float, float] = (0.1, 0.6)  # seconds to decay by 60 dB
+    # A microphone or channel's pass band: high-pass and low-pass edges (Hz).
+    bandlimit_prob: float = 0.0
+    highpass_hz: tuple[float, float] = (20.0, 400.0)
+    lowpass_hz: tuple[float, float] = (3000.0, 8000.0)
+    # μ-law quantisation to a random depth, as telephone codecs and cheap ADCs do.
+    codec_prob: float = 0.0
+    codec_bits: tuple[float, float] = (5.0, 9.0)
     sample_rate: int = SAMPLE_RATE
 
 
@@ -70,7 +78,9 @@ class Augmenter(nn.Module):
         cfg, g = self.cfg, generator
         x = self._speed_and_shift(wave, g)
         x = self._reverb(x, g)
+        x = self._bandlimit(x, g)
         x = self._noise(x, g)
+        x = self._codec(x, g)
         gain_db = self._uniform(x.shape[0], cfg.gain_db, g, x) * self._coin(x.shape[0], cfg.gain_prob, g, x)
         return (x * 10 ** (gain_db[:, None] / 20)).clamp(-1.0, 1.0)
 
@@ -138,6 +148,36 @@ class Augmenter(nn.Module):
         wet = torch.fft.irfft(torch.fft.rfft(dry, size) * torch.fft.rfft(ir.to(x.dtype), size), size)[:, :n]
         wet = wet * (_rms(dry) / _rms(wet).clamp_min(1e-8))[:, None]
         return x.index_copy(0, chosen, wet)
+
+    def _bandlimit(self, x: torch.Tensor, g) -> torch.Tensor:
+        """Filter chosen examples to a random pass band (soft edges, zero phase, in the frequency domain)."""
+        cfg = self.cfg
+        batch, n = x.shape
+        chosen = torch.nonzero(self._coin(batch, cfg.bandlimit_prob, g, x) > 0).flatten()
+        if chosen.numel() == 0:
+            return x
+        m = chosen.numel()
+        low = self._uniform(m, cfg.highpass_hz, g, x)[:, None]
+        high = self._uniform(m, cfg.lowpass_hz, g, x)[:, None]
+        f = torch.fft.rfftfreq(n, 1 / cfg.sample_rate).to(x.device)[None, :]
+        # Edges about a sixth of an octave wide rather than brick walls, which would ring.
+        gain = torch.sigmoid((f - low) / (0.06 * low)) * torch.sigmoid((high - f) / (0.06 * high))
+        y = torch.fft.irfft(torch.fft.rfft(x.index_select(0, chosen)) * gain, n)
+        return x.index_copy(0, chosen, y.to(x.dtype))
+
+    def _codec(self, x: torch.Tensor, g) -> torch.Tensor:
+        """μ-law (μ = 255) quantise chosen examples to a random bit depth."""
+        cfg = self.cfg
+        batch = x.shape[0]
+        chosen = torch.nonzero(self._coin(batch, cfg.codec_prob, g, x) > 0).flatten()
+        if chosen.numel() == 0:
+            return x
+        levels = 2 ** (self._uniform(chosen.numel(), cfg.codec_bits, g, x).round() - 1)
+        mu = 255.0
+        y = x.index_select(0, chosen).clamp(-1.0, 1.0)
+        comp = torch.sign(y) * torch.log1p(mu * y.abs()) / math.log1p(mu)
+        comp = torch.round(comp * levels[:, None]) / levels[:, None]
+        return x.index_copy(0, chosen, torch.sign(comp) * torch.expm1(comp.abs() * math.log1p(mu)) / mu)
 
     def _noise(self, x: torch.Tensor, g) -> torch.Tensor:
         """Add noise at a random SNR (relative to each example's RMS) to chosen examples."""

@@ -52,6 +52,9 @@ BUNDLED_VOCABS = {"speech_commands": "speech_commands_words.txt", "train": "trai
 _WORD_RE = re.compile(r"^[a-z][a-z'-]*$")
 
 # Ranges a speaker's prosody is drawn from (espeak-ng units: words/minute, 0-99, 0-200).
+# Non-English espeak-ng voices whose spelling rules read English command words
+# recognisably (checked with `espeak-ng -x`): accented speakers, as in real corpora.
+ACCENT_VOICES = ("gmw/de", "gmw/nl", "gmw/af", "roa/fr", "roa/pt", "zlw/pl", "cel/cy")
 SPEED_RANGE = (120, 220)
 PITCH_RANGE = (15, 85)
 AMPLITUDE_RANGE = (70, 150)
@@ -67,12 +70,15 @@ class SynthConfig:
     validation_fraction: float = 0.1
     testing_fraction: float = 0.1
     noise_seconds: float = 60.0
+    accents: float = 0.0  # fraction of speakers with a non-English voice (ACCENT_VOICES)
     workers: int | None = None
 
     def identity(self) -> dict:
         """The settings that determine the corpus (what ``synth.json`` records)."""
         d = asdict(self)
         d.pop("workers")
+        if not self.accents:
+            d.pop("accents")  # corpora made before accents existed keep resuming
         d["words"] = list(self.words)
         return d
 
@@ -187,18 +193,28 @@ def voice_variants() -> list[str]:
     return [f[len("!v/") :] for f in files]
 
 
-def make_speakers(n: int, seed: int) -> list[SpeakerSpec]:
+def make_speakers(n: int, seed: int, accents: float = 0.0) -> list[SpeakerSpec]:
     """``n`` distinct synthetic speakers, deterministic for ``seed`` (and the installed voices).
 
-    (voice, variant) pairs are drawn without replacement while they last, so a
-    corpus gets as many different timbres as espeak-ng offers; speed, pitch and
-    amplitude are drawn per speaker.
+    ``round(accents * n)`` of them get a voice of :data:`ACCENT_VOICES`, the others
+    an English one. (voice, variant) pairs are drawn without replacement while they
+    last, so a corpus gets as many different timbres as espeak-ng offers; speed,
+    pitch and amplitude are drawn per speaker. The English speakers do not depend
+    on ``accents``' value beyond their number.
     """
     if n < 1:
         raise DataError(f"need at least one speaker, got {n}")
-    voices, variants = english_voices(), voice_variants()
+    if not 0.0 <= accents <= 1.0:
+        raise DataError(f"accents is a fraction of the speakers, got {accents}")
+    n_accent = int(round(accents * n))
+    variants = voice_variants()
+    english = _draw_speakers(n - n_accent, english_voices(), variants, np.random.default_rng(seed))
+    accented = _draw_speakers(n_accent, list(ACCENT_VOICES), variants, np.random.default_rng([seed, 2]))
+    return english + accented
+
+
+def _draw_speakers(n: int, voices: list[str], variants: list[str], rng: np.random.Generator) -> list[SpeakerSpec]:
     pairs = [(v, var) for v in voices for var in variants]
-    rng = np.random.default_rng(seed)
     speakers: list[SpeakerSpec] = []
     ids: set[str] = set()
     order: list[int] = []
@@ -370,7 +386,7 @@ def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "synth.json", cfg.identity())
 
-    speakers = make_speakers(cfg.speakers, cfg.seed)
+    speakers = make_speakers(cfg.speakers, cfg.seed, cfg.accents)
     split = split_speakers(speakers, cfg)
     write_json(
         out_dir / "speakers.json",
