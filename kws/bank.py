@@ -41,18 +41,27 @@ def _vec_json(v: np.ndarray) -> list[float]:
     return [round(float(x), 7) for x in v]
 
 
-def apply_negatives(scores: np.ndarray, negative_sims: np.ndarray | None) -> np.ndarray:
+def apply_negatives(
+    scores: np.ndarray, negative_sims: np.ndarray | None, positive_sims: np.ndarray | None = None
+) -> np.ndarray:
     """Suppress the scores of windows closer to a negative example than to the keyword.
+
+    A window is the keyword's if its best match is the keyword's center or one of
+    its own clips (``positive_sims``): a negative then suppresses only what is
+    nearer to it than to anything the user said was the keyword, so one enrolment
+    clip that happens to lie near a negative keeps its neighbourhood.
 
     Args:
         scores: ``(batch,)`` cosine of each window to the keyword (best center).
         negative_sims: ``(batch,)`` cosine of each window to its nearest negative, or ``None``.
+        positive_sims: ``(batch,)`` cosine of each window to its nearest positive clip, or ``None``.
     Returns:
-        ``(batch,)`` scores, :data:`SUPPRESSED_SCORE` where ``negative_sims > scores``.
+        ``(batch,)`` scores, :data:`SUPPRESSED_SCORE` where the nearest negative wins.
     """
     if negative_sims is None:
         return scores
-    return np.where(negative_sims > scores, np.float32(SUPPRESSED_SCORE), scores).astype(np.float32)
+    guard = scores if positive_sims is None else np.maximum(scores, positive_sims)
+    return np.where(negative_sims > guard, np.float32(SUPPRESSED_SCORE), scores).astype(np.float32)
 
 
 @dataclass
@@ -151,7 +160,9 @@ class Keyword:
         negatives = self.negatives
         if self.negative_rule != "suppress" or negatives is None:
             return scores
-        return apply_negatives(scores, (embeddings @ negatives.T).max(axis=1))
+        positives = self.all_positives
+        positive_sims = None if positives is None else (embeddings @ positives.T).max(axis=1)
+        return apply_negatives(scores, (embeddings @ negatives.T).max(axis=1), positive_sims)
 
     def state_json(self) -> dict[str, Any]:
         """The parts of the keyword that feedback changes, as JSON data."""

@@ -348,7 +348,10 @@ def recalibrate(keyword: Keyword, impostors: np.ndarray, config: FeedbackConfig 
     if suppress and target_emb is not None:
         # A suppressed enrolment clip cannot pass at any threshold: leaving it in would only
         # drag the target-quantile cap (and so the threshold) down to the suppressed score.
-        kept = apply_negatives(target, (target_emb @ negatives.T).max(axis=1)) == target
+        others = target_emb @ target_emb.T  # each clip's nearest *other* positive, as leave-one-out scores it
+        np.fill_diagonal(others, -np.inf)
+        nearest = others.max(axis=1) if len(others) > 1 else None
+        kept = apply_negatives(target, (target_emb @ negatives.T).max(axis=1), nearest) == target
         if not kept.all():
             log.warning("%d of %d enrolment clips of %r are nearer a negative than the keyword",
                         int((~kept).sum()), len(kept), keyword.name)

@@ -213,6 +213,10 @@ def test_suppression_is_selective():
     after = kw.score(np.concatenate([near_neg, near_kw]))
     np.testing.assert_allclose(before, [0.6, 0.8], atol=1e-6)
     np.testing.assert_allclose(after, [-1.0, 0.8], atol=1e-6)
+    # A window nearer the negative than the center, but nearest of all to an enrolment clip, is kept.
+    kw.positives = np.array([[0.3, 0.5, 0.8, 0.1]], np.float32) / np.linalg.norm([0.3, 0.5, 0.8, 0.1])
+    odd_clip = kw.positives.copy()
+    np.testing.assert_allclose(kw.score(np.concatenate([near_neg, odd_clip])), [-1.0, odd_clip[0] @ c], atol=1e-6)
     kw.negative_rule = "raise"  # under "raise" the threshold does the work, scores stay
     np.testing.assert_allclose(kw.score(np.concatenate([near_neg, near_kw])), [0.6, 0.8], atol=1e-6)
 

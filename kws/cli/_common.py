@@ -22,15 +22,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="inference engine (default: onnx for .onnx files, else torch)",
+        help="inference engine (default: onnx for .onnx files, else torch; enroll and feedback run "
+        "the bundled model on onnx)",
     )
     parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the engine's)")
 
 
-def embedder_from_args(args: argparse.Namespace) -> Embedder:
+def embedder_from_args(args: argparse.Namespace, few_clips: bool = False) -> Embedder:
+    """The embedder a command asked for.
+
+    ``few_clips``: the command embeds a handful of clips, so the bundled model runs
+    on ONNX Runtime (same model id and embeddings): importing torch alone would take
+    longer than the whole command.
+    """
     from kws.embedder import load_embedder
 
-    return load_embedder(args.model, backend=args.backend, threads=args.threads)
+    backend = args.backend or ("onnx" if few_clips and args.model is None else None)
+    return load_embedder(args.model, backend=backend, threads=args.threads)
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:

@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         raise EnrollmentError("give clip files or --record N, not both")
     if args.record is None and not args.clips:
         raise EnrollmentError("give the keyword's clip files, or --record N to record them")
-    embedder = embedder_from_args(args)
+    embedder = embedder_from_args(args, few_clips=True)
     bank_path = Path(args.bank)
     if bank_path.exists():
         bank = KeywordBank.load(bank_path, model_id=embedder.model_id)

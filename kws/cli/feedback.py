@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     from kws.feedback import FeedbackConfig, add_negative, add_positive
 
     keyword = args.negative or args.positive
-    embedder = embedder_from_args(args)
+    embedder = embedder_from_args(args, few_clips=True)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
     bank[keyword]  # a clear error for an unknown keyword before any work
     impostors = impostors_from_path(embedder, args.impostors, exclude=keyword)
