@@ -128,3 +128,18 @@ def test_codec_quantises_to_the_drawn_depth() -> None:
     assert torch.all(snr > 15) and torch.all(snr < 40)  # μ-law at 6 bits: about 25 dB
     fine = Augmenter(only(codec_prob=1.0, codec_bits=(10.0, 10.0)))(x)
     assert torch.all((fine - x).pow(2).sum(1) < (y - x).pow(2).sum(1))
+
+
+def test_babble_mixes_other_examples_at_the_drawn_snr() -> None:
+    freqs = (300.0, 1100.0, 2500.0, 4100.0)
+    x = torch.cat([tone(f, 1) for f in freqs])
+    y = Augmenter(only(babble_prob=1.0, babble_talkers=1, babble_snr_db=(20.0, 20.0)))(x)
+    for i, f in enumerate(freqs):
+        own = band_energy(y[i : i + 1], f - 20, f + 20)[0]
+        assert abs(own / band_energy(x[i : i + 1], f - 20, f + 20)[0] - 1) < 0.02  # the example itself is kept
+        others = [band_energy(y[i : i + 1], g - 20, g + 20)[0] for g in freqs if g != f]
+        assert sum(o > 1e-4 * own for o in others) == 1  # exactly one other talker, never itself
+        added = (y[i] - x[i]).pow(2).mean() / x[i].pow(2).mean()
+        assert abs(10 * np.log10(float(added)) + 20) < 0.1  # 20 dB below the example
+    alone = tone(300.0, 1)
+    assert torch.equal(Augmenter(only(babble_prob=1.0))(alone), alone)  # nobody else to mix in

@@ -1,5 +1,5 @@
-"""Waveform augmentation on batches: speed, time shift, reverberation, band-limiting,
-noise, codec quantisation, gain.
+"""Waveform augmentation on batches: speed, time shift, babble, reverberation,
+band-limiting, noise, codec quantisation, gain.
 
 Everything is vectorised over the batch and runs on the input's device, so the
 same module augments a GPU batch in the training loop or a ``(1, samples)`` clip
@@ -34,6 +34,10 @@ class AugmentConfig:
     gain_db: tuple[float, float] = (-12.0, 6.0)
     speed_prob: float = 0.3
     speed: tuple[float, float] = (0.9, 1.1)  # >1: faster (a shorter word), length kept
+    # Other clips of the batch (other speakers, mostly other words) mixed in behind the example.
+    babble_prob: float = 0.0
+    babble_talkers: int = 2
+    babble_snr_db: tuple[float, float] = (10.0, 25.0)
     reverb_prob: float = 0.3
     rt60: tuple[float, float] = (0.1, 0.6)  # seconds to decay by 60 dB
     # A microphone or channel's pass band: high-pass and low-pass edges (Hz).
@@ -77,6 +81,7 @@ class Augmenter(nn.Module):
             return wave
         cfg, g = self.cfg, generator
         x = self._speed_and_shift(wave, g)
+        x = self._babble(x, g)
         x = self._reverb(x, g)
         x = self._bandlimit(x, g)
         x = self._noise(x, g)
@@ -148,6 +153,27 @@ class Augmenter(nn.Module):
         wet = torch.fft.irfft(torch.fft.rfft(dry, size) * torch.fft.rfft(ir.to(x.dtype), size), size)[:, :n]
         wet = wet * (_rms(dry) / _rms(wet).clamp_min(1e-8))[:, None]
         return x.index_copy(0, chosen, wet)
+
+    def _babble(self, x: torch.Tensor, g) -> torch.Tensor:
+        """Mix ``babble_talkers`` other examples of the batch, each circularly shifted by a
+        random lag, into chosen examples at a random SNR."""
+        cfg = self.cfg
+        batch, n = x.shape
+        chosen = torch.nonzero(self._coin(batch, cfg.babble_prob, g, x) > 0).flatten()
+        if chosen.numel() == 0 or batch < 2:
+            return x
+        m = chosen.numel()
+        t = torch.arange(n, device=x.device)[None, :]
+        babble = torch.zeros(m, n, device=x.device, dtype=x.dtype)
+        for _ in range(cfg.babble_talkers):
+            # An offset in [1, batch - 1]: never the example itself.
+            other = (chosen + 1 + (self._rand(m, g, x) * (batch - 1)).long().clamp_max(batch - 2)) % batch
+            lag = (self._rand(m, g, x) * n).long()[:, None]
+            babble += x.index_select(0, other).gather(1, (t + lag) % n)
+        own = x.index_select(0, chosen)
+        snr = self._uniform(m, cfg.babble_snr_db, g, x)
+        scale = _rms(own) / (_rms(babble).clamp_min(1e-8) * 10 ** (snr / 20))
+        return x.index_copy(0, chosen, own + babble * scale[:, None])
 
     def _bandlimit(self, x: torch.Tensor, g) -> torch.Tensor:
         """Filter chosen examples to a random pass band (soft edges, zero phase, in the frequency domain)."""
