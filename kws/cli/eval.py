@@ -39,7 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("corpus", metavar="CORPUS", help="corpus root (Speech Commands layout)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for report.json and plots")
     p.add_argument("--words", nargs="+", metavar="WORD", help="words to evaluate on (default: all)")
-    p.add_argument("--subset", default="testing", choices=("training", "validation", "testing", "all"))
+    p.add_argument(
+        "--subset",
+        choices=("training", "validation", "testing", "all"),
+        help="split of CORPUS to score (default: testing; all in 12-class mode, whose test layout has no split lists)",
+    )
     p.add_argument("--shots", type=_int_list, metavar="K,K", help="K of the episodes (1,3,5)")
     p.add_argument("--ways", type=int, default=10, metavar="N", help="N of the episodes (10)")
     p.add_argument("--episodes", type=int, default=300, metavar="N", help="episodes per K (300)")
@@ -87,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
 
     words = [w for item in args.words for w in item.split(",") if w] if args.words else None
     cfg = EvalConfig(
-        subset=args.subset,
+        subset=args.subset or "testing",
         words=words,
         shots=args.shots or (1, 3, 5),
         ways=args.ways,
@@ -116,7 +120,11 @@ def _run_twelve_class(args: argparse.Namespace) -> int:
     if args.words:
         raise ConfigError("--twelve-class scores the ten Speech Commands words; --words does not apply")
     cfg = TwelveClassConfig(
-        subset=args.subset, shots=args.shots or (1, 3, 5, 10), draws=args.draws, centre=args.centre, seed=args.seed
+        subset=args.subset or "all",
+        shots=args.shots or (1, 3, 5, 10),
+        draws=args.draws,
+        centre=args.centre,
+        seed=args.seed,
     )
     report = evaluate_twelve_class(embedder_from_args(args), args.corpus, args.reference, cfg, args.out)
     print(format_twelve_class(report))
