@@ -12,6 +12,7 @@ the numbers with PNG plots beside it. The 12-class Speech Commands benchmark
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,12 +126,19 @@ def embed_corpus(
 
 
 def embed_dataset(
-    embedder: Embedder, ds: SpeechCommands, progress: bool = True, centre: bool = True, keep_audio: bool = True
+    embedder: Embedder,
+    ds: SpeechCommands,
+    progress: bool = True,
+    centre: bool = True,
+    keep_audio: bool = True,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> EmbeddedCorpus:
     """Embed every clip of a dataset (with a progress bar).
 
     With ``centre``, each clip's speech is trimmed and centred first
-    (:func:`kws.audio.centre_speech`); ``keep_audio`` keeps the clips in the result.
+    (:func:`kws.audio.centre_speech`); ``transform`` then maps the clips
+    ``(N, samples)`` to those embedded (e.g. an augmentation); ``keep_audio`` keeps
+    the embedded clips in the result.
     """
     from tqdm import tqdm
 
@@ -139,6 +147,8 @@ def embed_dataset(
     audio = ds.load_all(progress=progress)
     if centre:
         audio = np.stack([centre_speech(x, audio.shape[1]) for x in audio])
+    if transform is not None:
+        audio = transform(audio)
     step = 8 * embedder.batch_size
     chunks = [
         embedder(audio[i : i + step])

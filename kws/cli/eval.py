@@ -79,6 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "background noise build the classifier",
     )
     p.add_argument("--draws", type=int, default=10, metavar="N", help="12-class mode: draws per K (10)")
+    p.add_argument(
+        "--clean-validation",
+        dest="augment_validation",
+        action="store_false",
+        help="12-class mode: fit the _unknown_/_silence_ biases on the clean reference validation clips "
+        "(default: with noise, reverberation and channel effects added)",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_model_arguments(p)
     p.set_defaults(func=_run)
@@ -124,6 +131,7 @@ def _run_twelve_class(args: argparse.Namespace) -> int:
         shots=args.shots or (1, 3, 5, 10),
         draws=args.draws,
         centre=args.centre,
+        augment_validation=args.augment_validation,
         seed=args.seed,
     )
     report = evaluate_twelve_class(embedder_from_args(args), args.corpus, args.reference, cfg, args.out)
