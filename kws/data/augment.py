@@ -100,6 +100,10 @@ class Augmenter(nn.Module):
     def _coin(self, n: int, prob: float, g, like) -> torch.Tensor:
         return (self._rand(n, g, like) < prob).float()
 
+    def _chosen(self, n: int, prob: float, g, like) -> torch.Tensor:
+        """Indices of the examples, of ``n``, that an effect of probability ``prob`` applies to."""
+        return torch.nonzero(self._coin(n, prob, g, like) > 0).flatten()
+
     def _speed_and_shift(self, x: torch.Tensor, g) -> torch.Tensor:
         """Read each chosen example at ``centre + (t - centre) * speed - shift`` (linear interpolation).
 
@@ -138,7 +142,7 @@ class Augmenter(nn.Module):
         """Convolve chosen examples with exponentially decaying noise (random RT60); RMS kept."""
         cfg = self.cfg
         batch, n = x.shape
-        chosen = torch.nonzero(self._coin(batch, cfg.reverb_prob, g, x) > 0).flatten()
+        chosen = self._chosen(batch, cfg.reverb_prob, g, x)
         if chosen.numel() == 0:
             return x
         m = chosen.numel()
@@ -159,7 +163,7 @@ class Augmenter(nn.Module):
         random lag, into chosen examples at a random SNR."""
         cfg = self.cfg
         batch, n = x.shape
-        chosen = torch.nonzero(self._coin(batch, cfg.babble_prob, g, x) > 0).flatten()
+        chosen = self._chosen(batch, cfg.babble_prob, g, x)
         if chosen.numel() == 0 or batch < 2:
             return x
         m = chosen.numel()
@@ -179,7 +183,7 @@ class Augmenter(nn.Module):
         """Filter chosen examples to a random pass band (soft edges, zero phase, in the frequency domain)."""
         cfg = self.cfg
         batch, n = x.shape
-        chosen = torch.nonzero(self._coin(batch, cfg.bandlimit_prob, g, x) > 0).flatten()
+        chosen = self._chosen(batch, cfg.bandlimit_prob, g, x)
         if chosen.numel() == 0:
             return x
         m = chosen.numel()
@@ -195,7 +199,7 @@ class Augmenter(nn.Module):
         """μ-law (μ = 255) quantise chosen examples to a random bit depth."""
         cfg = self.cfg
         batch = x.shape[0]
-        chosen = torch.nonzero(self._coin(batch, cfg.codec_prob, g, x) > 0).flatten()
+        chosen = self._chosen(batch, cfg.codec_prob, g, x)
         if chosen.numel() == 0:
             return x
         levels = 2 ** (self._uniform(chosen.numel(), cfg.codec_bits, g, x).round() - 1)
