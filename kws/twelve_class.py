@@ -17,10 +17,10 @@ send words to ``_unknown_``.
 Two settings are scored (:func:`evaluate_twelve_class`):
 
 (a) zero real examples: every prototype from the reference corpus;
-(b) K-shot adaptation: the ten word prototypes re-estimated from K clips per word
-    of the scored corpus, drawn from a random half of its speakers; only the other
-    half is scored, and the figures are averaged over several draws. The biases
-    for K shots are chosen the same way on the reference corpus (K clips of
+(b) K-shot adaptation: each of the ten words gains a prototype, the center of K
+    clips of the scored corpus drawn from a random half of its speakers; only the
+    other half is scored, and the figures are averaged over several draws. The
+    biases for K shots are chosen the same way on the reference corpus (K clips of
     training speakers, validation speakers scored).
 """
 
@@ -109,11 +109,15 @@ class Prototypes:
         return np.argmax(self.raw_scores(embeddings) + self.biases, axis=1)
 
     def with_commands(self, centers: np.ndarray) -> Prototypes:
-        """The same classifier with the ten word prototypes replaced by ``centers`` ``(10, D)``."""
-        keep = self.owner >= len(COMMANDS)
+        """The same classifier with ``centers`` ``(10, D)`` added as a further prototype of each word.
+
+        The reference prototypes stay: a center of one or three real clips is a
+        noisier estimate of the word than the reference center of many speakers,
+        and replacing it scores below using no real clips at all.
+        """
         return Prototypes(
-            vectors=np.concatenate([normalize(centers), self.vectors[keep]]),
-            owner=np.concatenate([np.arange(len(COMMANDS)), self.owner[keep]]),
+            vectors=np.concatenate([normalize(centers), self.vectors]),
+            owner=np.concatenate([np.arange(len(COMMANDS)), self.owner]),
             biases=self.biases.copy(),
         )
 

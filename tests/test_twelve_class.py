@@ -49,9 +49,12 @@ def test_prototypes_take_each_class_best_match_plus_its_bias() -> None:
     assert list(protos.predict(queries)) == [3, UNKNOWN_ID, SILENCE_ID, 2]
     protos.biases[UNKNOWN_ID] = 0.1  # 0.9 / |.| + 0.1 now beats 1 / |.|
     assert protos.predict(queries)[3] == UNKNOWN_ID
-    adapted = protos.with_commands(np.stack([axis(i + 1) for i in range(10)]))
-    assert adapted.predict(axis(4)[None])[0] == 3 and adapted.predict(axis(11)[None])[0] == UNKNOWN_ID
-    assert adapted.biases[UNKNOWN_ID] == pytest.approx(0.1) and len(adapted.vectors) == len(vectors)
+    # Word 3 gains a prototype on axis 13; its reference prototype (axis 3) stays.
+    centers = np.stack([axis(13 if i == 3 else i) for i in range(10)])
+    adapted = protos.with_commands(centers)
+    assert list(adapted.predict(np.stack([axis(13), axis(3), axis(11)]))) == [3, 3, UNKNOWN_ID]
+    assert protos.predict(axis(13)[None])[0] != 3
+    assert adapted.biases[UNKNOWN_ID] == pytest.approx(0.1) and len(adapted.vectors) == len(vectors) + 10
 
 
 def test_confusion_matrix_and_balanced_accuracy_match_brute_force() -> None:
