@@ -6,7 +6,8 @@
 #   recipes/speech_commands/run.sh --set train.epochs=5 # extra arguments go to `kws train`
 #
 # Environment: DATA (corpus folder, default data/synth), OUT (run folder, default
-# runs/speech_commands), SPEAKERS (synthetic speakers, default 120), NPROC
+# runs/speech_commands), SPEAKERS (synthetic speakers, default 120), ACCENTS (the
+# fraction of them with a non-English espeak-ng voice, default 0), NPROC
 # (processes, default 1), PYTHON (default python). Re-running resumes both the
 # synthesis (clips on disk are skipped) and the training (from OUT/last.pt).
 set -euo pipefail
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/../.."
 DATA=${DATA:-data/synth}
 OUT=${OUT:-runs/speech_commands}
 SPEAKERS=${SPEAKERS:-120}
+ACCENTS=${ACCENTS:-0}
 NPROC=${NPROC:-1}
 PYTHON=${PYTHON:-python}
 CONFIG=recipes/speech_commands/config.toml
@@ -28,7 +30,7 @@ if [ ! -f "$DATA/.complete" ]; then
 from kws.data.synth import load_vocab
 print("\n".join(dict.fromkeys(load_vocab("train") + load_vocab("speech_commands"))))
 ' > "$vocab"
-    "$PYTHON" -m kws synth --vocab "$vocab" --speakers "$SPEAKERS" --out "$DATA"
+    "$PYTHON" -m kws synth --vocab "$vocab" --speakers "$SPEAKERS" --accents "$ACCENTS" --out "$DATA"
     touch "$DATA/.complete"
 fi
 
