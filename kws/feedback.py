@@ -329,6 +329,16 @@ def _recenter(keyword: Keyword, cfg: FeedbackConfig) -> tuple[np.ndarray, np.nda
     return centers, target, positives
 
 
+def _suppressed(target: np.ndarray, target_emb: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: the enrolment clips (leave-one-out scores ``target``, embeddings
+    ``target_emb`` ``(n, dim)``) that ``negatives`` ``(m, dim)`` suppress, each clip's
+    nearest *other* clip standing in for its own, as leave-one-out scores it."""
+    others = target_emb @ target_emb.T
+    np.fill_diagonal(others, -np.inf)
+    nearest = others.max(axis=1) if len(others) > 1 else None
+    return apply_negatives(target, (target_emb @ negatives.T).max(axis=1), nearest) != target
+
+
 def recalibrate(keyword: Keyword, impostors: np.ndarray, config: FeedbackConfig = FeedbackConfig()) -> Calibration:
     """Re-make ``keyword``'s centers and threshold from its positives and negatives, in place.
 
@@ -348,10 +358,7 @@ def recalibrate(keyword: Keyword, impostors: np.ndarray, config: FeedbackConfig 
     if suppress and target_emb is not None:
         # A suppressed enrolment clip cannot pass at any threshold: leaving it in would only
         # drag the target-quantile cap (and so the threshold) down to the suppressed score.
-        others = target_emb @ target_emb.T  # each clip's nearest *other* positive, as leave-one-out scores it
-        np.fill_diagonal(others, -np.inf)
-        nearest = others.max(axis=1) if len(others) > 1 else None
-        kept = apply_negatives(target, (target_emb @ negatives.T).max(axis=1), nearest) == target
+        kept = ~_suppressed(target, target_emb, negatives)
         if not kept.all():
             log.warning("%d of %d enrolment clips of %r are nearer a negative than the keyword",
                         int((~kept).sum()), len(kept), keyword.name)
@@ -403,13 +410,20 @@ def _add(
     emb = normalize(emb).astype(np.float32)
     similarity = float((kw.centers @ emb).max())
     if kind == "negative":
-        _, loo, _ = _recenter(kw, config)
-        if len(loo) and similarity >= float(np.median(loo)):
+        _, loo, aligned = _recenter(kw, config)
+        if aligned is not None:
+            # The keyword itself, for this bank, is what would silence one of its own clips.
+            itself = bool(_suppressed(loo, aligned, emb[None]).any())
+            why = "nearer to one of its enrolment clips than that clip is to the keyword and the other clips"
+        else:  # a bank from before enrolment clips were kept: compare with their typical score
+            itself = bool(len(loo)) and similarity >= float(np.median(loo))
+            why = f"as high as its enrolment clips' typical {float(np.median(loo)) if len(loo) else 0:.3f}"
+        if itself:
             raise EnrollmentError(
-                f"this clip looks like {name!r} itself (similarity {similarity:.3f} to it, as high as its "
-                f"enrolment clips' typical {float(np.median(loo)):.3f}); it was not added as a negative, "
-                f"since that would stop {name!r} from being detected. If it was a real detection, "
-                f"nothing needs fixing; if not, raise the threshold (--threshold-offset) or re-enrol {name!r}"
+                f"this clip looks like {name!r} itself (similarity {similarity:.3f} to it, {why}); it was not "
+                f"added as a negative, since that would stop {name!r} from being detected. If it was a real "
+                f"detection, nothing needs fixing; if not, raise the threshold (--threshold-offset) or "
+                f"re-enrol {name!r}"
             )
     if source is None:
         source = "audio" if isinstance(clip, np.ndarray) else Path(clip).name
