@@ -202,3 +202,17 @@ def test_onnx_path_never_imports_torch(exported: dict, tmp_path: Path) -> None:
     windows = np.stack([stream[s : s + 16000] for s in range(0, len(stream) - 16000 + 1, 1600)])
     expected = saved.score(torch_emb(windows))
     assert np.abs(np.array(result["scores"]) - expected).max() <= 1e-4
+
+
+def test_few_clip_commands_run_the_bundled_model_on_onnx_runtime(random_checkpoint: Path) -> None:
+    import argparse
+
+    from kws.cli._common import embedder_from_args
+
+    def args(model: str | None, backend: str | None = None) -> argparse.Namespace:
+        return argparse.Namespace(model=model, backend=backend, threads=1)
+
+    assert isinstance(embedder_from_args(args(None), few_clips=True), OnnxEmbedder)
+    assert isinstance(embedder_from_args(args(None)), TorchEmbedder)  # detection and evaluation: as asked
+    assert isinstance(embedder_from_args(args(None, "torch"), few_clips=True), TorchEmbedder)  # an explicit choice wins
+    assert isinstance(embedder_from_args(args(str(random_checkpoint)), few_clips=True), TorchEmbedder)  # a .pt stays
