@@ -51,10 +51,11 @@ BACKGROUND_DIR = "_background_noise_"
 BUNDLED_VOCABS = {"speech_commands": "speech_commands_words.txt", "train": "train_words.txt"}
 _WORD_RE = re.compile(r"^[a-z][a-z'-]*$")
 
-# Ranges a speaker's prosody is drawn from (espeak-ng units: words/minute, 0-99, 0-200).
 # Non-English espeak-ng voices whose spelling rules read English command words
 # recognisably (checked with `espeak-ng -x`): accented speakers, as in real corpora.
 ACCENT_VOICES = ("gmw/de", "gmw/nl", "gmw/af", "roa/fr", "roa/pt", "zlw/pl", "cel/cy")
+
+# Ranges a speaker's prosody is drawn from (espeak-ng units: words/minute, 0-99, 0-200).
 SPEED_RANGE = (120, 220)
 PITCH_RANGE = (15, 85)
 AMPLITUDE_RANGE = (70, 150)
