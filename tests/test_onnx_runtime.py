@@ -207,12 +207,14 @@ def test_onnx_path_never_imports_torch(exported: dict, tmp_path: Path) -> None:
 def test_few_clip_commands_run_the_bundled_model_on_onnx_runtime(random_checkpoint: Path) -> None:
     import argparse
 
-    from kws.cli._common import embedder_from_args
+    from kws.cli._common import add_model_arguments, embedder_from_args
 
-    def args(model: str | None, backend: str | None = None) -> argparse.Namespace:
-        return argparse.Namespace(model=model, backend=backend, threads=1)
+    def args(few_clips: bool, *argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        add_model_arguments(parser, few_clips=few_clips)
+        return parser.parse_args([*argv, "--threads", "1"])
 
-    assert isinstance(embedder_from_args(args(None), few_clips=True), OnnxEmbedder)
-    assert isinstance(embedder_from_args(args(None)), TorchEmbedder)  # detection and evaluation: as asked
-    assert isinstance(embedder_from_args(args(None, "torch"), few_clips=True), TorchEmbedder)  # an explicit choice wins
-    assert isinstance(embedder_from_args(args(str(random_checkpoint)), few_clips=True), TorchEmbedder)  # a .pt stays
+    assert isinstance(embedder_from_args(args(True)), OnnxEmbedder)
+    assert isinstance(embedder_from_args(args(False)), TorchEmbedder)  # detection and evaluation: as asked
+    assert isinstance(embedder_from_args(args(True, "--backend", "torch")), TorchEmbedder)  # an explicit choice wins
+    assert isinstance(embedder_from_args(args(True, "--model", str(random_checkpoint))), TorchEmbedder)  # a .pt stays

@@ -12,31 +12,31 @@ if TYPE_CHECKING:
     from kws.detect import DetectorConfig
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--backend``: which embedder a command runs."""
-    parser.add_argument(
-        "--model",
-        metavar="PATH",
-        help="checkpoint (.pt) or exported model (.onnx); default: the bundled model",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="inference engine (default: onnx for .onnx files, else torch; enroll and feedback run "
-        "the bundled model on onnx)",
-    )
-    parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the engine's)")
-
-
-def embedder_from_args(args: argparse.Namespace, few_clips: bool = False) -> Embedder:
-    """The embedder a command asked for.
+def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False) -> None:
+    """``--model``, ``--backend`` and ``--threads``: which embedder a command runs.
 
     ``few_clips``: the command embeds a handful of clips, so the bundled model runs
     on ONNX Runtime (same model id and embeddings): importing torch alone would take
     longer than the whole command.
     """
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="checkpoint (.pt) or exported model (.onnx); default: the bundled model",
+    )
+    onnx_for = ".onnx files and the bundled model" if few_clips else ".onnx files"
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help=f"inference engine (default: onnx for {onnx_for}, else torch)"
+    )
+    parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the engine's)")
+    parser.set_defaults(few_clips=few_clips)
+
+
+def embedder_from_args(args: argparse.Namespace) -> Embedder:
+    """The embedder a command asked for (see :func:`add_model_arguments`)."""
     from kws.embedder import load_embedder
 
+    few_clips = getattr(args, "few_clips", False)
     backend = args.backend or ("onnx" if few_clips and args.model is None else None)
     return load_embedder(args.model, backend=backend, threads=args.threads)
 

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
     p.add_argument("--device", metavar="DEV", help="input device name or index (see `python -m sounddevice`)")
-    add_model_arguments(p)
+    add_model_arguments(p, few_clips=True)
     p.set_defaults(func=_run)
 
 
@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         raise EnrollmentError("give clip files or --record N, not both")
     if args.record is None and not args.clips:
         raise EnrollmentError("give the keyword's clip files, or --record N to record them")
-    embedder = embedder_from_args(args, few_clips=True)
+    embedder = embedder_from_args(args)
     bank_path = Path(args.bank)
     if bank_path.exists():
         bank = KeywordBank.load(bank_path, model_id=embedder.model_id)

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="other speech for re-calibration: an impostor-set .npz or a folder of clips; default: the bundled set",
     )
     p.add_argument("--rule", choices=("suppress", "raise"), help="how negatives act (default: the keyword's, suppress)")
-    add_model_arguments(p)
+    add_model_arguments(p, few_clips=True)
     p.set_defaults(func=_run)
 
 
@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     from kws.feedback import FeedbackConfig, add_negative, add_positive
 
     keyword = args.negative or args.positive
-    embedder = embedder_from_args(args, few_clips=True)
+    embedder = embedder_from_args(args)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
     bank[keyword]  # a clear error for an unknown keyword before any work
     impostors = impostors_from_path(embedder, args.impostors, exclude=keyword)
