@@ -104,11 +104,6 @@ def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
     return torch.where(f < _MEL_LOG_HZ, f / _MEL_HZ_PER_MEL, log_part)
 
 
-def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`hz_to_mel`."""
-    log_part = _MEL_LOG_HZ * torch.exp(_MEL_LOG_STEP * (m - _MEL_LOG_MEL))
-    return torch.where(m < _MEL_LOG_MEL, m * _MEL_HZ_PER_MEL, log_part)
-
 
 class SpecAugment(nn.Module):
     """Frequency warping, then time and frequency masking, on log-mel ``(batch, mels, frames)``;
@@ -126,12 +121,13 @@ class SpecAugment(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        edges = hz_to_mel(torch.tensor([frontend.fmin, frontend.fmax], dtype=torch.float64))
-        # Mel band centres are evenly spaced in mel between fmin and fmax (n_mels + 2 points, ends dropped).
-        mel_step = float(edges[1] - edges[0]) / (frontend.n_mels + 1)
-        centres_mel = edges[0] + mel_step * torch.arange(1, frontend.n_mels + 1, dtype=torch.float64)
-        self.mel_first, self.mel_step = float(centres_mel[0]), mel_step
-        self.register_buffer("centres_hz", mel_to_hz(centres_mel).float(), persistent=False)
+        import librosa  # deferred, as in mel_filterbank: the centres of the filterbank's bands
+
+        edges_and_centres = librosa.mel_frequencies(frontend.n_mels + 2, fmin=frontend.fmin, fmax=frontend.fmax)
+        centres = torch.from_numpy(edges_and_centres[1:-1])
+        mels = hz_to_mel(centres)  # evenly spaced
+        self.mel_first, self.mel_step = float(mels[0]), float(mels[1] - mels[0])
+        self.register_buffer("centres_hz", centres.float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
