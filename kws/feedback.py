@@ -416,8 +416,9 @@ def _add(
             itself = bool(_suppressed(loo, aligned, emb[None]).any())
             why = "nearer to one of its enrolment clips than that clip is to the keyword and the other clips"
         else:  # a bank from before enrolment clips were kept: compare with their typical score
-            itself = bool(len(loo)) and similarity >= float(np.median(loo))
-            why = f"as high as its enrolment clips' typical {float(np.median(loo)) if len(loo) else 0:.3f}"
+            typical = float(np.median(loo)) if len(loo) else np.inf
+            itself = similarity >= typical
+            why = f"as high as its enrolment clips' typical {typical:.3f}"
         if itself:
             raise EnrollmentError(
                 f"this clip looks like {name!r} itself (similarity {similarity:.3f} to it, {why}); it was not "
