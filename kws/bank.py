@@ -7,9 +7,12 @@ embeddings of different models are not comparable.
 
 Version 2 also keeps, per keyword, the enrolment clips' embeddings
 (``positives``) and the history of feedback (:mod:`kws.feedback`): each entry
-adds a positive or a negative embedding and remembers the keyword as it was
-before, so that it can be undone exactly. The negatives are the embeddings of
-the negative entries. Version-1 files still load (no positives, no history).
+adds a positive or a negative clip and remembers the keyword as it was before,
+so that it can be undone exactly. Version 3 lets an entry hold several windows
+of its clip (a negative keeps every window that could fire the keyword). The
+negatives are the windows of the negative entries. Version-1 and version-2
+files still load (no positives or history in version 1; one window per entry
+in version 2).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from kws.errors import BankError
 from kws.fileio import write_json
 
 BANK_FORMAT = "kws-bank"
-BANK_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+BANK_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # How a keyword's negatives act (see :func:`apply_negatives`): "suppress" zeroes
 # out windows closer to a negative than to the keyword; "raise" leaves scores
 # alone (feedback raises the threshold above the negatives' scores instead).
@@ -73,7 +76,9 @@ class Entry:
         kind: ``"negative"`` (not the keyword) or ``"positive"`` (the keyword).
         source: name of the clip it came from.
         added: when, ISO 8601 UTC.
-        embedding: ``(dim,)`` unit-norm embedding of the window it added.
+        embeddings: ``(n, dim)`` unit-norm embeddings of the windows of the clip it
+            added: first the window that fired (or scored best), then, for a
+            negative, the clip's other windows that could fire the keyword.
         before: the keyword's ``centers``/``threshold``/``samples``/``info``/
             ``negative_rule`` as stored just before this entry (JSON data), to undo it exactly.
     """
@@ -82,7 +87,7 @@ class Entry:
     kind: str
     source: str
     added: str
-    embedding: np.ndarray
+    embeddings: np.ndarray
     before: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
@@ -91,7 +96,7 @@ class Entry:
             "kind": self.kind,
             "source": self.source,
             "added": self.added,
-            "embedding": _vec_json(self.embedding),
+            "embeddings": [_vec_json(v) for v in self.embeddings],
             "before": self.before,
         }
 
@@ -102,13 +107,15 @@ class Entry:
             kind=str(d["kind"]),
             source=str(d["source"]),
             added=str(d["added"]),
-            embedding=np.asarray(d["embedding"], dtype=np.float32),
+            # A version-2 entry holds its one window as "embedding".
+            embeddings=np.asarray(d["embeddings"] if "embeddings" in d else [d["embedding"]], dtype=np.float32),
             before=dict(d["before"]),
         )
         if entry.kind not in ("negative", "positive"):
             raise ValueError(f"entry {entry.id} has kind {entry.kind!r}, expected 'negative' or 'positive'")
-        if entry.embedding.shape != (dim,) or not np.all(np.isfinite(entry.embedding)):
-            raise ValueError(f"entry {entry.id}: embedding has shape {entry.embedding.shape}, expected ({dim},)")
+        shape = entry.embeddings.shape
+        if len(shape) != 2 or shape[0] == 0 or shape[1] != dim or not np.all(np.isfinite(entry.embeddings)):
+            raise ValueError(f"entry {entry.id}: embeddings have shape {shape}, expected (n, {dim}) finite numbers")
         if not {"centers", "threshold", "samples", "info"} <= set(entry.before):
             raise ValueError(f"entry {entry.id}: 'before' lacks the keyword's earlier state")
         return entry
@@ -142,17 +149,17 @@ class Keyword:
 
     @property
     def negatives(self) -> np.ndarray | None:
-        """``(n_negatives, dim)`` embeddings of the negative entries, or ``None`` if there are none."""
-        neg = [e.embedding for e in self.history if e.kind == "negative"]
-        return np.stack(neg) if neg else None
+        """``(n_windows, dim)`` embeddings of the negative entries' windows, or ``None`` if there are none."""
+        neg = [e.embeddings for e in self.history if e.kind == "negative"]
+        return np.concatenate(neg) if neg else None
 
     @property
     def all_positives(self) -> np.ndarray | None:
         """``(n, dim)``: enrolment positives then positive entries (``None`` without enrolment positives)."""
         if self.positives is None:
             return None
-        extra = [e.embedding for e in self.history if e.kind == "positive"]
-        return np.concatenate([self.positives, np.stack(extra)]) if extra else self.positives
+        extra = [e.embeddings for e in self.history if e.kind == "positive"]
+        return np.concatenate([self.positives, *extra]) if extra else self.positives
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """``(batch,)`` score of ``(batch, dim)`` unit-norm embeddings: best center, negatives applied."""

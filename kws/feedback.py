@@ -15,8 +15,14 @@ How negatives act is the keyword's ``negative_rule`` (:data:`kws.bank.NEGATIVE_R
 cannot fire, see :func:`kws.bank.apply_negatives`) or ``"raise"`` (the threshold
 is raised just above the negatives' scores). ``kws bench feedback`` measures both.
 
-The embedding of a clip is that of the window that fired, for an event clip (its
-sidecar says where the window is), else that of the clip's best-scoring window.
+A clip stands for its main window (the window that fired, for an event clip:
+its sidecar says where the window is; else the clip's best-scoring window). A
+negative also keeps the clip's other windows that could fire the keyword: as
+the detector's window slides past a word, the word sits at every position in it,
+and a negative that holds only the first window that fired lets the same word
+fire again a few hops later, when only its tail is in the window (seen on
+``kws bench feedback``). Event clips therefore keep a post-roll as long as the
+window.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, load_audio, write_audio
 from kws.bank import DEFAULT_NEGATIVE_RULE, NEGATIVE_RULES, Entry, Keyword, KeywordBank, apply_negatives
-from kws.detect import Event
+from kws.detect import DetectorConfig, Event
 from kws.embedder import Embedder
 from kws.enroll import (
     Calibration,
@@ -70,7 +76,9 @@ class EventClipConfig:
     """
 
     preroll_ms: float = 500.0
-    postroll_ms: float = 500.0
+    # As long as the window: a negative keeps every window of its clip that could fire
+    # the keyword, and the word that fired stays in the window for that long.
+    postroll_ms: float = 1000.0
     max_mb: float = 100.0
 
     def validate(self) -> None:
@@ -220,40 +228,55 @@ def read_sidecar(path: str | Path) -> dict | None:
     return d
 
 
-def best_window(embedder: Embedder, keyword: Keyword, audio: np.ndarray, hop_ms: float = 100.0) -> tuple[np.ndarray, float]:
-    """The embedding ``(dim,)`` of the window of ``audio`` ``(samples,)`` that scores highest for
-    ``keyword`` (its centers, negatives ignored), and the window's start in seconds."""
+def _windows(embedder: Embedder, audio: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Starts ``(n,)`` (samples) and embeddings ``(n, dim)`` of the windows of ``audio`` every ``hop``
+    samples, the last one flush with the end (one zero-padded window if ``audio`` is shorter)."""
     w = embedder.window_samples
-    hop = max(1, round(hop_ms * embedder.sample_rate / 1000))
     if len(audio) <= w:
-        return embedder(audio[None])[0], 0.0
+        return np.zeros(1, dtype=int), embedder(audio[None])
     starts = list(range(0, len(audio) - w + 1, hop))
     if starts[-1] != len(audio) - w:
         starts.append(len(audio) - w)
-    emb = embedder(np.stack([audio[s : s + w] for s in starts]))
-    i = int(np.argmax((emb @ keyword.centers.T).max(axis=1)))
-    return emb[i], starts[i] / embedder.sample_rate
+    return np.asarray(starts), embedder(np.stack([audio[s : s + w] for s in starts]))
 
 
-def clip_embedding(embedder: Embedder, keyword: Keyword, clip: str | Path | np.ndarray) -> tuple[np.ndarray, str]:
-    """The embedding ``(dim,)`` a clip stands for, and how it was found (for messages).
+def clip_windows(
+    embedder: Embedder,
+    keyword: Keyword,
+    clip: str | Path | np.ndarray,
+    further: bool = True,
+    detector: DetectorConfig = DetectorConfig(),
+) -> tuple[np.ndarray, str]:
+    """The embeddings ``(n, dim)`` a clip stands for, and how they were found (for messages).
 
-    An event clip (a file with a ``kws-event`` sidecar) gives the window that fired;
-    any other clip (a file or ``(samples,)`` audio at the embedder's rate) gives
-    its best-scoring window for ``keyword``.
+    Row 0 is the clip's main window: for an event clip (a file with a ``kws-event``
+    sidecar) the window that fired, for any other clip (a file or ``(samples,)``
+    audio at the embedder's rate) its best-scoring window for ``keyword``. The
+    other rows (only with ``further``) are the clip's further windows, one every
+    detector hop, whose score for ``keyword`` (its centers, negatives ignored)
+    reaches the threshold it fires at: the sidecar's for an event clip, else the
+    keyword's threshold plus the detector's default offset.
     """
     if isinstance(clip, np.ndarray):
-        emb, start = best_window(embedder, keyword, np.asarray(clip, dtype=np.float32))
-        return emb, f"best window at {start:.2f} s"
-    audio = load_audio(clip, embedder.sample_rate)
-    side = read_sidecar(clip)
+        audio, side = np.asarray(clip, dtype=np.float32), None
+    else:
+        audio, side = load_audio(clip, embedder.sample_rate), read_sidecar(clip)
+    starts, emb = _windows(embedder, audio, detector.hop_samples(embedder.sample_rate))
+    scores = (emb @ keyword.centers.T).max(axis=1)
     if side is None:
-        emb, start = best_window(embedder, keyword, audio)
-        return emb, f"best window at {start:.2f} s"
-    a, b = (round(side[k] * embedder.sample_rate) for k in ("window_start_s", "window_end_s"))
-    if not 0 <= a < b <= len(audio):
-        raise AudioError(f"{clip}: the sidecar's window {a}-{b} lies outside the clip ({len(audio)} samples)")
-    return embedder(audio[a:b][None])[0], f"the window that fired ({side['window_start_s']:.2f}-{side['window_end_s']:.2f} s)"
+        main = int(np.argmax(scores))
+        fires_at = keyword.threshold + detector.threshold_offset
+        how = f"best window at {starts[main] / embedder.sample_rate:.2f} s"
+    else:
+        a, b = (round(side[k] * embedder.sample_rate) for k in ("window_start_s", "window_end_s"))
+        if not 0 <= a < b <= len(audio):
+            raise AudioError(f"{clip}: the sidecar's window {a}-{b} lies outside the clip ({len(audio)} samples)")
+        fired = embedder(audio[a:b][None])
+        starts, emb, scores = np.append(a, starts), np.concatenate([fired, emb]), np.append(-np.inf, scores)
+        main, fires_at = 0, float(side.get("threshold", keyword.threshold + detector.threshold_offset))
+        how = f"the window that fired ({side['window_start_s']:.2f}-{side['window_end_s']:.2f} s)"
+    extra = [i for i in np.flatnonzero(scores >= fires_at) if further and starts[i] != starts[main]]
+    return emb[[main, *extra]], how
 
 
 # ---------------------------------------------------------------------------- feedback
@@ -406,26 +429,32 @@ def _add(
     if impostors is None:
         impostors = load_impostors(embedder, exclude=name)
     impostors = normalize(np.asarray(impostors, dtype=np.float32))
-    emb, how = clip_embedding(embedder, kw, clip)
+    emb, how = clip_windows(embedder, kw, clip, further=kind == "negative")
     emb = normalize(emb).astype(np.float32)
-    similarity = float((kw.centers @ emb).max())
+    similarity = float((kw.centers @ emb[0]).max())
     if kind == "negative":
         _, loo, aligned = _recenter(kw, config)
         if aligned is not None:
             # The keyword itself, for this bank, is what would silence one of its own clips.
-            itself = bool(_suppressed(loo, aligned, emb[None]).any())
+            itself = np.array([_suppressed(loo, aligned, e[None]).any() for e in emb])
             why = "nearer to one of its enrolment clips than that clip is to the keyword and the other clips"
         else:  # a bank from before enrolment clips were kept: compare with their typical score
             typical = float(np.median(loo)) if len(loo) else np.inf
-            itself = similarity >= typical
+            itself = (emb @ kw.centers.T).max(axis=1) >= typical
             why = f"as high as its enrolment clips' typical {typical:.3f}"
-        if itself:
+        if itself[0]:
             raise EnrollmentError(
                 f"this clip looks like {name!r} itself (similarity {similarity:.3f} to it, {why}); it was not "
                 f"added as a negative, since that would stop {name!r} from being detected. If it was a real "
                 f"detection, nothing needs fixing; if not, raise the threshold (--threshold-offset) or "
                 f"re-enrol {name!r}"
             )
+        if itself.any():
+            # The main window decides; a further window that looks like the keyword is only left out.
+            log.info("%d further window(s) of the clip look like %r itself: not kept", int(itself.sum()), name)
+            emb = emb[~itself]
+        if len(emb) > 1:
+            how += f" and {len(emb) - 1} further window{'s' if len(emb) > 2 else ''} that could fire it"
     if source is None:
         source = "audio" if isinstance(clip, np.ndarray) else Path(clip).name
     entry = Entry(
@@ -433,7 +462,7 @@ def _add(
         kind=kind,
         source=source,
         added=_now(),
-        embedding=emb,
+        embeddings=emb,
         before=json.loads(json.dumps(kw.state_json())),
     )
     threshold_before = kw.threshold

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws.bank import Keyword, KeywordBank
+from kws.bank import BANK_VERSION, Keyword, KeywordBank
 from kws.cli import main
 from kws.errors import BankError
 
@@ -68,7 +68,7 @@ def test_enrolment_round_trips_through_the_bank_file(random_checkpoint: Path, tm
         (lambda s: s[: len(s) // 2], "corrupt or truncated"),
         (lambda s: "\x00\x01garbage", "corrupt or truncated"),
         (lambda s: json.dumps({"hello": 1}), "not a kws keyword bank"),
-        (lambda s: s.replace('"version": 2', '"version": 99'), "version 99 is not supported"),
+        (lambda s: s.replace(f'"version": {BANK_VERSION}', '"version": 99'), "version 99 is not supported"),
         (lambda s: s.replace('"threshold": 0.5', '"threshold": "high"'), "'marvin' is malformed"),
         (lambda s: s.replace('"dim": 8', '"dim": 9'), "expected \\(n, 9\\)"),
     ],

@@ -1,4 +1,4 @@
-"""Event clips, false-alarm feedback, re-enrolment and undo (kws.feedback, bank version 2)."""
+"""Event clips, false-alarm feedback, re-enrolment and undo (kws.feedback, bank versions 2 and 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kws.audio import load_audio, write_audio
-from kws.bank import Entry, Keyword, KeywordBank
+from kws.bank import BANK_VERSION, Entry, Keyword, KeywordBank
 from kws.cli import main
 from kws.detect import Detector, DetectorConfig, Event
 from kws.errors import BankError, EnrollmentError
@@ -148,11 +148,11 @@ def test_feedback_round_trips_through_the_bank_and_undo_restores_it_exactly(
     out = capsys.readouterr().out
     assert "threshold" in out and "->" in out and "expected false-accept" in out
     d = json.loads(bank_path.read_text())
-    assert d["version"] == 2
+    assert d["version"] == BANK_VERSION
     bank = KeywordBank.load(bank_path, model_id=embedder.model_id)
     kw = bank["up"]
     assert [(e.id, e.kind, e.source) for e in kw.history] == [(1, "negative", "down.wav")]
-    assert kw.negatives.shape == (1, embedder.dim) and kw.positives.shape == (3, embedder.dim)
+    assert kw.negatives.shape[1] == embedder.dim and kw.positives.shape == (3, embedder.dim)
     assert kw.info["feedback"]["negatives"] == 1
 
     assert main(["feedback", str(clip), "--is", "up", *common]) == 0
@@ -202,6 +202,61 @@ def test_negatives_stop_the_false_alarm_they_match(embedder, enrolled, impostors
     assert not any(any(n == "down" and s < e.time < t + 1.1 for n, s, t in truth) for e in after)
 
 
+def test_a_negative_keeps_every_window_of_its_clip_that_could_fire(embedder, enrolled, impostors, tmp_path):
+    audio, truth = _stream([("down", _word(*DOWN, seed=12)), ("up", _word(*UP, seed=13))])
+    kw = enrolled["up"]
+    kw.threshold = float(kw.score(embedder(_word(*DOWN)[None]))[0]) - 0.02
+    events, rec = _run(embedder, enrolled, audio, tmp_path)
+    _, start, end = truth[0]
+    clip = next(c for c, e in zip(rec.written, events) if start < e.time < end + 1.1)  # the false alarm on "down"
+    side, x = read_sidecar(clip), load_audio(clip)
+    centers = kw.centers.copy()
+    result = add_negative(embedder, enrolled, "up", clip, impostors=impostors)
+    got = kw.history[-1].embeddings
+    a, b = round(side["window_start_s"] * SR), round(side["window_end_s"] * SR)
+    np.testing.assert_allclose(got[0], embedder(x[a:b][None])[0], atol=1e-5)
+    # The others: every window of the clip, one per 100 ms hop, that scored at or above the threshold it fired at.
+    starts = [s for s in range(0, len(x) - SR + 1, 1600) if s != a]
+    windows = embedder(np.stack([x[s : s + SR] for s in starts]))
+    could_fire = windows[(windows @ centers.T).max(axis=1) >= side["threshold"]]
+    assert len(could_fire) >= 1 and len(got) == 1 + len(could_fire)
+    np.testing.assert_allclose(got[1:], could_fire, atol=1e-5)
+    assert f"{len(could_fire)} further window" in result.how
+    bank = tmp_path / "bank.json"
+    enrolled.save(bank)
+    np.testing.assert_allclose(KeywordBank.load(bank)["up"].negatives, got, atol=1e-6)
+
+
+def test_a_negative_leaves_out_further_windows_that_are_the_keyword_itself(embedder, enrolled, impostors, tmp_path):
+    from kws.enroll import prepare_clips
+
+    same = prepare_clips([_word(*UP, seed=0)], embedder.window_samples, SR)[0][0]  # an enrolment clip, as enrolled
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), _word(*DOWN, seed=3), same, np.zeros(SR // 2, np.float32)])
+    clip = tmp_path / "down_then_up.wav"
+    write_audio(clip, audio)
+    # An event on "down" whose post-roll holds "up" itself; every window counts as one that could fire.
+    (tmp_path / "down_then_up.json").write_text(json.dumps(
+        {"format": "kws-event", "keyword": "up", "threshold": -1.0, "window_start_s": 0.5, "window_end_s": 1.5}))
+    add_negative(embedder, enrolled, "up", clip, impostors=impostors)
+    kept, x = enrolled["up"].negatives, load_audio(clip)
+    windows = embedder(np.stack([x[s : s + SR] for s in range(0, len(x) - SR + 1, 1600)]))
+    assert np.abs(kept[0] - windows[5]).max() < 1e-5  # the window that fired (0.5-1.5 s) decides ...
+    assert 1 < len(kept) < len(windows)  # ... the others are kept but for the keyword itself
+    assert not (np.abs(kept[:, None] - windows[15][None]).max(axis=2) < 1e-5).any()  # "up" alone in the window
+
+
+def test_a_version_2_entry_loads_as_one_window(tmp_path):
+    bank = KeywordBank("m", 8)
+    c = np.eye(8, dtype=np.float32)[:1]
+    bank.add(Keyword("up", c, 0.5, 1, positives=c))
+    d = bank.to_json()
+    d["version"] = 2
+    d["keywords"]["up"]["history"] = [{"id": 1, "kind": "negative", "source": "x.wav", "added": "now",
+                                       "embedding": [0.0] * 7 + [1.0], "before": bank["up"].state_json()}]  # fmt: skip
+    (tmp_path / "b.json").write_text(json.dumps(d))
+    np.testing.assert_array_equal(KeywordBank.load(tmp_path / "b.json")["up"].negatives, np.eye(8)[7:])
+
+
 def test_suppression_is_selective():
     """A window nearer a negative than the keyword is suppressed; one nearer the keyword is not."""
     c, n = np.eye(4, dtype=np.float32)[:2]
@@ -209,7 +264,7 @@ def test_suppression_is_selective():
     near_neg = np.array([[0.6, 0.8, 0, 0]], np.float32)
     near_kw = np.array([[0.8, 0.6, 0, 0]], np.float32)
     before = kw.score(np.concatenate([near_neg, near_kw]))
-    kw.history.append(Entry(1, "negative", "x.wav", "now", n, kw.state_json()))
+    kw.history.append(Entry(1, "negative", "x.wav", "now", n[None], kw.state_json()))
     after = kw.score(np.concatenate([near_neg, near_kw]))
     np.testing.assert_allclose(before, [0.6, 0.8], atol=1e-6)
     np.testing.assert_allclose(after, [-1.0, 0.8], atol=1e-6)
@@ -247,7 +302,7 @@ def test_version_1_bank_still_loads_and_takes_negatives(embedder, impostors, tmp
         add_positive(embedder, bank, "up", _word(*UP), impostors=impostors)
     add_negative(embedder, bank, "up", _word(*DOWN), impostors=impostors)
     bank.save(path)
-    assert json.loads(path.read_text())["version"] == 2
+    assert json.loads(path.read_text())["version"] == BANK_VERSION
     assert len(KeywordBank.load(path)["up"].history) == 1
 
 
@@ -255,7 +310,8 @@ def test_version_1_bank_still_loads_and_takes_negatives(embedder, impostors, tmp
     "damage, message",
     [
         (lambda e: e.update(kind="maybe"), "kind 'maybe'"),
-        (lambda e: e.update(embedding=[0.1, 0.2]), "expected \\(8,\\)"),
+        (lambda e: e.update(embedding=[0.1, 0.2]), "expected \\(n, 8\\)"),
+        (lambda e: e.update(embeddings=[]), "expected \\(n, 8\\)"),
         (lambda e: e.pop("before"), "malformed"),
     ],
 )

@@ -44,7 +44,8 @@ def _run(args: argparse.Namespace) -> int:
         rule = f", negatives {kw.negative_rule}" if kw.negatives is not None else ""
         print(f"feedback: {len(kw.history)} entr{'y' if len(kw.history) == 1 else 'ies'}{rule}")
         for e in kw.history:
-            print(f"  {e.id:3d}  {e.kind:<8}  {e.added}  {e.source}")
+            windows = f"{len(e.embeddings)} window{'s' if len(e.embeddings) > 1 else ''}"
+            print(f"  {e.id:3d}  {e.kind:<8}  {e.added}  {e.source}  ({windows})")
     elif args.bank_command == "remove":
         bank.remove(args.keyword)
         bank.save(args.bank)

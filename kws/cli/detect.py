@@ -8,6 +8,7 @@ import sys
 import time
 
 from kws.cli._common import add_detector_arguments, add_model_arguments, detector_config_from_args, embedder_from_args
+from kws.feedback import EventClipConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int, metavar="N", help="channels of raw PCM on stdin (default 1) or to open the device with")
     p.add_argument("--realtime", action="store_true", help="pace a file at real-time speed, like a live input")
     p.add_argument("--save-events", metavar="DIR", help="save the audio around each event (WAV + JSON sidecar) in DIR")
-    p.add_argument("--event-preroll-ms", type=float, default=500.0, help="audio saved before the window that fired (500)")
-    p.add_argument("--event-postroll-ms", type=float, default=500.0, help="audio saved after it (500)")
-    p.add_argument("--save-events-max-mb", type=float, default=100.0, help="size cap of DIR; oldest clips go first (100)")
+    clip = EventClipConfig()
+    p.add_argument("--event-preroll-ms", type=float, default=clip.preroll_ms,
+                   help="audio saved before the window that fired (%(default)g)")
+    p.add_argument("--event-postroll-ms", type=float, default=clip.postroll_ms,
+                   help="audio saved after it (%(default)g; as long as the window, so that feedback sees the whole word pass)")
+    p.add_argument("--save-events-max-mb", type=float, default=clip.max_mb,
+                   help="size cap of DIR; oldest clips go first (%(default)g)")  # fmt: skip
     add_detector_arguments(p)
     add_model_arguments(p)
     p.set_defaults(func=run)
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector(embedder, bank, cfg)
     recorder = None
     if args.save_events:
-        from kws.feedback import EventClipConfig, EventRecorder
+        from kws.feedback import EventRecorder
 
         clip_cfg = EventClipConfig(args.event_preroll_ms, args.event_postroll_ms, args.save_events_max_mb)
         recorder = EventRecorder(args.save_events, embedder.window_samples, embedder.model_id, clip_cfg)
