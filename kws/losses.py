@@ -376,6 +376,7 @@ class OIMLoss(nn.Module):
     (all-gathered, in rank order), so the tables stay identical across ranks.
     """
 
+    takes_unlabelled = True  # JointLoss passes it the batch's unlabelled clips too
     lut: torch.Tensor
     queue: torch.Tensor
     queue_filled: torch.Tensor
@@ -608,12 +609,16 @@ class JointLoss(nn.Module):
         self.weights = dict(weights)
 
     def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor
+        self, embeddings: torch.Tensor, labels: torch.Tensor, unlabelled: int = 0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``unlabelled``: the last rows are that many unlabelled clips (label ``-1``); only the
+        terms that use such clips (``takes_unlabelled``, e.g. OIM's queue) see them."""
         total = embeddings.new_zeros((), dtype=torch.float32)
         values = {}
+        n = len(embeddings) - unlabelled
         for name, term in self.terms.items():
-            value = term(embeddings, labels)
+            whole = unlabelled == 0 or getattr(term, "takes_unlabelled", False)
+            value = term(embeddings, labels) if whole else term(embeddings[:n], labels[:n])
             total = total + self.weights[name] * value
             values[name] = value.detach()
         return total, values

@@ -77,6 +77,9 @@ class DataConfig:
     heldout_words: list[str] = field(default_factory=list)
     heldout_vocab: str = ""
     on_device: bool = True  # keep the int16 training audio on the GPU (no host→device copies)
+    # Unlabelled speech for the OIM loss's queue: the training-split clips of this corpus's
+    # words that are neither training nor held-out words; train.unlabelled of them join each batch.
+    unlabelled_root: str = ""
 
 
 @dataclass
@@ -178,6 +181,7 @@ class LoopConfig:
     seed: int = 0
     out_dir: str = "runs/speech_commands"
     sampler: str = "pk"  # "pk": random P×K batches; "hard_class": each batch's words are each other's nearest
+    unlabelled: int = 0  # clips of data.unlabelled_root added to each batch with label -1 (only OIM uses them)
 
 
 @dataclass
@@ -225,6 +229,9 @@ class TrainConfig:
             (self.train.steps_per_epoch >= 0, "train.steps_per_epoch must be >= 0"),
             (self.train.device in DEVICES, f"train.device must be one of {DEVICES}"),
             (self.train.sampler in SAMPLERS, f"train.sampler must be one of {SAMPLERS}"),
+            (self.train.unlabelled >= 0, "train.unlabelled must be >= 0"),
+            (self.train.unlabelled == 0 or bool(self.data.unlabelled_root),
+             "train.unlabelled > 0 needs data.unlabelled_root (a corpus of other words)"),
             (self.eval.n_way >= 2, "eval.n_way must be at least 2"),
             (bool(self.eval.shots) and min(self.eval.shots) >= 1, "eval.shots must be a non-empty list of counts >= 1"),
             (self.eval.best_shot in self.eval.shots, "eval.best_shot must be one of eval.shots"),
@@ -406,10 +413,10 @@ class TrainStep(nn.Module):
         self.model, self.specaug, self.loss, self.bf16 = model, specaug, loss, bf16
 
     def forward(
-        self, wave: torch.Tensor, labels: torch.Tensor
+        self, wave: torch.Tensor, labels: torch.Tensor, unlabelled: int = 0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         emb = encode(self.model, wave, self.bf16, self.specaug)
-        total, terms = self.loss(emb, labels)
+        total, terms = self.loss(emb, labels, unlabelled)
         return total, terms, emb
 
 
@@ -433,9 +440,13 @@ def optimize(
     wave: torch.Tensor,
     labels: torch.Tensor,
     grad_clip: float,
+    unlabelled: int = 0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step; returns the loss terms (plus ``loss``, the total) and the embeddings."""
-    total, terms, emb = step(wave, labels)
+    """One optimizer step; returns the loss terms (plus ``loss``, the total) and the embeddings.
+
+    The last ``unlabelled`` clips of the batch are unlabelled (label ``-1``, see :class:`~kws.losses.JointLoss`).
+    """
+    total, terms, emb = step(wave, labels, unlabelled)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip > 0:
@@ -637,6 +648,22 @@ def _load_resume(path: Path, model: KeywordModel, classes: list[str]) -> dict[st
 # ---------------------------------------------------------------------------- training
 
 
+def _unlabelled_audio(cfg: TrainConfig, words: list[str], heldout: list[str], progress: bool) -> torch.Tensor | None:
+    """int16 clips ``(N, samples)`` of ``data.unlabelled_root``'s training split, its words that are
+    neither training nor held-out words (``None`` when ``train.unlabelled`` is 0)."""
+    from kws.data.speech_commands import SpeechCommands, list_words
+
+    if cfg.train.unlabelled == 0:
+        return None
+    taken = set(words) | set(heldout)
+    others = [w for w in list_words(cfg.data.unlabelled_root) if w not in taken]
+    if not others:
+        raise ConfigError(f"data.unlabelled_root {cfg.data.unlabelled_root}: every word is a training or held-out word")
+    unl = SpeechCommands(cfg.data.unlabelled_root, "training", words=others)
+    log.info("unlabelled speech: %d clips of %d other words, %d per batch", len(unl), len(others), cfg.train.unlabelled)
+    return torch.from_numpy(_to_int16(unl.load_all(progress=progress)))
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = False,
@@ -680,6 +707,9 @@ def train(
         if cfg.data.on_device and device.type == "cuda":
             audio = audio.to(device)
         labels = torch.from_numpy(train_set.labels).to(device)
+        unlabelled = _unlabelled_audio(cfg, train_set.classes, heldout, progress and is_main)
+        if unlabelled is not None and cfg.data.on_device and device.type == "cuda":
+            unlabelled = unlabelled.to(device)
         eval_data = _eval_set(cfg, train_set, audio, heldout, progress) if is_main else None
 
         model = KeywordModel(model_config(cfg.model)).to(device)
@@ -732,9 +762,15 @@ def train(
                 idx = torch.as_tensor(batch, device=audio.device)
                 wave = _to_float(audio[idx].to(device, non_blocking=True))
                 y = labels[idx.to(device)]
+                n_unl = cfg.train.unlabelled if unlabelled is not None else 0
+                if n_unl:  # appended after the labelled clips, as JointLoss expects them
+                    pick = torch.randint(len(unlabelled), (n_unl,), device=device, generator=gen).to(unlabelled.device)
+                    wave = torch.cat([wave, _to_float(unlabelled[pick].to(device, non_blocking=True))])
+                    y = torch.cat([y, y.new_full((n_unl,), -1)])
                 with torch.no_grad():
                     wave = augmenter(wave, generator=gen)
-                terms, emb = optimize(step_module, optimizer, wave, y, cfg.optim.grad_clip)
+                terms, emb = optimize(step_module, optimizer, wave, y, cfg.optim.grad_clip, n_unl)
+                emb, y = emb[: len(emb) - n_unl], y[: len(y) - n_unl]
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value
                 if class_means is not None:

@@ -288,3 +288,30 @@ def test_ablation_runner_end_to_end(
     before = (out / "contrastive" / "last.pt").stat().st_mtime_ns
     ablation.main(argv[:-2 * len(sets)] + [a for s in sets for a in ("--set", s)])
     assert (out / "contrastive" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_unlabelled_speech_fills_the_oim_queue_and_only_oim_sees_it(tiny_corpus: Path, tmp_path: Path) -> None:
+    from kws.losses import BatchHardTripletLoss, JointLoss, OIMLoss
+
+    # JointLoss: the last rows are unlabelled; the triplet term never sees them, OIM queues them.
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    y = torch.tensor([0, 0, 1, 1, -1, -1])
+    triplet, oim = BatchHardTripletLoss(0.2), OIMLoss(2, 8, queue_size=4)
+    total, terms = JointLoss({"triplet": triplet, "oim": oim}, {"triplet": 1.0, "oim": 1.0})(emb, y, unlabelled=2)
+    assert terms["triplet"] == pytest.approx(float(triplet(emb[:4], y[:4])))
+    assert int(oim.queue_filled) == 2 and torch.allclose(oim.queue[:2], emb[4:])
+    # The trainer draws train.unlabelled clips of the corpus's other words ("left" here) into each batch.
+    out = tmp_path / "oim"
+    sets = tiny_overrides(tiny_corpus, out, epochs=1) + [
+        'data.words=["yes", "cat", "bat"]', f'data.unlabelled_root="{tiny_corpus}"', "train.unlabelled=3",
+        "train.p=3", 'loss.metric="oim"', "loss.oim_queue_size=64",
+    ]  # fmt: skip
+    train(load_config(None, sets), progress=False)
+    state = torch.load(out / "last.pt", weights_only=True)["extra"]["loss"]
+    assert int(state["terms.oim.queue_filled"]) == 5 * 3  # 5 steps × 3 unlabelled clips
+    with pytest.raises(ConfigError, match="data.unlabelled_root"):
+        load_config(None, ["train.unlabelled=3"])
+    with pytest.raises(ConfigError, match="every word is a training or held-out word"):
+        train(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "x", 1) + [f'data.unlabelled_root="{tiny_corpus}"',
+                                                                                  "train.unlabelled=3"]), progress=False)  # fmt: skip

@@ -15,7 +15,8 @@ Figures are those of the best epoch (by ``eval.best_shot``-shot accuracy, the
 epoch ``best.pt`` holds). A finished variant (its folder has ``metrics.jsonl``
 with the full epoch count) is not re-run. ``--list`` prints the variants. To
 compare samplers, run it again with ``--set train.sampler="hard_class"`` and
-another ``--out``.
+another ``--out``; to give OIM's queue unlabelled speech, with ``--set
+data.unlabelled_root="CORPUS" --set train.unlabelled=N`` (a corpus of other words).
 """
 
 from __future__ import annotations
