@@ -87,8 +87,9 @@ def pad_or_crop(x: np.ndarray, length: int) -> np.ndarray:
     return np.pad(x, pad)
 
 
-def trim_silence(x: np.ndarray, frame: int = SAMPLE_RATE // 100, db: float = 40.0) -> np.ndarray:
-    """Cut leading and trailing frames more than ``db`` below the loudest frame. ``(samples,)``.
+def trim_silence(x: np.ndarray, frame: int = SAMPLE_RATE // 100, db: float = 40.0, margin: int = 1) -> np.ndarray:
+    """Cut leading and trailing frames more than ``db`` below the loudest frame, keeping
+    ``margin`` frames beside the speech. ``(samples,)``.
 
     An all-silent input gives an empty array.
     """
@@ -99,9 +100,9 @@ def trim_silence(x: np.ndarray, frame: int = SAMPLE_RATE // 100, db: float = 40.
     loud = np.flatnonzero(rms > rms.max() * 10 ** (-db / 20))
     if rms.max() == 0 or len(loud) == 0:
         return x[:0]
-    # One frame of margin keeps soft onsets and releases.
-    start = max(loud[0] - 1, 0) * frame
-    stop = min(loud[-1] + 2, n) * frame
+    # The margin keeps soft onsets and releases.
+    start = max(loud[0] - margin, 0) * frame
+    stop = min(loud[-1] + 1 + margin, n) * frame
     return x[start:stop]
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kws.audio import SAMPLE_RATE
+from kws.audio import SAMPLE_RATE, trim_silence
 from kws.bank import KeywordBank
 from kws.detect import Detector, DetectorConfig, Event, Trigger
 from kws.embedder import Embedder
@@ -35,15 +35,6 @@ class TruthItem:
     start: float
     end: float
     keyword: bool
-
-
-def _speech_span(clip: np.ndarray, floor_db: float = -30.0) -> tuple[int, int]:
-    """First and last sample of 10 ms frames within ``floor_db`` of the clip's loudest frame."""
-    frame = SAMPLE_RATE // 100
-    n = len(clip) // frame
-    rms = np.sqrt((clip[: n * frame].reshape(n, frame) ** 2).mean(axis=1) + 1e-12)
-    loud = np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))
-    return int(loud[0] * frame), int((loud[-1] + 1) * frame)
 
 
 def build_stream(
@@ -91,8 +82,8 @@ def build_stream(
         is_kw = not distractor_words or rng.random() < keyword_share
         word = keywords[int(rng.integers(len(keywords)))] if is_kw else distractor_words[int(rng.integers(len(distractor_words)))]
         clip = data.audio(by_word[word][int(rng.integers(len(by_word[word])))])
-        a, b = _speech_span(clip)
-        clip = clip[a:b]
+        speech = trim_silence(clip, db=30.0, margin=0)
+        clip = speech if len(speech) else clip
         if pos + len(clip) > total:
             break
         audio[pos : pos + len(clip)] += clip
