@@ -104,7 +104,6 @@ def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
     return torch.where(f < _MEL_LOG_HZ, f / _MEL_HZ_PER_MEL, log_part)
 
 
-
 class SpecAugment(nn.Module):
     """Frequency warping, then time and frequency masking, on log-mel ``(batch, mels, frames)``;
     identity in eval mode.

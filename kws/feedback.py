@@ -261,22 +261,27 @@ def clip_windows(
         audio, side = np.asarray(clip, dtype=np.float32), None
     else:
         audio, side = load_audio(clip, embedder.sample_rate), read_sidecar(clip)
-    starts, emb = _windows(embedder, audio, detector.hop_samples(embedder.sample_rate))
-    scores = (emb @ keyword.centers.T).max(axis=1)
+    hop = detector.hop_samples(embedder.sample_rate)
     if side is None:
-        main = int(np.argmax(scores))
+        starts, emb = _windows(embedder, audio, hop)
+        scores = (emb @ keyword.centers.T).max(axis=1)
+        best = int(np.argmax(scores))
+        a, main = starts[best], emb[best : best + 1]
+        how = f"best window at {a / embedder.sample_rate:.2f} s"
         fires_at = keyword.threshold + detector.threshold_offset
-        how = f"best window at {starts[main] / embedder.sample_rate:.2f} s"
     else:
         a, b = (round(side[k] * embedder.sample_rate) for k in ("window_start_s", "window_end_s"))
         if not 0 <= a < b <= len(audio):
             raise AudioError(f"{clip}: the sidecar's window {a}-{b} lies outside the clip ({len(audio)} samples)")
-        fired = embedder(audio[a:b][None])
-        starts, emb, scores = np.append(a, starts), np.concatenate([fired, emb]), np.append(-np.inf, scores)
-        main, fires_at = 0, float(side.get("threshold", keyword.threshold + detector.threshold_offset))
+        main = embedder(audio[a:b][None])
         how = f"the window that fired ({side['window_start_s']:.2f}-{side['window_end_s']:.2f} s)"
-    extra = [i for i in np.flatnonzero(scores >= fires_at) if further and starts[i] != starts[main]]
-    return emb[[main, *extra]], how
+        fires_at = float(side.get("threshold", keyword.threshold + detector.threshold_offset))
+    if not further:
+        return main, how
+    if side is not None:  # the clip's other windows are needed only now
+        starts, emb = _windows(embedder, audio, hop)
+        scores = (emb @ keyword.centers.T).max(axis=1)
+    return np.concatenate([main, emb[(scores >= fires_at) & (starts != a)]]), how
 
 
 # ---------------------------------------------------------------------------- feedback

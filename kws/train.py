@@ -708,6 +708,7 @@ def train(
             audio = audio.to(device)
         labels = torch.from_numpy(train_set.labels).to(device)
         unlabelled = _unlabelled_audio(cfg, train_set.classes, heldout, progress and is_main)
+        n_unl = cfg.train.unlabelled  # unlabelled clips per batch; `unlabelled` is None when 0
         if unlabelled is not None and cfg.data.on_device and device.type == "cuda":
             unlabelled = unlabelled.to(device)
         eval_data = _eval_set(cfg, train_set, audio, heldout, progress) if is_main else None
@@ -762,7 +763,6 @@ def train(
                 idx = torch.as_tensor(batch, device=audio.device)
                 wave = _to_float(audio[idx].to(device, non_blocking=True))
                 y = labels[idx.to(device)]
-                n_unl = cfg.train.unlabelled if unlabelled is not None else 0
                 if n_unl:  # appended after the labelled clips, as JointLoss expects them
                     pick = torch.randint(len(unlabelled), (n_unl,), device=device, generator=gen).to(unlabelled.device)
                     wave = torch.cat([wave, _to_float(unlabelled[pick].to(device, non_blocking=True))])

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kws.bank import NEGATIVE_RULES
+
 NAME = "feedback"
 HELP = "false-alarm feedback: impostor false alarms removed and recall kept, per negative rule"
-RULES = ("suppress", "raise")
 # The goal of feedback (issue 9): most of the impostor's false alarms gone, recall kept.
 TARGET_REMOVED, TARGET_RECALL_DROP = 0.8, 0.02
 
@@ -128,7 +129,7 @@ def _pair(args, seed: int, embedder, corpus: Path, keyword: str, impostor: str, 
         "stream_a_impostor_fa": len(fa_clips),
         "before": _score(_run_stream(embedder, base, audio_b, None)[0], truth_b, keyword, impostor, window_s),
     }
-    for rule in RULES:
+    for rule in NEGATIVE_RULES:
         bank = copy.deepcopy(base)
         times, refused = [], 0
         for clip in fa_clips[: args.feedback]:
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     for r in results:
         b = r["before"]
         print(f"{r['seed']:>4} {r['keyword'] + '/' + r['impostor']:<12} {'before':<9} {b['impostor_fa']:>8d} {'':>8} {b['recall']:>7.3f} {'':>8} {r['threshold']:>6.3f}  (stream A: {r['stream_a_impostor_fa']} impostor FA)")
-        for rule in RULES:
+        for rule in NEGATIVE_RULES:
             a = r[rule]
             removed = 1 - a["impostor_fa"] / b["impostor_fa"] if b["impostor_fa"] else float("nan")
             a["removed"] = removed
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"{'':>4} {'':<12} {rule:<9} {a['impostor_fa']:>8d} {100 * removed:>7.0f}% {a['recall']:>7.3f} {100 * a['recall_change']:>+7.1f}p {a['threshold_after']:>6.3f}  {a['feedback_s']} (fed {a['fed_back']}, refused {a['refused']})")
     totals = {}
     before = sum(r["before"]["impostor_fa"] for r in results)
-    for rule in RULES:
+    for rule in NEGATIVE_RULES:
         after = sum(r[rule]["impostor_fa"] for r in results)
         totals[rule] = {
             "impostor_fa_before": before,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kws.bank import NEGATIVE_RULES
 from kws.cli._common import add_model_arguments, embedder_from_args
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="other speech for re-calibration: an impostor-set .npz or a folder of clips; default: the bundled set",
     )
-    p.add_argument("--rule", choices=("suppress", "raise"), help="how negatives act (default: the keyword's, suppress)")
+    p.add_argument("--rule", choices=NEGATIVE_RULES, help="how negatives act (default: the keyword's, suppress)")
     add_model_arguments(p, few_clips=True)
     p.set_defaults(func=_run)
 
