@@ -32,7 +32,7 @@ import numpy as np
 from kws.audio import SAMPLE_RATE
 from kws.bank import KeywordBank
 from kws.embedder import Embedder
-from kws.errors import BankError, KwsError
+from kws.errors import AudioError, BankError, KwsError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,30 @@ class Event:
         d = asdict(self)
         d.update(score=round(self.score, 4), threshold=round(self.threshold, 4), time=round(self.time, 3))
         return d
+
+
+@dataclass(frozen=True)
+class EventClipConfig:
+    """What :class:`kws.feedback.EventRecorder` keeps around an event.
+
+    Attributes:
+        preroll_ms: audio kept before the window that fired.
+        postroll_ms: audio kept after it (the clip is written once it has arrived).
+        max_mb: the folder's event clips and sidecars are kept under this size,
+            the oldest deleted first.
+    """
+
+    preroll_ms: float = 500.0
+    # As long as the window: a negative keeps every window of its clip that could fire
+    # the keyword, and the word that fired stays in the window for that long.
+    postroll_ms: float = 1000.0
+    max_mb: float = 100.0
+
+    def validate(self) -> None:
+        if self.preroll_ms < 0 or self.postroll_ms < 0:
+            raise AudioError(f"pre-roll and post-roll cannot be negative ({self.preroll_ms}, {self.postroll_ms} ms)")
+        if self.max_mb <= 0:
+            raise AudioError(f"the event folder's size cap must be positive, got {self.max_mb} MB")
 
 
 class WindowPath(Protocol):

@@ -11,10 +11,9 @@ import pytest
 from kws.audio import load_audio, write_audio
 from kws.bank import BANK_VERSION, Entry, Keyword, KeywordBank
 from kws.cli import main
-from kws.detect import Detector, DetectorConfig, Event
+from kws.detect import Detector, DetectorConfig, Event, EventClipConfig
 from kws.errors import BankError, EnrollmentError
 from kws.feedback import (
-    EventClipConfig,
     EventRecorder,
     FeedbackConfig,
     add_negative,
