@@ -225,6 +225,28 @@ def few_shot_accuracy(
     return FewShotResult(mean=float(acc.mean()), ci95=float(1.96 * acc.std() / np.sqrt(len(acc))), accuracies=acc)
 
 
+def speaker_bootstrap_ci(correct: np.ndarray, speakers: np.ndarray, resamples: int = 1000, seed: int = 0) -> float:
+    """Half-width of the 95% interval of an accuracy over clips when the *speakers* are the sample.
+
+    The clips of one speaker are not independent trials (a voice the model
+    hears badly fails on all of its words), so the speakers are drawn with
+    replacement ``resamples`` times and the interval is the 2.5th to 97.5th
+    percentile of the accuracy of their clips.
+
+    Args:
+        correct: ``(N,)`` whether each clip was classified right.
+        speakers: ``(N,)`` the speaker of each clip.
+    """
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(correct) != len(speakers) or not len(correct):
+        raise ValueError(f"need one speaker per clip and at least one clip, got {len(correct)} and {len(speakers)}")
+    _, inverse = np.unique(np.asarray(speakers), return_inverse=True)
+    hits, clips = np.bincount(inverse, weights=correct), np.bincount(inverse)
+    draws = np.random.default_rng(seed).integers(0, len(clips), size=(resamples, len(clips)))
+    low, high = np.percentile(hits[draws].sum(axis=1) / clips[draws].sum(axis=1), [2.5, 97.5])
+    return float((high - low) / 2)
+
+
 def det_curve(target: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False-accept and false-reject rates at every distinct threshold.
 

@@ -22,6 +22,9 @@ Two settings are scored (:func:`evaluate_twelve_class`):
     other half is scored, and the figures are averaged over several draws. The
     biases for K shots are chosen the same way on the reference corpus (K clips of
     training speakers, validation speakers scored).
+
+The interval of (a) is over the scored corpus's speakers (a bootstrap: one
+voice's clips are not independent trials), that of (b) over the draws.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from kws.embedder import Embedder
 from kws.errors import DataError
 from kws.evaluate import EmbeddedCorpus, embed_dataset, plot_confusion
 from kws.fileio import write_json
-from kws.metrics import normalize
+from kws.metrics import normalize, speaker_bootstrap_ci
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +288,8 @@ def evaluate_twelve_class(
     # (a) zero real examples.
     protos = Prototypes(base.vectors, base.owner, fit_biases(base.raw_scores(ref_val.embeddings), val_true))
     val_a = balanced_accuracy(val_true, protos.predict(ref_val.embeddings))
-    cm_a = confusion_matrix(true, protos.predict(test.embeddings))
+    pred_a = protos.predict(test.embeddings)
+    cm_a = confusion_matrix(true, pred_a)
     report: dict[str, Any] = {
         "corpus": str(corpus_root),
         "reference": str(reference_root),
@@ -295,6 +299,7 @@ def evaluate_twelve_class(
         "class_clips": dict(zip(CLASSES, present.tolist())),
         "zero_shot": {
             **summarise(cm_a),
+            "accuracy_ci95": speaker_bootstrap_ci(pred_a == true, test.speakers, seed=cfg.seed),
             "biases": {UNKNOWN: float(protos.biases[UNKNOWN_ID]), SILENCE: float(protos.biases[SILENCE_ID])},
             "validation_balanced_accuracy": val_a,
             "top_confusions": top_confusions(cm_a),

@@ -188,3 +188,15 @@ def test_vectorised_thresholds_match_scalar_brute_force() -> None:
         assert not lower
         assert r == pytest.approx(np.mean(target < t))
         assert metrics.threshold_at_far(impostor, f) == t
+
+
+def test_speaker_bootstrap_interval_counts_speakers_not_clips() -> None:
+    speakers = np.repeat(np.arange(10), 4)
+    correct = speakers < 6  # six voices always heard right, four never
+    ci = metrics.speaker_bootstrap_ci(correct, speakers)
+    assert 0.2 < ci < 0.4  # about 1.96 * sqrt(0.6 * 0.4 / 10)
+    # Ten times the clips of the same ten speakers: a binomial interval would shrink, this one does not.
+    assert metrics.speaker_bootstrap_ci(np.repeat(correct, 10), np.repeat(speakers, 10)) == pytest.approx(ci)
+    assert metrics.speaker_bootstrap_ci(np.ones(40, bool), speakers) == 0.0
+    with pytest.raises(ValueError, match="one speaker per clip"):
+        metrics.speaker_bootstrap_ci(correct, speakers[:-1])
