@@ -132,6 +132,11 @@ def pcm16_to_float(raw: bytes, channels: int = 1) -> np.ndarray:
     return to_mono(pcm.reshape(-1, channels))
 
 
+def float_to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] → int16 PCM (rounded, clipped): half the memory of float32."""
+    return np.clip(np.round(np.asarray(x, dtype=np.float32) * 32768.0), -32768, 32767).astype(np.int16)
+
+
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write mono float audio as 16-bit PCM, atomically (temporary file, then rename).
 

@@ -475,10 +475,6 @@ def _to_float(pcm: torch.Tensor) -> torch.Tensor:
     return pcm.float() / 32768.0 if pcm.dtype == torch.int16 else pcm.float()
 
 
-def _to_int16(audio: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
-
-
 # ---------------------------------------------------------------------------- distributed
 
 
@@ -661,7 +657,7 @@ def _unlabelled_audio(cfg: TrainConfig, words: list[str], heldout: list[str], pr
         raise ConfigError(f"data.unlabelled_root {cfg.data.unlabelled_root}: every word is a training or held-out word")
     unl = SpeechCommands(cfg.data.unlabelled_root, "training", words=others)
     log.info("unlabelled speech: %d clips of %d other words, %d per batch", len(unl), len(others), cfg.train.unlabelled)
-    return torch.from_numpy(_to_int16(unl.load_all(progress=progress)))
+    return torch.from_numpy(unl.load_all(progress=progress, pcm16=True))
 
 
 def train(
@@ -703,7 +699,7 @@ def train(
             "rank %d/%d on %s: %d training clips of %d words",
             dist.rank, dist.world_size, device, len(train_set), len(train_set.classes),
         )  # fmt: skip
-        audio = torch.from_numpy(_to_int16(train_set.load_all(progress=progress and is_main)))
+        audio = torch.from_numpy(train_set.load_all(progress=progress and is_main, pcm16=True))
         if cfg.data.on_device and device.type == "cuda":
             audio = audio.to(device)
         labels = torch.from_numpy(train_set.labels).to(device)

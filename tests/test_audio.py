@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kws.audio import load_audio, pad_or_crop, pcm16_to_float, resample, write_audio
+from kws.audio import float_to_pcm16, load_audio, pad_or_crop, pcm16_to_float, resample, write_audio
 from kws.errors import AudioError
 
 
@@ -111,6 +111,12 @@ def test_pcm16_decoding() -> None:
     assert pcm16_to_float(stereo, channels=2).tolist() == [0.25, -0.5]
     with pytest.raises(AudioError, match="multiple of 4"):
         pcm16_to_float(b"\x00\x01\x02", channels=2)
+
+
+def test_pcm16_encoding_round_trips_and_clips() -> None:
+    pcm = np.array([0, 16384, -32768, 32767, -1], "<i2")
+    assert float_to_pcm16(pcm16_to_float(pcm.tobytes())).tolist() == pcm.tolist()
+    assert float_to_pcm16(np.array([1.5, -2.0, 0.49 / 32768])).tolist() == [32767, -32768, 0]
 
 
 def test_write_audio_round_trip_is_atomic(tmp_path: Path) -> None:

@@ -67,6 +67,8 @@ def test_labels_classes_and_items(tiny_corpus: Path) -> None:
     assert audio.shape == (16000,) and audio.dtype == np.float32 and isinstance(label, int)
     everything = ds.load_all(progress=False)
     assert everything.shape == (len(ds), 16000) and np.array_equal(everything[5], audio)
+    pcm = ds.load_all(progress=False, pcm16=True)
+    assert pcm.dtype == np.int16 and np.abs(pcm / 32768.0 - everything).max() <= 0.5 / 32768 + 1e-9
 
     default = SpeechCommands(tiny_corpus, "testing", heldout_words=["seven"])
     assert default.classes == sorted(set(TINY_WORDS) - {"seven"})

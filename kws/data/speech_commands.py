@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from kws.audio import SAMPLE_RATE, load_audio, pad_or_crop
+from kws.audio import SAMPLE_RATE, float_to_pcm16, load_audio, pad_or_crop
 from kws.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -248,18 +248,20 @@ class SpeechCommands:
             return self._noise_cache[clip.path][clip.offset : clip.offset + CLIP_SAMPLES]
         return pad_or_crop(load_audio(clip.path), CLIP_SAMPLES)
 
-    def load_all(self, progress: bool = True, threads: int | None = None) -> np.ndarray:
-        """Every clip in memory: float32 ``(len(self), 16000)`` (read with a thread pool)."""
+    def load_all(self, progress: bool = True, threads: int | None = None, pcm16: bool = False) -> np.ndarray:
+        """Every clip in memory, ``(len(self), 16000)`` (read with a thread pool): float32, or
+        int16 PCM when ``pcm16``: half the memory, and each clip is converted as it is read,
+        so no float copy of a large training set is ever held."""
         from tqdm import tqdm
 
-        out = np.empty((len(self), CLIP_SAMPLES), dtype=np.float32)
+        out = np.empty((len(self), CLIP_SAMPLES), dtype=np.int16 if pcm16 else np.float32)
         # Noise files first, once, so that threads do not race to fill the cache.
         for clip in self.clips:
             if clip.path.parent.name == BACKGROUND_DIR and clip.path not in self._noise_cache:
                 self._noise_cache[clip.path] = load_audio(clip.path)
 
         def fill(i: int) -> None:
-            out[i] = self.audio(i)
+            out[i] = float_to_pcm16(self.audio(i)) if pcm16 else self.audio(i)
 
         with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
             for _ in tqdm(pool.map(fill, range(len(self))), total=len(self), desc="loading", unit="clip",
