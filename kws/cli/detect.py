@@ -8,11 +8,10 @@ import sys
 import time
 
 from kws.cli._common import add_detector_arguments, add_model_arguments, detector_config_from_args, embedder_from_args
+from kws.detect import EventClipConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from kws.detect import EventClipConfig  # already loaded by add_detector_arguments; kws.feedback is slow to import
-
     p = sub.add_parser(
         "detect",
         help="detect keywords in a stream (microphone, audio file, or raw PCM on stdin)",
