@@ -6,15 +6,8 @@ when its smoothed score rises through its threshold and it is the best-scoring
 keyword above threshold; then every keyword rests for the refractory time (see
 :class:`Trigger`).
 
-The window is embedded through a *window path*, the seam between the detector and
-the embedder:
-
-* :class:`IncrementalLogMel` for a :class:`~kws.embedder.TorchEmbedder`: each
-  log-mel frame is computed once (from the new hop's samples plus the
-  ``n_fft - hop_length`` samples of overlap) and kept in a frame ring; only the
-  encoder runs on the window of frames.
-* :class:`WaveformWindow` for any other embedder (ONNX): the whole waveform
-  window is embedded every hop.
+The window is embedded through the embedder's stream (:meth:`kws.embedder.Embedder.stream`),
+which keeps whatever state lets it avoid re-embedding the window from scratch.
 
 The stream is treated as if preceded by one window of silence, so that a keyword
 in the first second is still seen in a full window.
@@ -25,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -125,93 +118,6 @@ class EventClipConfig:
             raise AudioError(f"the event folder's size cap must be positive, got {self.max_mb} MB")
 
 
-class WindowPath(Protocol):
-    """How the detector turns the current window into an embedding."""
-
-    def update(self, new: np.ndarray, window: np.ndarray) -> None:
-        """Called every hop with the hop's new samples ``(hop,)`` and the whole window ``(window,)``."""
-
-    def embed(self) -> np.ndarray:
-        """Embedding ``(1, dim)`` of the window given to the last :meth:`update`."""
-
-    def reset(self) -> None:
-        """Forget the stream (back to a window of silence)."""
-
-
-class WaveformWindow:
-    """Window path for any embedder: embeds the whole waveform window each hop."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-        self._window = np.zeros(embedder.window_samples, dtype=np.float32)
-
-    def update(self, new: np.ndarray, window: np.ndarray) -> None:
-        self._window = window
-
-    def embed(self) -> np.ndarray:
-        return self.embedder(self._window[None])
-
-    def reset(self) -> None:
-        self._window = np.zeros_like(self._window)
-
-
-class IncrementalLogMel:
-    """Window path for a PyTorch model: log-mel frames computed once, encoder per hop.
-
-    Keeps the ``(1, n_mels, frames_per_window)`` frame ring and the samples not
-    yet covered by a whole frame (the ``n_fft - hop_length`` overlap).
-    """
-
-    def __init__(self, model, hop: int) -> None:
-        import torch
-
-        fe = model.frontend.cfg
-        if hop % fe.hop_length:
-            raise KwsError(
-                f"the detector hop ({hop} samples) must be a multiple of the model's frame hop "
-                f"({fe.hop_length} samples, {1000 * fe.hop_length / fe.sample_rate:g} ms)"
-            )
-        self._torch = torch
-        self.model = model
-        self.window_samples = model.cfg.window_samples
-        self.frame_hop = fe.hop_length
-        self.reset()
-
-    def reset(self) -> None:
-        torch = self._torch
-        with torch.inference_mode():
-            self.frames = self.model.frontend(torch.zeros(1, self.window_samples))
-        covered = self.frames.shape[-1] * self.frame_hop
-        self._tail = np.zeros(self.window_samples - covered, dtype=np.float32)
-
-    def push(self, new: np.ndarray) -> "torch.Tensor":  # noqa: F821 (torch imported lazily)
-        """Append ``(samples,)`` new audio; returns the current frames ``(1, n_mels, frames)``."""
-        torch = self._torch
-        x = np.concatenate([self._tail, new.astype(np.float32, copy=False)])
-        with torch.inference_mode():
-            fresh = self.model.frontend(torch.from_numpy(x)[None])
-        n_new = fresh.shape[-1]
-        self.frames = torch.cat([self.frames[..., n_new:], fresh], dim=-1)
-        self._tail = x[n_new * self.frame_hop :]
-        return self.frames
-
-    def update(self, new: np.ndarray, window: np.ndarray) -> None:
-        self.push(new)
-
-    def embed(self) -> np.ndarray:
-        with self._torch.inference_mode():
-            return self.model.encoder(self.frames).float().numpy()
-
-
-def window_path(embedder: Embedder, hop: int) -> WindowPath:
-    """The fastest window path the embedder allows (incremental log-mel for PyTorch models)."""
-    from kws.embedder import TorchEmbedder
-
-    if isinstance(embedder, TorchEmbedder) and embedder.device == "cpu":
-        return IncrementalLogMel(embedder.model, hop)
-    return WaveformWindow(embedder)
-
-
 class Trigger:
     """Smoothing, per-keyword threshold and refractory time over a sequence of hop scores.
 
@@ -282,7 +188,7 @@ class Detector:
         self.bank = bank
         self.cfg = cfg
         self.hop = cfg.hop_samples()
-        self.path = window_path(embedder, self.hop)
+        self.path = embedder.stream(self.hop)
         self.trigger = Trigger(
             bank.names, bank.thresholds + cfg.threshold_offset, cfg.smoothing, cfg.refractory_ms / 1000
         )

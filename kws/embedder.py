@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -63,6 +63,10 @@ class Embedder(ABC):
     def _embed(self, batch: np.ndarray) -> np.ndarray:
         """Embed ``(batch, window_samples)`` float32 → ``(batch, dim)``."""
 
+    def stream(self, hop: int) -> "WindowStream":
+        """A streaming state for windows that advance by ``hop`` samples (default: re-embed the window)."""
+        return WaveformWindow(self)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, dim={self.dim}, window={self.window_samples})"
 
@@ -87,6 +91,24 @@ class TorchEmbedder(Embedder):
         with torch.inference_mode():
             out = self.model(torch.from_numpy(batch).to(self.device))
         return out.float().cpu().numpy()
+
+    def stream(self, hop: int) -> WindowStream:
+        if self.device == "cpu":
+            return IncrementalLogMel(self.model, hop)
+        return WaveformWindow(self)
+
+
+def torch_head(model) -> Callable[[np.ndarray], np.ndarray]:
+    """A :class:`~kws.model.HeadModel` as a numpy function, stem frames → embeddings."""
+    import torch
+
+    model.eval()
+
+    def run(frames: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))).float().numpy()
+
+    return run
 
 
 def load_embedder(
@@ -115,11 +137,146 @@ def load_embedder(
     if backend == "onnx":
         if path.suffix != ".onnx":
             raise CheckpointError(f"{path}: the onnx backend needs an .onnx file; make one with `kws export`")
-        from kws.onnx_runtime import OnnxEmbedder
+        from kws.onnx_runtime import load_onnx
 
-        return OnnxEmbedder(path, threads=threads)
+        return load_onnx(path, threads=threads)
     if path.suffix == ".onnx":
         raise CheckpointError(f"{path}: an ONNX model runs on the onnx backend, not torch")
-    from kws.model import load_model
+    from kws.model import HeadModel, load_model
 
-    return TorchEmbedder(load_model(path), threads=threads)
+    model = load_model(path)
+    if isinstance(model, HeadModel):
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        return StemEmbedder(torch_head(model), model.cfg.head.frames, model.dim, model.model_id(), threads=threads)
+    return TorchEmbedder(model, threads=threads)
+
+
+class WindowStream(Protocol):
+    """An embedder's streaming state: what the detector calls every hop."""
+
+    def update(self, new: np.ndarray, window: np.ndarray) -> None:
+        """Called every hop with the hop's new samples ``(hop,)`` and the whole window ``(window,)``."""
+
+    def embed(self) -> np.ndarray:
+        """Embedding ``(1, dim)`` of the window given to the last :meth:`update`."""
+
+    def reset(self) -> None:
+        """Forget the stream (back to a window of silence)."""
+
+
+class WaveformWindow:
+    """Stream of any embedder: embeds the whole waveform window each hop."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self._window = np.zeros(embedder.window_samples, dtype=np.float32)
+
+    def update(self, new: np.ndarray, window: np.ndarray) -> None:
+        self._window = window
+
+    def embed(self) -> np.ndarray:
+        return self.embedder(self._window[None])
+
+    def reset(self) -> None:
+        self._window = np.zeros_like(self._window)
+
+
+class IncrementalLogMel:
+    """Stream of a PyTorch scratch model: log-mel frames computed once, encoder per hop.
+
+    Keeps the ``(1, n_mels, frames_per_window)`` frame ring and the samples not
+    yet covered by a whole frame (the ``n_fft - hop_length`` overlap).
+    """
+
+    def __init__(self, model, hop: int) -> None:
+        import torch
+
+        fe = model.frontend.cfg
+        if hop % fe.hop_length:
+            raise KwsError(
+                f"the detector hop ({hop} samples) must be a multiple of the model's frame hop "
+                f"({fe.hop_length} samples, {1000 * fe.hop_length / fe.sample_rate:g} ms)"
+            )
+        self._torch = torch
+        self.model = model
+        self.window_samples = model.cfg.window_samples
+        self.frame_hop = fe.hop_length
+        self.reset()
+
+    def reset(self) -> None:
+        torch = self._torch
+        with torch.inference_mode():
+            self.frames = self.model.frontend(torch.zeros(1, self.window_samples))
+        covered = self.frames.shape[-1] * self.frame_hop
+        self._tail = np.zeros(self.window_samples - covered, dtype=np.float32)
+
+    def push(self, new: np.ndarray) -> "torch.Tensor":  # noqa: F821 (torch imported lazily)
+        """Append ``(samples,)`` new audio; returns the current frames ``(1, n_mels, frames)``."""
+        torch = self._torch
+        x = np.concatenate([self._tail, new.astype(np.float32, copy=False)])
+        with torch.inference_mode():
+            fresh = self.model.frontend(torch.from_numpy(x)[None])
+        n_new = fresh.shape[-1]
+        self.frames = torch.cat([self.frames[..., n_new:], fresh], dim=-1)
+        self._tail = x[n_new * self.frame_hop :]
+        return self.frames
+
+    def update(self, new: np.ndarray, window: np.ndarray) -> None:
+        self.push(new)
+
+    def embed(self) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model.encoder(self.frames).float().numpy()
+
+
+class StemEmbedder(Embedder):
+    """Embedder over a frozen pretrained stem (ONNX Runtime) and kws's head.
+
+    Args:
+        head: stem frames ``(batch, T, stem dim)`` → embeddings ``(batch, dim)``
+            (a PyTorch :class:`~kws.model.HeadModel` or an exported head on ONNX Runtime).
+        frames: T, stem frames per window.
+        dim: embedding size.
+        model_id: identity of stem and head together.
+        threads: intra-op threads of the stem's sessions.
+    """
+
+    def __init__(
+        self, head: Callable[[np.ndarray], np.ndarray], frames: int, dim: int, model_id: str, threads: int | None = None
+    ) -> None:
+        from kws.stems.speech_embedding import SpeechEmbeddingStem, samples_for
+
+        self.stem = SpeechEmbeddingStem(threads=threads)
+        self.head = head
+        self.frames = frames
+        self.window_samples = samples_for(frames)
+        self.dim = dim
+        self.model_id = model_id
+
+    def _embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.head(self.stem(batch))
+
+    def stream(self, hop: int) -> "StemWindow":
+        return StemWindow(self)
+
+
+class StemWindow:
+    """Stream of a :class:`StemEmbedder`: one stem frame per 80 ms of new audio, the head per hop."""
+
+    def __init__(self, embedder: StemEmbedder) -> None:
+        from kws.stems.speech_embedding import StemStream
+
+        self.embedder = embedder
+        self.frames = StemStream(embedder.stem, embedder.frames)
+
+    def update(self, new: np.ndarray, window: np.ndarray) -> None:
+        self.frames.push(new)
+
+    def embed(self) -> np.ndarray:
+        return self.embedder.head(self.frames.frames[None])
+
+    def reset(self) -> None:
+        self.frames.reset()

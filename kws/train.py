@@ -80,12 +80,25 @@ class DataConfig:
     # Unlabelled speech for the OIM loss's queue: the training-split clips of this corpus's
     # words that are neither training nor held-out words; train.unlabelled of them join each batch.
     unlabelled_root: str = ""
+    # Over a pretrained stem (model.stem): the real-speech pack (its clips.csv) as a second source,
+    # the share of its speakers held out for the real-speech curve, where stem frames are cached,
+    # copies of each clip in the cache (1 clean + augmented ones) and, to bound the CPU time of
+    # the cache, at most this many synthetic training speakers (0: all).
+    real_pack: str = ""
+    real_heldout_fraction: float = 0.15
+    cache_dir: str = "data/stem_cache"
+    copies: int = 2
+    max_speakers: int = 0
 
 
 @dataclass
 class ModelSection:
-    size: str = "small"  # a kws.model preset
-    embedding_dim: int = 128
+    stem: str = "scratch"  # or "speech-embedding": a frozen stem pretrained on real speech, under a head
+    size: str = "small"  # a kws.model preset (scratch stem)
+    embedding_dim: int = 128  # scratch stem; a head's embedding has the stem's size
+    head_frames: int = 13  # speech-embedding stem: stem frames per window (13: 1.74 s)
+    head_channels: int = 128
+    head_layers: int = 2
 
 
 @dataclass
@@ -210,7 +223,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values no run could use."""
+        from kws.stems import STEMS
+
         checks = [
+            (self.model.stem in STEMS, f"model.stem must be one of {STEMS}"),
+            (self.model.head_frames >= 1 and self.model.head_channels >= 1 and self.model.head_layers >= 0,
+             "model.head_frames and model.head_channels must be >= 1, model.head_layers >= 0"),
+            (self.data.copies >= 1, "data.copies must be at least 1"),
+            (0 <= self.data.real_heldout_fraction < 1, "data.real_heldout_fraction must be in [0, 1)"),
             (self.model.size in PRESETS, f"model.size must be one of {sorted(PRESETS)}"),
             (self.model.embedding_dim >= 2, "model.embedding_dim must be at least 2"),
             (self.loss.classifier_kind in ClassifierHead.KINDS, f"loss.classifier_kind must be one of {ClassifierHead.KINDS}"),
@@ -679,6 +699,12 @@ def train(
     from kws.model import save_checkpoint
 
     cfg.validate()
+    if cfg.model.stem != "scratch":
+        if resume:
+            raise KwsError("a head over a stem trains in minutes from its cache: start it again instead of --resume")
+        from kws.train_head import train_head
+
+        return train_head(cfg, progress=progress, on_epoch=on_epoch)
     out_dir = Path(cfg.train.out_dir)
     if not resume and (out_dir / LAST).exists():
         raise KwsError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out")

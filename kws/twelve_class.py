@@ -78,6 +78,7 @@ class TwelveClassConfig:
             :data:`VALIDATION_AUGMENT` before fitting the biases.
         silence_clips: background-noise cuts per reference split.
         seed: seed of every draw.
+        speakers: only these speakers of the scored corpus (default: all).
     """
 
     subset: str = "all"
@@ -87,6 +88,7 @@ class TwelveClassConfig:
     augment_validation: bool = True
     silence_clips: int = 200
     seed: int = 0
+    speakers: list[str] | None = None
 
 
 @dataclass
@@ -274,7 +276,8 @@ def evaluate_twelve_class(
     ref_train = embed_reference(embedder, reference_root, "training", cfg, progress)
     ref_val = embed_reference(embedder, reference_root, "validation", cfg, progress, augment=cfg.augment_validation)
     test_ds = SpeechCommands(
-        corpus_root, subset=cfg.subset, words=COMMANDS, include_unknown=True, include_silence=True, seed=cfg.seed
+        corpus_root, subset=cfg.subset, words=COMMANDS, include_unknown=True, include_silence=True, seed=cfg.seed,
+        speakers=cfg.speakers,
     )
     test = embed_dataset(embedder, test_ds, progress=progress, centre=cfg.centre, keep_audio=False)
     true = test.labels  # the dataset's classes are CLASSES, in order

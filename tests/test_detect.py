@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from kws.bank import Keyword, KeywordBank
-from kws.detect import Detector, DetectorConfig, IncrementalLogMel, Trigger, WaveformWindow, detect_stream
-from kws.embedder import Embedder, TorchEmbedder
+from kws.detect import Detector, DetectorConfig, Trigger, detect_stream
+from kws.embedder import Embedder, IncrementalLogMel, TorchEmbedder, WaveformWindow
 from kws.errors import BankError, KwsError
 
 SR = 16000

@@ -86,9 +86,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="12-class mode: fit the _unknown_/_silence_ biases on the clean reference validation clips "
         "(default: with noise, reverberation and channel effects added)",
     )
+    p.add_argument(
+        "--speakers",
+        metavar="FILE",
+        help="score only the speakers listed in FILE, one id a line (e.g. the choose or report half of a test set)",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_model_arguments(p)
     p.set_defaults(func=_run)
+
+
+def _speakers(path: str | None) -> list[str] | None:
+    from pathlib import Path
+
+    from kws.errors import ConfigError
+
+    if path is None:
+        return None
+    try:
+        ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the speaker list ({exc})") from exc
+    if not ids:
+        raise ConfigError(f"{path}: the speaker list is empty")
+    return ids
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -109,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
         augment_episodes=args.augment_episodes,
         seed=args.seed,
         centre=args.centre,
+        speakers=_speakers(args.speakers),
     )
     report = evaluate(embedder_from_args(args), args.corpus, cfg, args.out)
     print(format_table(report))
@@ -133,6 +155,7 @@ def _run_twelve_class(args: argparse.Namespace) -> int:
         centre=args.centre,
         augment_validation=args.augment_validation,
         seed=args.seed,
+        speakers=_speakers(args.speakers),
     )
     report = evaluate_twelve_class(embedder_from_args(args), args.corpus, args.reference, cfg, args.out)
     print(format_twelve_class(report))

@@ -42,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         OPSET,
         PARITY_TOLERANCE,
         clips_from_folder,
+        export_head,
         export_onnx,
         int8_path,
         load_source_model,
@@ -54,9 +55,22 @@ def _run(args: argparse.Namespace) -> int:
         raise KwsError(f"{out}: the output file must end in .onnx")
     if args.max_clips < 1:
         raise KwsError("--max-clips must be at least 1")
+    from kws.model import HeadModel
+
     model = load_source_model(args.checkpoint)
     window = model.cfg.window_samples
     clips = clips_from_folder(args.clips, args.max_clips, window) if args.clips else synthetic_clips(window=window)
+    if isinstance(model, HeadModel):
+        if args.int8:
+            raise KwsError("--int8 is for scratch models; a head over a stem is exported in fp32 (it is small)")
+        report = export_head(model, out, clips, opset=args.opset or OPSET,
+                             tolerance=PARITY_TOLERANCE if args.tolerance is None else args.tolerance)  # fmt: skip
+        print(
+            f"wrote {report.path} ({report.size_bytes / 1e6:.2f} MB, head of model {model.model_id()} over the "
+            f"installed {model.cfg.stem} stem); max abs difference to PyTorch on {report.clips} clips: "
+            f"{report.max_abs_diff:.1e}"
+        )
+        return 0
     report = export_onnx(
         model,
         out,

@@ -56,13 +56,20 @@ def _toml_string(text: str) -> str:
 
 
 def _print_epoch(row: dict) -> None:
-    parts = [f"epoch {row['epoch']:3d}", f"loss {row['loss']:.4f}"]
+    parts = [f"epoch {row['epoch']:3d}"]
+    if "loss" in row:
+        parts.append(f"loss {row['loss']:.4f}")
     parts += [f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_")]
     for key, label in (("train_acc", "train-acc"), ("seen_acc", "seen-acc")):
         if key in row:
             parts.append(f"{label} {row[key]:.3f}")
-    parts += [f"{k.split('_')[1]}-shot {v:.3f}" for k, v in row.items() if k.startswith("fewshot_") and not k.endswith("ci95")]
-    if "eer" in row:
-        parts.append(f"EER {row['eer']:.3f}")
-    parts.append(f"{row['clips_per_s']:.0f} clips/s, {row['epoch_time_s']:.0f} s")
+    for key, value in row.items():
+        # fewshot_3 (scratch) or real_fewshot_3 / synthetic_fewshot_3 (a head over a stem)
+        source, _, shot = key.rpartition("fewshot_")
+        if _ and not key.endswith("ci95"):
+            parts.append(f"{source.replace('_', ' ')}{shot}-shot {value:.3f}")
+        elif key.endswith("eer"):
+            parts.append(f"{key[:-3].replace('_', ' ')}EER {value:.3f}")
+    if "clips_per_s" in row:
+        parts.append(f"{row['clips_per_s']:.0f} clips/s, {row['epoch_time_s']:.0f} s")
     print(" | ".join(parts), flush=True)

