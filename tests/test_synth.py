@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 from pathlib import Path
@@ -345,3 +346,51 @@ def test_every_installed_engine_speaks() -> None:
             clips[(engine, s.id)] = x
     keys = list(clips)
     assert all(not np.allclose(clips[a], clips[b], atol=1e-2) for a, b in zip(keys, keys[1:]))
+
+
+def test_piper_voices_come_from_packages_and_follow_speed_and_pitch(tmp_path: Path, monkeypatch) -> None:
+    """Piper runs in-process: a stand-in ``piper`` module and voice package check the glue
+    (detection, loading once per process, prosody); the real one runs in the test above
+    where it is installed."""
+    import sys
+    import types
+
+    import kws.data.synth as synth
+    from kws.data.synth import SpeakerSpec, installed_engines
+
+    voice_pkg = tmp_path / "fake_piper_voice"
+    (voice_pkg / "data").mkdir(parents=True)
+    (voice_pkg / "__init__.py").write_text("")
+    (voice_pkg / "data" / "xx-fake.onnx").write_bytes(b"model")
+    loaded, configs = [], []
+
+    class Voice:
+        config = types.SimpleNamespace(sample_rate=22050)
+
+        @staticmethod
+        def load(model, config_path):
+            loaded.append((Path(model).name, Path(config_path).name))
+            return Voice()
+
+        def synthesize(self, word, syn_config):
+            configs.append(syn_config)
+            n = int(22050 * 0.3 * syn_config.length_scale)
+            wave = np.sin(np.arange(n) * syn_config.noise_scale, dtype=np.float32)
+            yield types.SimpleNamespace(audio_float_array=wave)
+
+    fake = types.ModuleType("piper")
+    fake.__spec__ = importlib.machinery.ModuleSpec("piper", None)
+    fake.PiperVoice, fake.SynthesisConfig = Voice, lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "piper", fake)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(synth, "PIPER_VOICE_PACKAGES", {"xx-fake": "fake_piper_voice"})
+    monkeypatch.setattr(synth, "_PIPER_VOICES", {})
+    assert installed_engines()["piper"] == ["xx-fake"]
+    slow = SpeakerSpec(voice="xx-fake", variant="", speed=120, pitch=15, amplitude=100, engine="piper")
+    fast = SpeakerSpec(voice="xx-fake", variant="", speed=220, pitch=85, amplitude=100, engine="piper")
+    a, b = speak("go", slow), speak("go", fast)
+    assert a.shape == b.shape == (16000,) and np.isclose(np.abs(a).max(), PEAK_LEVEL, atol=1e-6)
+    assert loaded == [("xx-fake.onnx", "xx-fake.onnx.json")]  # loaded once for both speakers
+    assert configs[0].length_scale > 1 > configs[1].length_scale  # slower speaker: longer
+    assert configs[0].noise_scale < configs[1].noise_scale
+    assert (np.abs(a) > 1e-3).sum() > (np.abs(b) > 1e-3).sum()

@@ -369,12 +369,13 @@ def codec_roundtrip(x: np.ndarray, codec: str, kbps: float, sample_rate: int = S
     else:
         raise ValueError(f"unknown codec {codec!r} (opus or mp3)")
     buf = io.BytesIO()
+    # Levels stop short of 1.0, which libsndfile refuses for MP3.
     with sf.SoundFile(buf, "w", sample_rate, 1, format=fmt, subtype=subtype,
                       compression_level=float(np.clip(level, 0.0, 0.995)), bitrate_mode=mode) as f:  # fmt: skip
         f.write(np.clip(x, -1.0, 1.0))
     buf.seek(0)
     y, _ = sf.read(buf, dtype="float32")
-    # (At level 1.0 libsndfile refuses MP3.) Low-bitrate MP3 comes back longer and delayed by its encoder: find the delay.
+    # Low-bitrate MP3 comes back longer and delayed by its encoder: find the delay.
     n = len(x)
     if len(y) != n:
         from scipy.signal import correlate

@@ -547,7 +547,8 @@ def corpus_readme(speakers: list[SpeakerSpec]) -> str:
         mine = [s for s in speakers if s.engine == name]
         if mine:
             voices = ", ".join(sorted({s.voice for s in mine}))
-            lines.append(f"| {name} | {len(mine)} | {voices} | {engine.licence} | {'yes' if engine.commercial else 'NO'} |")
+            sold = "yes" if engine.commercial else "NO"
+            lines.append(f"| {name} | {len(mine)} | {voices} | {engine.licence} | {sold} |")
     if any(not ENGINES[s.engine].commercial for s in speakers):
         lines += [
             "",
