@@ -280,8 +280,10 @@ def installed_engines() -> dict[str, list[str]]:
 def check_engines(engines: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
     """Installed voices of each of ``engines``; :class:`DataError` naming what to install if one is missing."""
     unknown = [e for e in engines if e not in ENGINES]
-    if unknown or not engines or len(set(engines)) != len(engines):
-        raise DataError(f"engines {', '.join(engines) or '(none)'}: give each once, from {', '.join(ENGINES)}")
+    if unknown or not engines:
+        raise DataError(f"unknown speech engine {', '.join(unknown) or '(none given)'}: choose from {', '.join(ENGINES)}")
+    if len(set(engines)) != len(engines):
+        raise DataError(f"engines {', '.join(engines)}: name each once")
     found = installed_engines()
     missing = [e for e in engines if e not in found]
     if missing:
