@@ -173,12 +173,15 @@ class EventRecorder:
         """List ``keep`` (and its sidecar) in the folder's manifest, then delete the oldest
         clips the manifest lists until they are under the cap.
 
-        Only files in the manifest, which lists what kws itself saved, are ever
-        deleted: a user's own ``.wav`` + ``.json`` in the folder are left alone.
+        Only clips in the manifest, which lists what kws itself saved, and whose
+        sidecar is still kws's own are ever deleted: a user's own ``.wav`` +
+        ``.json`` in the folder are left alone.
         """
         manifest = self.folder / EVENT_MANIFEST
         with file_lock(manifest):
-            entries = [e for e in _read_manifest(manifest) if e != keep.name] + [keep.name]
+            # A listed clip whose sidecar is no longer kws's own is forgotten, never deleted.
+            listed = [e for e in _read_manifest(manifest) if e != keep.name and _is_event_clip(self.folder / e)]
+            entries = listed + [keep.name]
             sizes = {e: _pair_size(self.folder / e) for e in entries}
             total, cap = sum(sizes.values()), self.cfg.max_mb * 1024 * 1024
             kept = []
@@ -201,6 +204,15 @@ EVENT_MANIFEST_FORMAT = "kws-event-manifest"
 def _pair_size(wav: Path) -> int:
     """Bytes of an event clip and its sidecar (0 for files that are gone)."""
     return sum(p.stat().st_size for p in (wav, wav.with_suffix(".json")) if p.is_file())
+
+
+def _is_event_clip(wav: Path) -> bool:
+    """Whether ``wav``'s sidecar is a kws event sidecar written for it."""
+    try:
+        d = json.loads(wav.with_suffix(".json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(d, dict) and d.get("format") == EVENT_FORMAT and d.get("clip") == wav.name
 
 
 def _read_manifest(path: Path) -> list[str]:
