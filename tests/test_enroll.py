@@ -294,13 +294,13 @@ def test_two_enrolments_into_one_bank_at_once_keep_both(
 
     def slow_enroll(*args, **kwargs):  # type: ignore[no-untyped-def]
         both_read.wait()
-        return real_enroll(*args, **kwargs, **({"force": True} if "force" not in kwargs else {}))
+        return real_enroll(*args, **kwargs)
 
     monkeypatch.setattr(kws.enroll, "enroll", slow_enroll)
     codes: list[int] = []
 
     def run(word: str, clip: int) -> None:
-        codes.append(main(["enroll", word, str(tmp_path / f"kw{clip}.wav"), "--bank", str(bank), "--force",
+        codes.append(main(["enroll", word, str(tmp_path / f"kw{clip}.wav"), "--bank", str(bank),
                            "--impostors", str(tmp_path / "imp"), "--model", str(random_checkpoint)]))
 
     threads = [threading.Thread(target=run, args=(w, i)) for i, w in enumerate(["lights", "music"])]
@@ -322,7 +322,7 @@ def test_cli_enroll_normalises_the_name_and_refuses_control_characters(
     for i in range(12):
         write_audio(tmp_path / "imp" / f"i{i}.wav", tone(300 + 250 * i, seed=20 + i))
     bank = tmp_path / "bank.json"
-    common = ["--bank", str(bank), "--impostors", str(tmp_path / "imp"), "--model", str(random_checkpoint), "--force"]
+    common = ["--bank", str(bank), "--impostors", str(tmp_path / "imp"), "--model", str(random_checkpoint)]
     clips = [str(tmp_path / f"kw{i}.wav") for i in range(2)]
     assert main(["enroll", "lights ", *clips, *common]) == 0
     assert main(["enroll", " lights", *clips, *common]) == 2
