@@ -31,6 +31,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,15 +249,23 @@ def read_sidecar(path: str | Path) -> dict | None:
     side = Path(path).with_suffix(".json")
     if not side.is_file():
         return None
+    hint = "delete it to use the clip as a plain clip"
     try:
         d = json.loads(side.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AudioError(f"{side}: unreadable event sidecar ({exc}); delete it to use the clip as a plain clip") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise AudioError(f"{side}: unreadable event sidecar ({reason}); {hint}") from exc
     if not isinstance(d, dict) or d.get("format") != EVENT_FORMAT:
         return None
-    if not all(isinstance(d.get(k), (int, float)) for k in ("window_start_s", "window_end_s")):
-        raise AudioError(f"{side}: event sidecar lacks the window's position (window_start_s, window_end_s)")
+    if not all(_is_number(d.get(k)) for k in ("window_start_s", "window_end_s")):
+        raise AudioError(f"{side}: event sidecar lacks the window's position (window_start_s, window_end_s); {hint}")
+    if "threshold" in d and not _is_number(d["threshold"]):
+        raise AudioError(f"{side}: event sidecar's threshold {d['threshold']!r} is not a number; {hint}")
     return d
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _windows(embedder: Embedder, audio: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
