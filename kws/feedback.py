@@ -365,13 +365,18 @@ def _enrolment_recordings(embedder: Embedder, keyword: Keyword, audio: np.ndarra
     np.fill_diagonal(others, -np.inf)
     level = np.maximum(SAME_RECORDING_COS, others.max(axis=1) if len(positives) > 1 else -np.inf)
     starts = np.arange(0, max(len(audio) - w, 0) + 1, step)
+    # Windows that hold the same whole word with quiet around it are the same once trimmed
+    # and centred: each distinct view is embedded once.
+    views: dict[bytes, list[int]] = {}
+    for s in starts:
+        views.setdefault(centre_speech(audio[s : s + w], w, db=EnrollConfig.trim_db).tobytes(), []).append(int(s))
+    keys = list(views)
     found = []
-    for i in range(0, len(starts), embedder.batch_size):
-        batch = starts[i : i + embedder.batch_size]
-        views = np.stack([centre_speech(audio[s : s + w], w, db=EnrollConfig.trim_db) for s in batch])
-        sims = normalize(embedder(views)) @ positives.T
-        found.append(batch[(sims >= level).any(axis=1)])
-    return np.concatenate(found)
+    for i in range(0, len(keys), embedder.batch_size):
+        batch = keys[i : i + embedder.batch_size]
+        sims = normalize(embedder(np.stack([np.frombuffer(k, dtype=np.float32) for k in batch]))) @ positives.T
+        found += [s for k, hit in zip(batch, (sims >= level).any(axis=1)) if hit for s in views[k]]
+    return np.asarray(found, dtype=int)
 
 
 # ---------------------------------------------------------------------------- feedback
