@@ -182,11 +182,13 @@ class _Pacer:
 # --------------------------------------------------------------------------- raw PCM
 
 
-_CONTAINER_MAGIC = {b"RIFF": "WAV", b"RF64": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"ID3": "MP3", b"FORM": "AIFF"}
+_CONTAINER_MAGIC = {
+    b"RIFF": "a WAV", b"RF64": "a WAV", b"fLaC": "a FLAC", b"OggS": "an Ogg", b"ID3": "an MP3", b"FORM": "an AIFF"
+}
 
 
 def _container(head: bytes) -> str | None:
-    """The container format whose file starts with ``head`` (at least 4 bytes), if any."""
+    """The container format (with its article) whose file starts with ``head`` (4 bytes), if any."""
     for magic, kind in _CONTAINER_MAGIC.items():
         if head.startswith(magic):
             return kind
@@ -197,7 +199,7 @@ def _container(head: bytes) -> str | None:
         version, layer = (head[1] >> 3) & 3, (head[1] >> 1) & 3
         bitrate, rate = head[2] >> 4, (head[2] >> 2) & 3
         if version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3:
-            return "MP3"
+            return "an MP3"
     return None
 
 
@@ -205,7 +207,7 @@ def _refuse_container(head: bytes, name: str) -> None:
     kind = _container(head)
     if kind is not None:
         raise AudioError(
-            f"{name}: this looks like a {kind} file, not raw 16-bit PCM; "
+            f"{name}: this looks like {kind} file, not raw 16-bit PCM; "
             "pass the file path as SOURCE instead of piping it"
         )
 

@@ -89,7 +89,7 @@ def test_pcm_source_bad_input():
 
     for head in (b"ID3\x04\x00", b"\xff\xfb\x90\x64", b"\xff\xf3\x48\xc4"):
         for pipe in (Trickle, Drip):
-            with pytest.raises(AudioError, match="looks like a MP3 file"):
+            with pytest.raises(AudioError, match="looks like an MP3 file"):
                 list(pcm_source(pipe(head + bytes(400))))
     # Raw PCM of -1 samples (bytes ff ff) is not mistaken for MP3 (bitrate index 15 is invalid).
     assert len(np.concatenate(list(pcm_source(io.BytesIO(b"\xff\xff" * 3200))))) == 3200
