@@ -85,6 +85,8 @@ def file_lock(path: str | os.PathLike, timeout_s: float = LOCK_TIMEOUT_S) -> Ite
             f"{path}: another kws process has been changing this file for {timeout_s:g} s "
             f"(lock {lock.lock_file}); try again when it has finished"
         ) from exc
+    except OSError as exc:  # no lock file can be made: the folder is read-only or missing
+        raise KwsError(f"{path}: cannot lock it for a change ({exc}); is its folder writable?") from exc
     try:
         yield
     finally:
