@@ -93,6 +93,8 @@ class EventRecorder:
     ) -> None:
         config.validate()
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise AudioError(f"{self.folder}: not a folder; give --save-events a folder (it is created if missing)")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.window = window_samples
         self.model_id = model_id
@@ -519,6 +521,7 @@ def _add(
 ) -> FeedbackResult:
     bank.check_model(embedder.model_id)
     kw = bank[name]
+    name = kw.name  # as stored (names are tidied: "up " is "up")
     if config.negative_rule is not None and config.negative_rule not in NEGATIVE_RULES:
         raise EnrollmentError(f"negative rule must be one of {', '.join(NEGATIVE_RULES)}, got {config.negative_rule!r}")
     if kind == "positive" and kw.positives is None:

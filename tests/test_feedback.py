@@ -12,7 +12,7 @@ from kws.audio import load_audio, write_audio
 from kws.bank import BANK_VERSION, Entry, Keyword, KeywordBank
 from kws.cli import main
 from kws.detect import Detector, DetectorConfig, Event, EventClipConfig
-from kws.errors import BankError, EnrollmentError
+from kws.errors import AudioError, BankError, EnrollmentError
 from kws.feedback import (
     EventRecorder,
     FeedbackConfig,
@@ -401,3 +401,11 @@ def test_a_silent_clip_is_refused_as_feedback(embedder, enrolled, impostors):
     for add in (add_negative, add_positive):
         with pytest.raises(EnrollmentError, match="is silent"):
             add(embedder, enrolled, "up", np.full(2 * SR, 1e-5, np.float32), impostors=impostors)
+
+
+def test_feedback_takes_the_name_as_tidied_and_events_need_a_folder(embedder, enrolled, impostors, tmp_path):
+    result = add_negative(embedder, enrolled, " up ", _word(*DOWN, seed=5), impostors=impostors)
+    assert result.keyword == "up" and enrolled.names == ["up"] and len(enrolled["up"].history) == 1
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AudioError, match="not a folder"):
+        EventRecorder(tmp_path / "file", SR, "m")
