@@ -7,7 +7,9 @@ path uses it too.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from math import gcd
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import soundfile as sf
 
 from kws.errors import AudioError
 from kws.fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 # Audio files kws looks for when it is given a folder.
@@ -32,22 +36,69 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     Returns:
         ``(samples,)`` float32.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty (0 bytes)")
+    path = check_audio_path(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            warn_if_truncated(f, path)
+            data, rate = f.read(dtype="float32", always_2d=True), f.samplerate
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         raise AudioError(f"{path}: not a readable audio file ({exc})") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio has no samples (zero length or truncated header)")
     if not np.all(np.isfinite(data)):
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    if channels_cancel(data):
+        raise AudioError(f"{path}: {CANCEL_MESSAGE}")
     return resample(to_mono(data), rate, sample_rate)
+
+
+def check_audio_path(path: str | os.PathLike) -> Path:
+    """``path`` if it names a non-empty file, else :class:`AudioError` saying what it is instead."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if not path.is_file():
+        raise AudioError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty (0 bytes)")
+    return path
+
+
+_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def warn_if_truncated(f: sf.SoundFile, path: str | os.PathLike) -> None:
+    """Log a warning if the header of WAV ``f`` promises more audio than the file holds.
+
+    A file cut off mid-data (an interrupted copy or recording) still reads, but
+    the audio the header promised is not all there.
+    """
+    m = _DATA_SIZE.search(f.extra_info or "")
+    if m and int(m.group(2)) < int(m.group(1)):
+        promised, held = int(m.group(1)), int(m.group(2))
+        log.warning(
+            "%s: the header promises %d bytes of audio but the file holds %d: it is truncated (or was written "
+            "as a stream); using the %.2f s there are", path, promised, held, f.frames / f.samplerate,
+        )
+
+
+# Mixed to mono, channels this much quieter than the loudest channel cancelled each other.
+CANCEL_RATIO = 0.01
+CANCEL_MESSAGE = (
+    "its channels cancel each other when mixed to mono (one is the other with its polarity inverted); "
+    "keep one channel (e.g. `sox IN OUT remix 1`) or fix the wiring"
+)
+
+
+def channels_cancel(data: np.ndarray, floor: float = 1e-3) -> bool:
+    """Whether ``(samples, channels)`` audio with sound in it mixes to (near) silence."""
+    if data.ndim != 2 or data.shape[1] < 2 or data.shape[0] == 0:
+        return False
+    loudest = float(np.sqrt(np.mean(data.astype(np.float64) ** 2, axis=0)).max())
+    mixed = float(np.sqrt(np.mean(data.astype(np.float64).mean(axis=1) ** 2)))
+    return loudest > floor and mixed < CANCEL_RATIO * loudest
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from kws.errors import BankError
-from kws.fileio import write_json
+from kws.fileio import file_lock, write_json
 
 BANK_FORMAT = "kws-bank"
 BANK_VERSION = 3
@@ -38,6 +40,35 @@ NEGATIVE_RULES = ("suppress", "raise")
 DEFAULT_NEGATIVE_RULE = "suppress"
 # Score of a suppressed window: the lowest cosine, so that it can never fire.
 SUPPRESSED_SCORE = -1.0
+
+
+# Stored vectors are rounded to 7 digits; a norm further from 1 than this was edited by hand.
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def keyword_name(name: str) -> str:
+    """A keyword name as kws stores and looks it up: Unicode NFC, no surrounding
+    whitespace, inner runs of spaces made one space.
+
+    ``"lights "`` and ``"lights"`` are thus one keyword, not two that look alike in
+    ``kws bank list``. Raises :class:`BankError` for an empty name and for control
+    or invisible format characters (a newline would break every text output).
+    """
+    if not isinstance(name, str):
+        raise BankError(f"a keyword name must be text, got {type(name).__name__}")
+    text = unicodedata.normalize("NFC", name).strip()
+    bad = sorted({c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp")})
+    if bad:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
+        raise BankError(f"keyword name {name!r} contains control or invisible characters ({shown}); use plain text")
+    text = " ".join(text.split())
+    if not text:
+        raise BankError("a keyword name cannot be empty")
+    return text
+
+
+def _unit_rows(a: np.ndarray) -> bool:
+    return bool(np.all(np.abs(np.linalg.norm(a, axis=1) - 1) <= UNIT_NORM_TOLERANCE))
 
 
 def _vec_json(v: np.ndarray) -> list[float]:
@@ -114,8 +145,10 @@ class Entry:
         if entry.kind not in ("negative", "positive"):
             raise ValueError(f"entry {entry.id} has kind {entry.kind!r}, expected 'negative' or 'positive'")
         shape = entry.embeddings.shape
-        if len(shape) != 2 or shape[0] == 0 or shape[1] != dim or not np.all(np.isfinite(entry.embeddings)):
-            raise ValueError(f"entry {entry.id}: embeddings have shape {shape}, expected (n, {dim}) finite numbers")
+        if len(shape) != 2 or shape[0] == 0 or shape[1] != dim:
+            raise ValueError(f"entry {entry.id}: embeddings have shape {shape}, expected (n, {dim})")
+        if not np.all(np.isfinite(entry.embeddings)):
+            raise ValueError(f"entry {entry.id}: embeddings are not finite numbers")
         if not {"centers", "threshold", "samples", "info"} <= set(entry.before):
             raise ValueError(f"entry {entry.id}: 'before' lacks the keyword's earlier state")
         return entry
@@ -205,8 +238,20 @@ class Keyword:
             raise BankError(f"keyword {name!r}: centers have shape {centers.shape}, expected (n, {dim})")
         if not np.all(np.isfinite(centers)) or not math.isfinite(threshold):
             raise BankError(f"keyword {name!r}: centers or threshold are not finite numbers")
-        if positives is not None and (positives.ndim != 2 or positives.shape[1] != dim or not np.all(np.isfinite(positives))):
-            raise BankError(f"keyword {name!r}: positives have shape {positives.shape}, expected (n, {dim})")
+        if not -1.0 <= threshold <= 1.0:
+            raise BankError(
+                f"keyword {name!r}: threshold {threshold:g} is outside [-1, 1], the range of cosine scores "
+                f"(it would {'never fire' if threshold > 1 else 'fire on any sound'}); re-enrol the keyword"
+            )
+        if not _unit_rows(centers):
+            raise BankError(f"keyword {name!r}: centers are not unit-length vectors; re-enrol the keyword")
+        if samples < 1:
+            raise BankError(f"keyword {name!r}: samples is {samples}, expected at least 1")
+        if positives is not None:
+            if positives.ndim != 2 or positives.shape[1] != dim:
+                raise BankError(f"keyword {name!r}: positives have shape {positives.shape}, expected (n, {dim})")
+            if not np.all(np.isfinite(positives)) or not _unit_rows(positives):
+                raise BankError(f"keyword {name!r}: positives are not finite unit-length vectors")
         if rule not in NEGATIVE_RULES:
             raise BankError(f"keyword {name!r}: negative_rule {rule!r} is not one of {', '.join(NEGATIVE_RULES)}")
         if len({e.id for e in history}) != len(history):
@@ -239,17 +284,20 @@ class KeywordBank:
         return len(self.keywords)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.keywords
+        try:
+            return keyword_name(name) in self.keywords
+        except BankError:
+            return False
 
     def __getitem__(self, name: str) -> Keyword:
-        if name not in self.keywords:
+        key = keyword_name(name)
+        if key not in self.keywords:
             known = ", ".join(self.names) or "none"
             raise BankError(f"no keyword {name!r} in the bank (enrolled: {known})")
-        return self.keywords[name]
+        return self.keywords[key]
 
     def add(self, keyword: Keyword, replace: bool = False) -> None:
-        if not keyword.name.strip():
-            raise BankError("a keyword name cannot be empty")
+        keyword.name = keyword_name(keyword.name)
         if keyword.name in self.keywords and not replace:
             raise BankError(f"keyword {keyword.name!r} is already enrolled; remove it first or replace it")
         if keyword.centers.shape[1] != self.dim:
@@ -261,11 +309,11 @@ class KeywordBank:
 
     def rename(self, old: str, new: str) -> None:
         """Rename a keyword in place (it keeps its position in :attr:`names`)."""
-        if not new.strip():
-            raise BankError("a keyword name cannot be empty")
+        kw, new = self[old], keyword_name(new)
+        old = kw.name
         if new in self.keywords:
             raise BankError(f"keyword {new!r} already exists")
-        self[old].name = new
+        kw.name = new
         self.keywords = {(new if n == old else n): kw for n, kw in self.keywords.items()}
 
     def check_model(self, model_id: str) -> None:
@@ -313,6 +361,8 @@ class KeywordBank:
             d = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BankError(f"{path}: not a valid bank file (corrupt or truncated JSON: {exc})") from exc
+        except RecursionError as exc:
+            raise BankError(f"{path}: not a valid bank file (JSON nested too deeply)") from exc
         if not isinstance(d, dict) or d.get("format") != BANK_FORMAT:
             raise BankError(f"{path}: not a kws keyword bank")
         if d.get("version") not in READABLE_VERSIONS:
@@ -322,11 +372,15 @@ class KeywordBank:
             )
         try:
             bank = cls(model_id=str(d["model_id"]), dim=int(d["dim"]))
-            for name, kw in dict(d["keywords"]).items():
+            for raw_name, kw in dict(d["keywords"]).items():
+                name = keyword_name(raw_name)
+                if name in bank.keywords:
+                    raise BankError(f"keywords {raw_name!r} and {name!r} are one name once spaces are tidied; "
+                                    "rename one of them in the file")
                 bank.keywords[name] = Keyword.from_json(name, kw, bank.dim)
         except BankError as exc:
             raise BankError(f"{path}: {exc}") from exc
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BankError(f"{path}: malformed bank ({exc})") from exc
         if model_id is not None:
             try:
@@ -334,3 +388,29 @@ class KeywordBank:
             except BankError as exc:
                 raise BankError(f"{path}: {exc}") from exc
         return bank
+
+
+@contextmanager
+def locked_bank(path: str | Path, model_id: str | None = None, dim: int | None = None) -> Iterator[KeywordBank]:
+    """Read a bank file, let the caller change it, and save it, all under the file's lock.
+
+    Every read-modify-write of a bank goes through here, so that two processes
+    changing one bank (two ``kws enroll`` runs, feedback during an enrolment, the
+    server) wait for each other instead of one silently undoing the other. The
+    bank is saved only when the block ends without an exception.
+
+    Args:
+        model_id: the model the bank must belong to (``None``: any).
+        dim: if given and ``path`` does not exist, start a new empty bank of
+            model ``model_id`` with this dimension.
+    """
+    path = Path(path)
+    with file_lock(path):
+        if dim is not None and not path.exists():
+            if model_id is None:
+                raise BankError("a new bank needs the model id of its embeddings")
+            bank = KeywordBank(model_id, dim)
+        else:
+            bank = KeywordBank.load(path, model_id=model_id)
+        yield bank
+        bank.save(path)

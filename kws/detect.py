@@ -101,8 +101,8 @@ class EventClipConfig:
     Attributes:
         preroll_ms: audio kept before the window that fired.
         postroll_ms: audio kept after it (the clip is written once it has arrived).
-        max_mb: the folder's event clips and sidecars are kept under this size,
-            the oldest deleted first.
+        max_mb: the event clips and sidecars kws saved in the folder are kept
+            under this size, the oldest deleted first (other files are never touched).
     """
 
     preroll_ms: float = 500.0

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, trim_silence
-from kws.bank import Keyword, KeywordBank
+from kws.bank import Keyword, KeywordBank, keyword_name
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError, DeviceError, EnrollmentError
 from kws.fileio import atomic_path
@@ -52,6 +52,10 @@ class EnrollConfig:
         augment_copies: augmented copies made of each clip when augmenting.
         kmeans_iters: iterations of the k-means split for several centers.
         seed: seed of augmentation.
+        min_speech_s: a clip with less speech than this (after trimming silence)
+            is refused: too little of a word to tell it from others.
+        max_expected_far: a keyword whose calibrated threshold still lets more
+            than this fraction of the impostors through is refused unless forced.
     """
 
     silence_rms: float = 1e-3
@@ -65,6 +69,9 @@ class EnrollConfig:
     augment_copies: int = 4
     kmeans_iters: int = 10
     seed: int = 0
+    # The shortest of 275 real Speech Commands test words lasts 0.26 s at trim_db.
+    min_speech_s: float = 0.15
+    max_expected_far: float = 0.1
 
 
 @dataclass
@@ -196,6 +203,20 @@ def prepare_clips(
             )
         out.append(centre_speech(x, window_samples, db=cfg.trim_db))
     return np.stack(out).astype(np.float32), warnings
+
+
+def check_speech_length(
+    clips: Sequence[np.ndarray], sample_rate: int, names: Sequence[str], config: EnrollConfig
+) -> None:
+    """Refuse (:class:`EnrollmentError`) clips ``(samples,)`` with less than
+    ``config.min_speech_s`` of speech once silence is trimmed."""
+    for x, name in zip(clips, names):
+        speech = trim_silence(np.asarray(x, dtype=np.float32), frame=sample_rate // 100, db=config.trim_db)
+        if len(speech) < config.min_speech_s * sample_rate:
+            raise EnrollmentError(
+                f"{name}: only {len(speech) / sample_rate:.2f} s of speech (at least {config.min_speech_s:g} s "
+                "needed); record the whole keyword"
+            )
 
 
 def augment_clips(prepared: np.ndarray, copies: int, sample_rate: int, seed: int = 0) -> np.ndarray:
@@ -487,6 +508,7 @@ def enroll(
     bank: KeywordBank | None = None,
     clip_names: Sequence[str] | None = None,
     config: EnrollConfig | None = None,
+    force: bool = False,
 ) -> EnrollResult:
     """Enrol keyword ``name`` from 1–10 clips.
 
@@ -501,14 +523,14 @@ def enroll(
         augment: also embed lightly augmented copies of each clip into the centers.
         bank: existing keywords, to warn about similar ones (not modified).
         clip_names: names of the clips in messages (file names).
+        force: enrol even when the calibration is hopeless (see ``EnrollConfig.max_expected_far``).
     Returns:
         the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
     Raises:
         EnrollmentError: refused clips or options; BankError: a bank of another model.
     """
     cfg = config or EnrollConfig()
-    if not name.strip():
-        raise EnrollmentError("the keyword name cannot be empty")
+    name = keyword_name(name)
     if not 1 <= len(clips) <= MAX_CLIPS:
         raise EnrollmentError(f"enrolment takes 1 to {MAX_CLIPS} clips, got {len(clips)}")
     if not 1 <= centers <= len(clips):
@@ -525,6 +547,7 @@ def enroll(
 
     names = list(clip_names) if clip_names is not None else [f"clip {i + 1}" for i in range(len(clips))]
     emb, warnings = embed_clips(embedder, clips, augment, names, cfg)
+    check_speech_length(clips, embedder.sample_rate, names, cfg)
     n = len(emb)
     clip_emb = normalize(emb.mean(axis=1))
     assign = _kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
@@ -537,6 +560,7 @@ def enroll(
         warnings.append("one clip only: the threshold rests on impostor speech alone; enrol 3 or more clips")
 
     cal = calibrate(target, (impostors @ kw_centers.T).max(axis=1), target_far, cfg.target_quantile)
+    _check_calibration(name, cal, cfg, force)
     if cal.limited_by == "targets":
         warnings.append(
             f"the threshold was lowered to {cal.threshold:.3f} so that most enrolment clips pass; "
@@ -563,6 +587,19 @@ def enroll(
         positives=emb[:, 0].astype(np.float32),
     )
     return EnrollResult(keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest)
+
+
+def _check_calibration(name: str, cal: Calibration, cfg: EnrollConfig, force: bool) -> None:
+    """Refuse a keyword whose threshold lets through more impostors than ``cfg.max_expected_far``
+    (unless ``force``): it would fire on a large share of all speech."""
+    if cal.expected_far <= max(cfg.max_expected_far, cal.target_far) or force:
+        return
+    raise EnrollmentError(
+        f"{name!r} cannot be told from other speech: at threshold {cal.threshold:.3f} it would accept "
+        f"{100 * cal.expected_far:.0f}% of impostor clips (target {100 * cal.target_far:g}%, limit "
+        f"{100 * cfg.max_expected_far:g}%); enrol more, clearer and more consistent clips, or choose a longer "
+        "keyword (--force enrols it anyway)"
+    )
 
 
 def _check_outliers(loo: np.ndarray, names: Sequence[str], cfg: EnrollConfig) -> list[str]:

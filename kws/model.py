@@ -254,6 +254,20 @@ def save_checkpoint(path: str | Path, model: KeywordModel | HeadModel, extra: di
         torch.save(payload, tmp)
 
 
+def _why_unreadable(exc: Exception) -> str:
+    """What ``torch.load`` found wrong, without its advice to load with ``weights_only=False``
+    (which would run whatever code the file holds: kws never does that)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return (
+            "corrupt, or it holds Python objects beyond tensors and plain data; kws never runs code "
+            "from a model file: use a checkpoint made by `kws train`"
+        )
+    first = str(exc).split(". ")[0].strip()
+    return f"{type(exc).__name__}: {first}; the file is corrupt, truncated or not a checkpoint"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint dict (``config``, ``state_dict``, ``model_id``, ``extra``), validated."""
     path = Path(path)
@@ -262,7 +276,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"{path}: not a readable kws checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable kws checkpoint ({_why_unreadable(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a kws checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -22,12 +22,44 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from kws.audio import SAMPLE_RATE, pcm16_to_float, to_mono
+from kws.audio import (
+    CANCEL_MESSAGE,
+    SAMPLE_RATE,
+    channels_cancel,
+    check_audio_path,
+    pcm16_to_float,
+    to_mono,
+    warn_if_truncated,
+)
 from kws.errors import AudioError, DeviceError
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 100
+# Input rates kws accepts: below 8 kHz speech is unintelligible (and a wrong --rate is
+# far more likely), above 192 kHz no audio interface records.
+MIN_RATE, MAX_RATE = 8000, 192000
+MAX_CHANNELS = 64
+
+
+def check_format(rate: int | None, channels: int | None, what: str) -> None:
+    """Refuse (:class:`AudioError`) a sample rate or channel count no real input has."""
+    if rate is not None and not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{what}: sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz; check --rate")
+    if channels is not None and not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{what}: {channels} channels is outside 1-{MAX_CHANNELS}; check --channels")
+
+
+class _CancelWarning:
+    """Warns once per stream if its channels cancel each other in the mono mix."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.warned = name, False
+
+    def check(self, frames: np.ndarray) -> None:
+        if not self.warned and channels_cancel(frames):
+            self.warned = True
+            log.warning("%s: %s", self.name, CANCEL_MESSAGE)
 
 
 class StreamResampler:
@@ -100,16 +132,16 @@ def file_source(path: str | os.PathLike, realtime: bool = False, block_ms: float
 
     With ``realtime``, chunks are paced to the audio's duration, like a live input.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file")
+    path = check_audio_path(path)
     try:
         f = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         raise AudioError(f"{path}: not a readable audio file ({exc})") from exc
     with f:
         if f.frames == 0:
-            raise AudioError(f"{path}: audio has no samples")
+            raise AudioError(f"{path}: audio has no samples (zero length or truncated header)")
+        warn_if_truncated(f, path)
+        cancel = _CancelWarning(str(path))
         resampler = StreamResampler(f.samplerate)
         block = max(1, round(f.samplerate * block_ms / 1000))
         pace = _Pacer() if realtime else None
@@ -122,6 +154,7 @@ def file_source(path: str | os.PathLike, realtime: bool = False, block_ms: float
                 break
             if not np.all(np.isfinite(frames)):
                 raise AudioError(f"{path}: audio contains NaN or infinite samples")
+            cancel.check(frames)
             out = _convert(resampler, frames)
             if pace is not None:
                 pace.wait(len(frames) / f.samplerate)
@@ -149,7 +182,34 @@ class _Pacer:
 # --------------------------------------------------------------------------- raw PCM
 
 
-_CONTAINER_MAGIC = {b"RIFF": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"ID3": "MP3"}
+_CONTAINER_MAGIC = {
+    b"RIFF": "a WAV", b"RF64": "a WAV", b"fLaC": "a FLAC", b"OggS": "an Ogg", b"ID3": "an MP3", b"FORM": "an AIFF"
+}
+
+
+def _container(head: bytes) -> str | None:
+    """The container format (with its article) whose file starts with ``head`` (4 bytes), if any."""
+    for magic, kind in _CONTAINER_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    # An MP3 without ID3 tag starts with a frame header: 11 sync bits, then a valid MPEG
+    # version, layer, bitrate and sample rate. Raw PCM starting with these 4 bytes is a
+    # first sample near -1 followed by exactly such a bit pattern: rare enough to refuse.
+    if len(head) >= 4 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        version, layer = (head[1] >> 3) & 3, (head[1] >> 1) & 3
+        bitrate, rate = head[2] >> 4, (head[2] >> 2) & 3
+        if version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3:
+            return "an MP3"
+    return None
+
+
+def _refuse_container(head: bytes, name: str) -> None:
+    kind = _container(head)
+    if kind is not None:
+        raise AudioError(
+            f"{name}: this looks like {kind} file, not raw 16-bit PCM; "
+            "pass the file path as SOURCE instead of piping it"
+        )
 
 
 def pcm_source(
@@ -161,32 +221,28 @@ def pcm_source(
     partial frame at the end is dropped with a warning. Empty input and a
     container file (WAV, FLAC ...) piped in as raw PCM are errors.
     """
-    if rate <= 0:
-        raise AudioError(f"invalid sample rate {rate} for raw PCM on {name}")
-    if channels <= 0:
-        raise AudioError(f"invalid channel count {channels} for raw PCM on {name}")
+    check_format(rate, channels, f"raw PCM on {name}")
     frame_bytes = 2 * channels
     want = frame_bytes * max(1, round(rate * block_ms / 1000))
     read = getattr(stream, "read1", stream.read)
     resampler = StreamResampler(rate)
-    carry = b""
+    carry = head = b""
     total = 0
+    cancel = _CancelWarning(name)
     while True:
         data = read(want)
         if not data:
             break
-        if total == 0:
-            for magic, kind in _CONTAINER_MAGIC.items():
-                if data.startswith(magic):
-                    raise AudioError(
-                        f"{name}: this looks like a {kind} file, not raw 16-bit PCM; "
-                        "pass the file path as SOURCE instead of piping it"
-                    )
+        if total < 4:  # the first 4 bytes may come in several reads
+            head = (head + data)[:4]
+            _refuse_container(head, name)
         total += len(data)
         data = carry + data
         whole = len(data) - len(data) % frame_bytes
         carry = data[whole:]
         if whole:
+            if channels > 1:
+                cancel.check(pcm16_to_float(data[:whole], 1).reshape(-1, channels))
             out = resampler.process(pcm16_to_float(data[:whole], channels))
             if len(out):
                 yield out
@@ -295,6 +351,7 @@ class MicrophoneSource:
         stall_timeout_s: float = 2.0,
         queue_blocks: int = 50,
     ) -> None:
+        check_format(rate, channels, "audio device")
         self.device = device
         self.rate = rate
         self.channels = channels

@@ -59,12 +59,32 @@ def test_directory_and_non_finite(tmp_path: Path) -> None:
         load_audio(bad)
 
 
-def test_truncated_data_keeps_what_is_there(tmp_path: Path, good_wav: Path) -> None:
-    # A header that promises more samples than the file holds is read as far as it goes.
+def test_truncated_data_keeps_what_is_there_with_a_warning(
+    tmp_path: Path, good_wav: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kws.sources import file_source
+
+    # A header that promises more samples than the file holds is read as far as it goes, and said so.
     cut = tmp_path / "cut.wav"
     cut.write_bytes(good_wav.read_bytes()[: 44 + 2 * 8000])
     x = load_audio(cut)
     assert x.shape == (8000,) and np.allclose(x, sine(440, 16000)[:8000], atol=1e-4)
+    assert "cut.wav: the header promises 32000 bytes of audio but the file holds 16000" in caplog.text
+    caplog.clear()
+    assert len(np.concatenate(list(file_source(cut)))) == 8000 and "truncated" in caplog.text
+    caplog.clear()
+    load_audio(good_wav)
+    assert not caplog.text
+
+
+def test_channels_that_cancel_are_named_not_called_silent(tmp_path: Path) -> None:
+    x = sine(440, 16000)
+    path = tmp_path / "inverted.wav"
+    sf.write(str(path), np.stack([x, -x], axis=1), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match="channels cancel each other"):
+        load_audio(path)
+    sf.write(str(path), np.stack([x, np.zeros_like(x)], axis=1), 16000, subtype="PCM_16")
+    assert np.abs(load_audio(path)).max() > 0.2  # one silent channel is fine
 
 
 def test_multichannel_is_averaged(tmp_path: Path) -> None:

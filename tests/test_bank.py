@@ -143,3 +143,102 @@ def test_cli_bank_commands(bank_file: Path, capsys: pytest.CaptureFixture) -> No
     bank_file.write_text("{")
     assert main(["bank", "list", *b]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_every_change_of_a_bank_holds_its_lock(bank_file: Path) -> None:
+    import threading
+
+    from kws.bank import locked_bank
+    from kws.errors import KwsError
+    from kws.fileio import file_lock
+
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with locked_bank(bank_file) as bank:
+            bank.remove("zebra")
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(10)
+    with pytest.raises(KwsError, match="another kws process"):
+        with file_lock(bank_file, timeout_s=0.2):
+            pass
+    codes: list[int] = []
+    renamer = threading.Thread(target=lambda: codes.append(main(["bank", "rename", "marvin", "m", "--bank", str(bank_file)])))
+    renamer.start()
+    renamer.join(0.5)
+    assert renamer.is_alive()  # waiting for the lock
+    release.set()
+    holder.join()
+    renamer.join(10)
+    # The rename waited for the holder's change, then read the bank again: both changes are kept.
+    assert codes == [0] and KeywordBank.load(bank_file).names == ["m", "sheila"]
+
+
+def test_saving_through_a_symlink_keeps_the_link_and_the_mode(tmp_path: Path) -> None:
+    import stat
+
+    real = tmp_path / "store" / "bank.json"
+    make_bank().save(real)
+    os.chmod(real, 0o600)
+    link = tmp_path / "bank.json"
+    link.symlink_to(real)
+    bank = KeywordBank.load(link)
+    bank.remove("zebra")
+    bank.save(link)
+    assert main(["bank", "rename", "sheila", "s", "--bank", str(link)]) == 0
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert KeywordBank.load(real).names == ["marvin", "s"]
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(p.name for p in real.parent.iterdir()) == [".bank.json.lock", "bank.json"]  # no temporary left
+
+
+def test_keyword_names_are_normalised_and_validated(bank_file: Path) -> None:
+    bank = KeywordBank.load(bank_file)
+    c = bank["marvin"].centers
+    with pytest.raises(BankError, match="already enrolled"):
+        bank.add(Keyword("marvin ", c, 0.5, 1))  # not a second keyword that looks the same
+    bank.add(Keyword("  lights\u00a0 on ", c, 0.5, 1))
+    assert bank.names[-1] == "lights on" and "lights on " in bank and bank["lights  on"].name == "lights on"
+    for bad in ("lights\non", "tab\there", "zero\u200bwidth", "   "):
+        with pytest.raises(BankError, match="control or invisible|cannot be empty"):
+            bank.add(Keyword(bad, c, 0.5, 1))
+        with pytest.raises(BankError):
+            bank.rename("sheila", bad)
+    # A file whose names tidy to the same name is refused, not silently merged.
+    d = json.loads(bank_file.read_text())
+    d["keywords"]["marvin "] = d["keywords"]["marvin"]
+    bank_file.write_text(json.dumps(d))
+    with pytest.raises(BankError, match="one name"):
+        KeywordBank.load(bank_file)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d["keywords"]["marvin"].update(threshold=7.0), "outside \\[-1, 1\\].*never fire"),
+        (lambda d: d["keywords"]["marvin"].update(threshold=-3.0), "outside \\[-1, 1\\].*any sound"),
+        (lambda d: d["keywords"]["marvin"]["centers"][0].__setitem__(0, 5.0), "unit-length"),
+        (lambda d: d["keywords"]["marvin"].update(samples=0), "samples is 0"),
+    ],
+)
+def test_hand_edited_absurd_values_are_refused_on_load(bank_file: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+    d = json.loads(bank_file.read_text())
+    damage(d)
+    bank_file.write_text(json.dumps(d))
+    with pytest.raises(BankError, match=message):
+        KeywordBank.load(bank_file)
+
+
+def test_infinity_and_deep_nesting_give_bank_errors(bank_file: Path) -> None:
+    d = json.loads(bank_file.read_text())
+    d["keywords"]["marvin"]["positives"] = [[float("inf")] * 8]
+    bank_file.write_text(json.dumps(d))
+    with pytest.raises(BankError, match="positives are not finite"):
+        KeywordBank.load(bank_file)
+    bank_file.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(BankError, match="nested too deeply"):
+        KeywordBank.load(bank_file)

@@ -213,3 +213,58 @@ def test_cli_detect_file_json(embedder, scene, random_checkpoint, tmp_path, caps
     assert [e["keyword"] for e in events] == [w for w, _, _ in truth]
     assert all(start < e["time"] <= end + 1.1 for e, (_, start, end) in zip(events, truth))
     assert "done" in err and f"{len(truth)} event(s)" in err
+
+
+def test_cli_detect_keeps_pending_clips_and_prints_the_summary_when_the_stream_fails(
+    embedder, scene, random_checkpoint, tmp_path, capsys, monkeypatch
+):
+    import kws.cli.detect
+    from kws.audio import write_audio
+    from kws.cli import main
+    from kws.errors import DeviceError
+
+    audio, bank, truth = scene
+    bank_path, events_dir = tmp_path / "bank.json", tmp_path / "events"
+    bank.save(bank_path)
+    cut = round((truth[0][2] + 0.3) * SR)  # just after the first word: its clip still waits for post-roll
+
+    def failing(args):  # type: ignore[no-untyped-def]
+        def chunks():
+            for i in range(0, cut, 1600):
+                yield audio[i : min(i + 1600, cut)]
+            raise DeviceError("audio device 'mic' stopped (unplugged or failed)")
+
+        return chunks()
+
+    monkeypatch.setattr(kws.cli.detect, "_source", failing)
+    code = main(["detect", "--bank", str(bank_path), "--save-events", str(events_dir), "--smoothing", "1",
+                 "--threshold-offset", "0", "--model", str(random_checkpoint), "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out.count(" up ") == 1
+    assert len(list(events_dir.glob("*.wav"))) == 1 and "1 event clip(s) saved" in err
+    # The summary comes first, then the error.
+    assert err.index("stopped by an error: ") < err.index("kws: error: audio device 'mic' stopped")
+
+
+def test_cli_detect_checks_its_input_before_loading_the_model(scene, tmp_path, capsys, monkeypatch):
+    import kws.cli.detect
+    from kws.cli import main
+
+    _, bank, _ = scene
+    bank_path = tmp_path / "bank.json"
+    bank.save(bank_path)
+
+    def no_model(args):  # type: ignore[no-untyped-def]
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(kws.cli.detect, "embedder_from_args", no_model)
+    (tmp_path / "empty.wav").touch()
+    for source, message in (("missing.wav", "no such file"), (".", "is a directory"), ("empty.wav", "empty")):
+        assert main(["detect", str(tmp_path / source), "--bank", str(bank_path)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "x.wav"), "--bank", str(tmp_path / "none.json")]) == 2
+    assert "bank file not found" in capsys.readouterr().err
+    for flags, message in ((["--rate", "0"], "sample rate 0 Hz"), (["--rate", "1"], "sample rate 1 Hz"),
+                           (["--channels", "0"], "0 channels")):
+        assert main(["detect", "-", "--bank", str(bank_path), *flags]) == 2
+        assert message in capsys.readouterr().err

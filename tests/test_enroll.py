@@ -98,7 +98,10 @@ def test_threshold_capped_by_enrolment_clips(emb: BandEmbedder) -> None:
     # Impostors indistinguishable from the keyword: meeting 1% FAR would reject most clips.
     same_word = [tone(1000 + 3 * (i % 3), seed=100 + i) for i in range(200)]
     impostors = emb(prepare_clips(same_word, SAMPLE_RATE, SAMPLE_RATE)[0])
-    res = enroll(emb, "k", clips, impostors=impostors)
+    # So poor a calibration (most impostors pass) is refused unless forced.
+    with pytest.raises(EnrollmentError, match=r"cannot be told from other speech.*--force"):
+        enroll(emb, "k", clips, impostors=impostors)
+    res = enroll(emb, "k", clips, impostors=impostors, force=True)
     assert res.calibration.limited_by == "targets"
     assert res.threshold == pytest.approx(np.quantile(res.calibration.target_scores, 0.25))
     assert res.calibration.expected_far > 0.5
@@ -264,3 +267,66 @@ def test_absent_microphone_is_a_device_error(random_checkpoint: Path, tmp_path: 
     err = capsys.readouterr().err
     assert "input device" in err or "unavailable" in err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_too_little_speech_refused(emb: BandEmbedder) -> None:
+    clips = [tone(440), tone(440, seconds=0.1, seed=1), tone(440, seed=2)]
+    with pytest.raises(EnrollmentError, match=r"clip 2: only 0\.1\d s of speech \(at least 0\.15 s"):
+        enroll(emb, "k", clips, impostors=gaussian_impostors(100))
+
+
+def test_two_enrolments_into_one_bank_at_once_keep_both(
+    random_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import kws.enroll
+    from kws.cli import main
+
+    for i in range(3):
+        write_audio(tmp_path / f"kw{i}.wav", tone(600 + 400 * i, seed=i))
+    for i in range(12):
+        write_audio(tmp_path / "imp" / f"i{i}.wav", tone(300 + 250 * i, seed=20 + i))
+    bank = tmp_path / "bank.json"
+    # Both runs have read the bank before either writes it: the interleaving that lost a keyword.
+    both_read = threading.Barrier(2, timeout=30)
+    real_enroll = kws.enroll.enroll
+
+    def slow_enroll(*args, **kwargs):  # type: ignore[no-untyped-def]
+        both_read.wait()
+        return real_enroll(*args, **kwargs)
+
+    monkeypatch.setattr(kws.enroll, "enroll", slow_enroll)
+    codes: list[int] = []
+
+    def run(word: str, clip: int) -> None:
+        codes.append(main(["enroll", word, str(tmp_path / f"kw{clip}.wav"), "--bank", str(bank),
+                           "--impostors", str(tmp_path / "imp"), "--model", str(random_checkpoint)]))
+
+    threads = [threading.Thread(target=run, args=(w, i)) for i, w in enumerate(["lights", "music"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert codes == [0, 0]
+    assert sorted(KeywordBank.load(bank).names) == ["lights", "music"]
+
+
+def test_cli_enroll_normalises_the_name_and_refuses_control_characters(
+    random_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from kws.cli import main
+
+    for i in range(2):
+        write_audio(tmp_path / f"kw{i}.wav", tone(600, seed=i))
+    for i in range(12):
+        write_audio(tmp_path / "imp" / f"i{i}.wav", tone(300 + 250 * i, seed=20 + i))
+    bank = tmp_path / "bank.json"
+    common = ["--bank", str(bank), "--impostors", str(tmp_path / "imp"), "--model", str(random_checkpoint)]
+    clips = [str(tmp_path / f"kw{i}.wav") for i in range(2)]
+    assert main(["enroll", "lights ", *clips, *common]) == 0
+    assert main(["enroll", " lights", *clips, *common]) == 2
+    assert "already in" in capsys.readouterr().err
+    assert main(["enroll", "lights\non", *clips, *common]) == 2
+    assert "control or invisible characters" in capsys.readouterr().err
+    assert KeywordBank.load(bank).names == ["lights"]

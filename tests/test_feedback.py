@@ -12,7 +12,7 @@ from kws.audio import load_audio, write_audio
 from kws.bank import BANK_VERSION, Entry, Keyword, KeywordBank
 from kws.cli import main
 from kws.detect import Detector, DetectorConfig, Event, EventClipConfig
-from kws.errors import BankError, EnrollmentError
+from kws.errors import AudioError, BankError, EnrollmentError
 from kws.feedback import (
     EventRecorder,
     FeedbackConfig,
@@ -340,3 +340,72 @@ def test_a_negative_suppresses_the_enrolment_clips_it_is_nearer_to_than_their_ow
     # Like the keyword (cos 0.95-0.98 to every clip) but nearer to none of them than they are to each other.
     near = normalize(np.array([[1.0, 0.0, 0.0, 0.25]], np.float32))
     assert not _suppressed(loo, clips, near).any()
+
+
+def test_event_folder_cap_deletes_only_the_clips_kws_saved(tmp_path):
+    import os
+
+    from kws.feedback import EVENT_MANIFEST
+
+    # The user's own recording and notes in the folder, older than anything kws writes.
+    meeting, notes = tmp_path / "meeting.wav", tmp_path / "meeting.json"
+    write_audio(meeting, 0.1 * np.random.default_rng(0).standard_normal(3 * SR).astype(np.float32))
+    notes.write_text('{"title": "weekly"}')
+    for p in (meeting, notes):
+        os.utime(p, (0, 0))
+    mine = {p: p.read_bytes() for p in (meeting, notes)}
+    one_clip = 44 + 2 * SR * 2 + 600
+    cfg = EventClipConfig(500, 500, max_mb=2.5 * one_clip / 2**20)
+    audio = 0.01 * np.random.default_rng(1).standard_normal(SR).astype(np.float32)
+    runs = []
+    for _ in range(2):  # a second run also deletes only what kws saved, the first run's clips included
+        rec = EventRecorder(tmp_path, SR, "m", cfg)
+        for k in range(1, 5):
+            rec.feed(audio, [Event("up", 0.9, 0.8, float(k))])
+        rec.close()
+        runs.append(rec.written)
+    assert {p: p.read_bytes() for p in mine} == mine
+    left = sorted(p for p in tmp_path.glob("*.wav") if p != meeting)
+    assert left == sorted(runs[1][-2:])
+    manifest = json.loads((tmp_path / EVENT_MANIFEST).read_text())
+    assert manifest["clips"] == [p.name for p in runs[1][-2:]]
+    # A manifest naming the user's files (hand-edited, or paths outside the folder) deletes nothing of theirs.
+    manifest["clips"] = ["meeting.wav", "../meeting.wav", "/etc/passwd.wav"] + manifest["clips"]
+    (tmp_path / EVENT_MANIFEST).write_text(json.dumps(manifest))
+    rec = EventRecorder(tmp_path, SR, "m", cfg)
+    rec.feed(audio, [Event("up", 0.9, 0.8, 1.0)])
+    rec.close()
+    assert meeting.is_file() and notes.is_file()
+
+
+def test_a_clip_holding_an_enrolment_recording_is_refused_as_negative(embedder, enrolled, impostors, tmp_path):
+    from kws.enroll import enroll
+
+    clips = [_word(*UP, shift=s, seed=k) for k, s in enumerate((0, 160, -160))]
+    rng = np.random.default_rng(7)
+    before = json.dumps(enrolled.to_json())
+    for k, clip in enumerate(clips):
+        # The recording at an offset off the 100 ms hop grid, among other sound and quiet noise.
+        lead = int(rng.integers(SR // 3, SR)) + 37
+        audio = np.concatenate([_word(*DOWN, seed=20 + k)[: SR // 2], np.zeros(lead, np.float32), clip,
+                                np.zeros(SR // 2, np.float32)])
+        audio += 1e-4 * rng.standard_normal(len(audio)).astype(np.float32)
+        path = tmp_path / f"long{k}.wav"
+        write_audio(path, audio)
+        with pytest.raises(EnrollmentError, match="looks like 'up' itself"):
+            add_negative(embedder, enrolled, "up", path, impostors=impostors)
+    assert json.dumps(enrolled.to_json()) == before
+
+
+def test_a_silent_clip_is_refused_as_feedback(embedder, enrolled, impostors):
+    for add in (add_negative, add_positive):
+        with pytest.raises(EnrollmentError, match="is silent"):
+            add(embedder, enrolled, "up", np.full(2 * SR, 1e-5, np.float32), impostors=impostors)
+
+
+def test_feedback_takes_the_name_as_tidied_and_events_need_a_folder(embedder, enrolled, impostors, tmp_path):
+    result = add_negative(embedder, enrolled, " up ", _word(*DOWN, seed=5), impostors=impostors)
+    assert result.keyword == "up" and enrolled.names == ["up"] and len(enrolled["up"].history) == 1
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AudioError, match="not a folder"):
+        EventRecorder(tmp_path / "file", SR, "m")

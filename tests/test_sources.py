@@ -76,8 +76,29 @@ def test_pcm_source_bad_input():
         list(pcm_source(io.BytesIO(b"\x00")))  # one byte is not even one sample
     with pytest.raises(AudioError, match="looks like a WAV file"):
         list(pcm_source(io.BytesIO(b"RIFF\x00\x00\x00\x00WAVEfmt ")))
-    with pytest.raises(AudioError, match="invalid sample rate"):
-        list(pcm_source(io.BytesIO(b"\x00\x00"), rate=0))
+    # Rates and channel counts no real input has are errors, not defaults.
+    for rate in (0, 1, 7999, 192001):
+        with pytest.raises(AudioError, match=f"sample rate {rate} Hz is outside 8000-192000"):
+            list(pcm_source(io.BytesIO(b"\x00\x00"), rate=rate))
+    with pytest.raises(AudioError, match="0 channels is outside"):
+        list(pcm_source(io.BytesIO(b"\x00\x00"), channels=0))
+    # An MP3 piped in: with an ID3 tag, or starting straight with a frame header (even split over reads).
+    class Drip(Trickle):
+        def read(self, n: int = -1) -> bytes:
+            return self.buf.read(1)
+
+    for head in (b"ID3\x04\x00", b"\xff\xfb\x90\x64", b"\xff\xf3\x48\xc4"):
+        for pipe in (Trickle, Drip):
+            with pytest.raises(AudioError, match="looks like an MP3 file"):
+                list(pcm_source(pipe(head + bytes(400))))
+    # Raw PCM of -1 samples (bytes ff ff) is not mistaken for MP3 (bitrate index 15 is invalid).
+    assert len(np.concatenate(list(pcm_source(io.BytesIO(b"\xff\xff" * 3200))))) == 3200
+
+
+def test_pcm_source_warns_when_channels_cancel(caplog):
+    x = 0.3 * np.sin(np.linspace(0, 400, SR)).astype(np.float32)
+    out = np.concatenate(list(pcm_source(io.BytesIO(_pcm(np.stack([x, -x], axis=1).ravel())), channels=2)))
+    assert np.abs(out).max() < 1e-3 and "channels cancel each other" in caplog.text
 
 
 def test_file_source_equals_load_audio_and_paces(tmp_path):
@@ -91,8 +112,13 @@ def test_file_source_equals_load_audio_and_paces(tmp_path):
     t0 = time.monotonic()
     list(file_source(path, realtime=True))
     assert time.monotonic() - t0 >= 0.45
-    with pytest.raises(AudioError, match="no such audio file"):
-        list(file_source(tmp_path / "missing.wav"))
+    # A missing file, a folder and an empty file get the same messages as load_audio gives.
+    (tmp_path / "empty.wav").touch()
+    for bad, message in (("missing.wav", "no such file"), (".", "is a directory"), ("empty.wav", "empty")):
+        with pytest.raises(AudioError, match=message):
+            list(file_source(tmp_path / bad))
+        with pytest.raises(AudioError, match=message):
+            load_audio(tmp_path / bad)
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="not a readable audio file"):
         list(file_source(tmp_path / "junk.wav"))

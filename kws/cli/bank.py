@@ -27,8 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kws.bank import KeywordBank
+    from kws.bank import KeywordBank, locked_bank
 
+    if args.bank_command in ("remove", "undo", "rename"):
+        with locked_bank(args.bank) as bank:
+            done = _change(args, bank)
+        print(done)
+        return 0
     bank = KeywordBank.load(args.bank)
     if args.bank_command == "list":
         print(f"{args.bank}: {len(bank)} keyword(s), model {bank.model_id}, dim {bank.dim}")
@@ -46,21 +51,19 @@ def _run(args: argparse.Namespace) -> int:
         for e in kw.history:
             windows = f"{len(e.embeddings)} window{'s' if len(e.embeddings) > 1 else ''}"
             print(f"  {e.id:3d}  {e.kind:<8}  {e.added}  {e.source}  ({windows})")
-    elif args.bank_command == "remove":
-        bank.remove(args.keyword)
-        bank.save(args.bank)
-        print(f"removed {args.keyword!r} from {args.bank}")
-    elif args.bank_command == "undo":
+    return 0
+
+
+def _change(args: argparse.Namespace, bank) -> str:
+    """``remove``, ``undo`` or ``rename`` on ``bank`` (the caller holds its lock and saves it);
+    returns what to tell the user once it is saved."""
+    if args.bank_command == "remove":
+        return f"removed {bank.remove(args.keyword).name!r} from {args.bank}"
+    if args.bank_command == "undo":
         from kws.feedback import undo
 
         entry = undo(bank, args.keyword, args.entry)
-        bank.save(args.bank)
-        print(
-            f"undid entry {entry.id} of {args.keyword!r} ({entry.kind}, {entry.source}); "
-            f"threshold now {bank[args.keyword].threshold:.3f}"
-        )
-    else:
-        bank.rename(args.old, args.new)
-        bank.save(args.bank)
-        print(f"renamed {args.old!r} to {args.new!r} in {args.bank}")
-    return 0
+        kw = bank[args.keyword]
+        return f"undid entry {entry.id} of {kw.name!r} ({entry.kind}, {entry.source}); threshold now {kw.threshold:.3f}"
+    bank.rename(args.old, args.new)
+    return f"renamed {args.old!r} to {bank[args.new].name!r} in {args.bank}"

@@ -25,33 +25,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=int, metavar="HZ", help="sample rate of raw PCM on stdin (default 16000) or to open the device at")
     p.add_argument("--channels", type=int, metavar="N", help="channels of raw PCM on stdin (default 1) or to open the device with")
     p.add_argument("--realtime", action="store_true", help="pace a file at real-time speed, like a live input")
-    p.add_argument("--save-events", metavar="DIR", help="save the audio around each event (WAV + JSON sidecar) in DIR")
+    p.add_argument("--save-events", metavar="DIR", help="save the audio around each event (WAV + JSON sidecar) in DIR; "
+                   "kws lists the files it saves in DIR/.kws-events.json and never deletes any other file")
     clip = EventClipConfig()
     p.add_argument("--event-preroll-ms", type=float, default=clip.preroll_ms,
                    help="audio saved before the window that fired (%(default)g)")
     p.add_argument("--event-postroll-ms", type=float, default=clip.postroll_ms,
                    help="audio saved after it (%(default)g; as long as the window, so that feedback sees the whole word pass)")
     p.add_argument("--save-events-max-mb", type=float, default=clip.max_mb,
-                   help="size cap of DIR; oldest clips go first (%(default)g)")  # fmt: skip
+                   help="size cap of the clips kws saved in DIR; its oldest go first (%(default)g)")  # fmt: skip
     add_detector_arguments(p)
     add_model_arguments(p)
     p.set_defaults(func=run)
 
 
 def _source(args: argparse.Namespace):
-    from kws.audio import SAMPLE_RATE
+    """The audio source SOURCE names; every check that needs no audio is done here, before
+    the model is loaded."""
+    from kws.audio import SAMPLE_RATE, check_audio_path
     from kws.errors import KwsError
-    from kws.sources import MicrophoneSource, file_source, pcm_source
+    from kws.sources import MicrophoneSource, check_format, file_source, pcm_source
 
     if args.source is None:
         return MicrophoneSource(args.device, rate=args.rate, channels=args.channels)
     if args.device is not None:
         raise KwsError("--device only applies to the microphone; drop SOURCE to record from a device")
     if args.source == "-":
-        return pcm_source(sys.stdin.buffer, rate=args.rate or SAMPLE_RATE, channels=args.channels or 1)
+        rate = SAMPLE_RATE if args.rate is None else args.rate
+        channels = 1 if args.channels is None else args.channels
+        check_format(rate, channels, "raw PCM on stdin")
+        return pcm_source(sys.stdin.buffer, rate=rate, channels=channels)
     if args.rate is not None or args.channels is not None:
         raise KwsError("--rate/--channels describe raw PCM on stdin or the device; an audio file has its own")
-    return file_source(args.source, realtime=args.realtime)
+    return file_source(check_audio_path(args.source), realtime=args.realtime)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from kws.detect import Detector
 
     cfg = detector_config_from_args(args)
+    cfg.validate()
+    # The bank and the source are checked before the model loads (seconds, hundreds of MB).
+    KeywordBank.load(args.bank)
+    source = _source(args)
     embedder = embedder_from_args(args)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
     detector = Detector(embedder, bank, cfg)
@@ -68,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
         clip_cfg = EventClipConfig(args.event_preroll_ms, args.event_postroll_ms, args.save_events_max_mb)
         recorder = EventRecorder(args.save_events, embedder.window_samples, embedder.model_id, clip_cfg)
-    source = _source(args)
     started = time.monotonic()
-    interrupted = False
+    interrupted = failed = False
     try:
         for chunk in source:
             events = detector.process(chunk)
@@ -83,14 +92,19 @@ def run(args: argparse.Namespace) -> int:
                 recorder.feed(chunk, events)
     except KeyboardInterrupt:
         interrupted = True
-    if recorder is not None:
-        recorder.close()
-        print(f"kws detect: {len(recorder.written)} event clip(s) saved in {args.save_events}", file=sys.stderr)
-    _summary(detector, source, time.monotonic() - started, interrupted)
+    except BaseException:
+        # The error is reported (by the caller) after what the stream gave so far is kept.
+        failed = True
+        raise
+    finally:
+        if recorder is not None:
+            recorder.close()
+            print(f"kws detect: {len(recorder.written)} event clip(s) saved in {args.save_events}", file=sys.stderr)
+        _summary(detector, source, time.monotonic() - started, interrupted, failed)
     return 0
 
 
-def _summary(detector, source, wall_s: float, interrupted: bool) -> None:
+def _summary(detector, source, wall_s: float, interrupted: bool, failed: bool = False) -> None:
     st = detector.stats
     parts = [
         f"{st.seconds:.1f} s of audio in {wall_s:.1f} s",
@@ -99,5 +113,5 @@ def _summary(detector, source, wall_s: float, interrupted: bool) -> None:
     ]
     if hasattr(source, "overflows"):
         parts.append(f"{source.overflows} input overflow(s), {source.dropped} dropped block(s)")
-    head = "stopped" if interrupted else "done"
+    head = "stopped by an error" if failed else "stopped" if interrupted else "done"
     print(f"kws detect: {head}: " + ", ".join(parts), file=sys.stderr, flush=True)

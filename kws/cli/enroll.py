@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default: the bundled set",
     )
     p.add_argument("--replace", action="store_true", help="replace the keyword if it is already enrolled")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="enrol even if the calibration is hopeless (expected false-accept rate far above the target)",
+    )
     p.add_argument("--centers", type=int, default=1, metavar="K", help="centers for varied samples (1)")
     p.add_argument("--augment", action="store_true", help="add lightly augmented copies of the clips")
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
@@ -59,7 +64,7 @@ def _record(args: argparse.Namespace, sample_rate: int) -> tuple[list, list[str]
 
 def _run(args: argparse.Namespace) -> int:
     from kws.audio import load_audio
-    from kws.bank import KeywordBank
+    from kws.bank import KeywordBank, keyword_name, locked_bank
     from kws.enroll import enroll, impostors_from_path
     from kws.errors import EnrollmentError
 
@@ -67,24 +72,27 @@ def _run(args: argparse.Namespace) -> int:
         raise EnrollmentError("give clip files or --record N, not both")
     if args.record is None and not args.clips:
         raise EnrollmentError("give the keyword's clip files, or --record N to record them")
-    embedder = embedder_from_args(args)
+    name = keyword_name(args.keyword)
     bank_path = Path(args.bank)
-    if bank_path.exists():
+    # The bank as it is now, to check early and to name similar keywords; it is read
+    # again under its lock when the keyword is added, so that another process's
+    # change made meanwhile is kept.
+    bank = KeywordBank.load(bank_path) if bank_path.exists() else None
+    if bank is not None and name in bank and not args.replace:
+        raise EnrollmentError(f"{name!r} is already in {bank_path}; pass --replace to enrol it again")
+    embedder = embedder_from_args(args)
+    if bank is not None:
         bank = KeywordBank.load(bank_path, model_id=embedder.model_id)
-    else:
-        bank = KeywordBank(embedder.model_id, embedder.dim)
-    if args.keyword in bank and not args.replace:
-        raise EnrollmentError(f"{args.keyword!r} is already in {bank_path}; pass --replace to enrol it again")
 
     if args.record is not None:
         clips, names = _record(args, embedder.sample_rate)
     else:
         clips = [load_audio(c, embedder.sample_rate) for c in args.clips]
         names = [str(c) for c in args.clips]
-    impostors = impostors_from_path(embedder, args.impostors, exclude=args.keyword)
+    impostors = impostors_from_path(embedder, args.impostors, exclude=name)
     result = enroll(
         embedder,
-        args.keyword,
+        name,
         clips,
         impostors=impostors,
         target_far=args.target_far,
@@ -92,12 +100,15 @@ def _run(args: argparse.Namespace) -> int:
         augment=args.augment,
         bank=bank,
         clip_names=names,
+        force=args.force,
     )
-    bank.add(result.keyword, replace=args.replace)
-    bank.save(bank_path)
+    with locked_bank(bank_path, model_id=embedder.model_id, dim=embedder.dim) as current:
+        if name in current and not args.replace:
+            raise EnrollmentError(f"{name!r} was enrolled in {bank_path} meanwhile; pass --replace to enrol it again")
+        current.add(result.keyword, replace=args.replace)
 
     cal = result.calibration
-    print(f"enrolled {args.keyword!r} from {result.keyword.samples} clip(s) into {bank_path}")
+    print(f"enrolled {name!r} from {result.keyword.samples} clip(s) into {bank_path}")
     set_by = "impostors" if cal.limited_by == "far" else "enrolment clips"
     print(f"  threshold            {cal.threshold:.3f}  (set by {set_by})")
     print(

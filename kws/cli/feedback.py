@@ -33,18 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kws.bank import KeywordBank
+    from kws.audio import check_audio_path
+    from kws.bank import KeywordBank, keyword_name, locked_bank
     from kws.enroll import impostors_from_path
     from kws.feedback import FeedbackConfig, add_negative, add_positive
 
-    keyword = args.negative or args.positive
+    keyword = keyword_name(args.negative or args.positive)
+    KeywordBank.load(args.bank)[keyword]  # clear errors for an unknown keyword or clip before any work
+    check_audio_path(args.clip)
     embedder = embedder_from_args(args)
-    bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
-    bank[keyword]  # a clear error for an unknown keyword before any work
     impostors = impostors_from_path(embedder, args.impostors, exclude=keyword)
     add = add_negative if args.negative else add_positive
-    res = add(embedder, bank, keyword, args.clip, impostors=impostors, config=FeedbackConfig(negative_rule=args.rule))
-    bank.save(args.bank)
+    with locked_bank(args.bank, model_id=embedder.model_id) as bank:
+        res = add(embedder, bank, keyword, args.clip, impostors=impostors, config=FeedbackConfig(negative_rule=args.rule))
 
     cal = res.calibration
     kind = "negative" if args.negative else "positive"
