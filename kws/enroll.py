@@ -345,6 +345,12 @@ def load_impostors(embedder: Embedder, exclude: str | None = None, path: Path = 
             words = np.asarray(z["words"]).astype(str) if "words" in z else np.full(len(emb), "")
     except (OSError, ValueError, KeyError) as exc:
         raise EnrollmentError(f"{path}: unreadable impostor set ({exc}); {hint}") from exc
+    if model_id != embedder.model_id and path == IMPOSTORS_PATH:
+        # Each bundled model has its own set beside the default's.
+        for other in sorted(ASSETS.glob("impostors_*.npz")):
+            with np.load(other, allow_pickle=False) as z:
+                if str(z["model_id"]) == embedder.model_id:
+                    return load_impostors(embedder, exclude, other)
     if model_id != embedder.model_id:
         raise EnrollmentError(
             f"the bundled impostor set was made for model {model_id}, not {embedder.model_id}; {hint}"

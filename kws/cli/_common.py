@@ -22,7 +22,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False
     parser.add_argument(
         "--model",
         metavar="PATH",
-        help="checkpoint (.pt) or exported model (.onnx); default: the bundled model",
+        help="checkpoint (.pt), exported model (.onnx) or a bundled model by name (scratch, speech-embedding); "
+        "default: the bundled scratch model",
     )
     onnx_for = ".onnx files and the bundled model" if few_clips else ".onnx files"
     parser.add_argument(
