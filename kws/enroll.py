@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, trim_silence
+from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, pad_or_crop, trim_silence
 from kws.bank import Keyword, KeywordBank, keyword_name
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError, DeviceError, EnrollmentError
@@ -41,6 +41,8 @@ class EnrollConfig:
             -60 dBFS) is silence and is refused.
         clip_level: samples at or beyond this magnitude count as clipped.
         clip_fraction: more clipped samples than this fraction → a warning.
+        vad: find each clip's speech with Silero VAD (:mod:`kws.vad`), which tells
+            speech from line noise; off, or where it hears no speech, the energy trim below.
         trim_db: leading/trailing frames this far below the loudest are trimmed.
         outlier_warn: a clip whose leave-one-out similarity is this far below the
             median of the others gets a warning (likely another word or a bad take).
@@ -59,6 +61,7 @@ class EnrollConfig:
     """
 
     silence_rms: float = 1e-3
+    vad: bool = True
     clip_level: float = 0.999
     clip_fraction: float = 1e-3
     trim_db: float = 40.0
@@ -194,15 +197,27 @@ def prepare_clips(
                 f"{name}: {100 * clipped:.1f}% of samples are clipped; lower the input gain or "
                 "speak further from the microphone"
             )
-        speech = trim_silence(x, frame=sample_rate // 100, db=cfg.trim_db)
+        speech = find_speech(x, sample_rate, cfg)
         if len(speech) > window_samples:
             raise EnrollmentError(
                 f"{name}: the speech lasts {len(speech) / sample_rate:.2f} s after trimming silence, "
                 f"longer than the model's {window_samples / sample_rate:.2f} s window; "
                 "use a shorter keyword or cut the clip to the keyword alone"
             )
-        out.append(centre_speech(x, window_samples, db=cfg.trim_db))
+        out.append(pad_or_crop(speech if len(speech) else x, window_samples))
     return np.stack(out).astype(np.float32), warnings
+
+
+def find_speech(x: np.ndarray, sample_rate: int, config: EnrollConfig) -> np.ndarray:
+    """The speech of a clip ``(samples,)``: the span Silero VAD hears (``config.vad``), or
+    else, and when it hears none (a tone, a hum), what the energy trim keeps."""
+    if config.vad:
+        from kws.vad import speech_bounds
+
+        bounds = speech_bounds(x)
+        if bounds is not None:
+            return x[bounds[0] : bounds[1]]
+    return trim_silence(x, frame=sample_rate // 100, db=config.trim_db)
 
 
 def check_speech_length(
@@ -211,7 +226,7 @@ def check_speech_length(
     """Refuse (:class:`EnrollmentError`) clips ``(samples,)`` with less than
     ``config.min_speech_s`` of speech once silence is trimmed."""
     for x, name in zip(clips, names):
-        speech = trim_silence(np.asarray(x, dtype=np.float32), frame=sample_rate // 100, db=config.trim_db)
+        speech = find_speech(np.asarray(x, dtype=np.float32), sample_rate, config)
         if len(speech) < config.min_speech_s * sample_rate:
             raise EnrollmentError(
                 f"{name}: only {len(speech) / sample_rate:.2f} s of speech (at least {config.min_speech_s:g} s "

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
     bf16 = device.type == "cuda" and not args.no_bf16
     defaults = TrainConfig()
     torch.manual_seed(0)
-    model = KeywordModel(model_config(ModelSection(args.size, defaults.model.embedding_dim))).to(device)
+    model = KeywordModel(model_config(ModelSection(size=args.size, embedding_dim=defaults.model.embedding_dim))).to(device)
     rng = np.random.default_rng(0)
     noise = [rng.standard_normal(16000 * 10).astype(np.float32) * 0.1]
     augmenter = Augmenter(defaults.augment, noise).to(device).train()
