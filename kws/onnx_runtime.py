@@ -144,6 +144,9 @@ class OnnxEmbedder(Embedder):
         self.dim = int(self.metadata["embedding_dim"])
         self.model_id = self.metadata["model_id"]
         self.quantization = self.metadata.get("quantization", "none")
+        if "max_batch" in self.metadata:
+            # A composed stem model embeds one clip a run (see kws.export.export_composed).
+            self.batch_size = int(self.metadata["max_batch"])
 
     def _check_contract(self) -> None:
         def bad(what: str) -> CheckpointError:
