@@ -325,7 +325,7 @@ def train_head(
             opt.step()
             step += 1
             for name, value in {"loss": total_loss, **terms}.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
         row: dict[str, Any] = {"epoch": epoch}
         row.update({("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()})
         row.update(measure(model, eval_sets, cfg))
