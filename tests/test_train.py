@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from kws.errors import ConfigError, KwsError
-from kws.train import load_config, lr_factor, resolve_words, train
+from kws.train import lr_factor, train
+from kws.train_config import load_config, resolve_words
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = '["no", "seven"]'  # trained on yes, cat, bat, left

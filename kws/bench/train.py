@@ -45,9 +45,8 @@ def run(args: argparse.Namespace) -> dict:
     from kws.features import SpecAugment
     from kws.losses import METRIC_LOSSES
     from kws.model import KeywordModel, count_parameters
-    from kws.train import (
-        LossConfig, ModelSection, TrainConfig, TrainStep, build_loss, make_optimizer, model_config, optimize,
-    )  # fmt: skip
+    from kws.train import TrainStep, build_loss, make_optimizer, model_config, optimize
+    from kws.train_config import LossConfig, ModelSection, TrainConfig
 
     if args.p < 2 or args.k < 2 or args.steps < 1 or args.warmup < 0 or args.classes < args.p:
         raise KwsError("need --p >= 2, --k >= 2, --steps >= 1, --warmup >= 0 and --classes >= --p")
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
     bf16 = device.type == "cuda" and not args.no_bf16
     defaults = TrainConfig()
     torch.manual_seed(0)
-    model = KeywordModel(model_config(ModelSection(args.size, defaults.model.embedding_dim))).to(device)
+    model = KeywordModel(model_config(ModelSection(size=args.size))).to(device)
     rng = np.random.default_rng(0)
     noise = [rng.standard_normal(16000 * 10).astype(np.float32) * 0.1]
     augmenter = Augmenter(defaults.augment, noise).to(device).train()

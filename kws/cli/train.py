@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    from kws.train import load_config, train
+    from kws.train import train
+    from kws.train_config import load_config
 
     overrides = list(args.overrides)
     if args.out:
