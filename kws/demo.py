@@ -19,7 +19,8 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, trim_silence, write_audio
 from kws.bank import KeywordBank
-from kws.detect import Detector, DetectorConfig, Event
+from kws.detect import Detector, DetectorConfig
+from kws.events import Event
 from kws.embedder import ASSETS, Embedder
 from kws.enroll import EnrollResult, enroll
 from kws.errors import DataError

@@ -19,7 +19,8 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, trim_silence
 from kws.bank import KeywordBank
-from kws.detect import Detector, DetectorConfig, Event, Trigger
+from kws.detect import Detector, DetectorConfig, Trigger
+from kws.events import Event
 from kws.embedder import Embedder
 from kws.errors import DataError
 from kws.fileio import atomic_path, write_json

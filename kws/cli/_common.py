@@ -42,6 +42,20 @@ def embedder_from_args(args: argparse.Namespace) -> Embedder:
     return load_embedder(args.model, backend=backend, threads=args.threads)
 
 
+def add_device_arguments(parser: argparse.ArgumentParser, stdin: bool = False) -> None:
+    """``--device``, ``--rate`` and ``--channels``: the input device (:class:`kws.sources.MicrophoneSource`).
+
+    ``stdin``: the command also reads raw PCM on stdin, which ``--rate`` and ``--channels`` describe too.
+    """
+    parser.add_argument("--device", metavar="DEV", help="input device index or name part (see `kws devices`)")
+    pcm = "sample rate of raw PCM on stdin (default 16000), or " if stdin else ""
+    parser.add_argument("--rate", type=int, metavar="HZ",
+                        help=f"{pcm}the rate to open the device at (default: 16000 if it can, else its own)")
+    pcm = "channels of raw PCM on stdin (default 1), or " if stdin else ""
+    parser.add_argument("--channels", type=int, metavar="N",
+                        help=f"{pcm}the channels to open the device with (default: 1 if it can, else its own)")
+
+
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     """The streaming detector's settings (:class:`kws.detect.DetectorConfig`)."""
     from kws.detect import DetectorConfig
