@@ -102,21 +102,21 @@ class LossConfig:
     triplet_soft: bool = False
     contrastive_pos_margin: float = 0.0
     contrastive_neg_margin: float = 1.0
-    npair_scale: float = 10.0
+    npair_scale: float = 10.0  # inverse temperature of the N-pair softmax
     coupled_clusters_margin: float = 0.5
     circle_m: float = 0.25
     circle_gamma: float = 80.0
     ms_alpha: float = 2.0
     ms_beta: float = 50.0
     ms_base: float = 0.5
-    ms_epsilon: float = 0.1
-    oim_queue_size: int = 4096
+    ms_epsilon: float = 0.1  # the multi-similarity miner's slack
+    oim_queue_size: int = 4096  # unlabelled (label -1) embeddings kept as extra negatives (train.unlabelled)
     oim_momentum: float = 0.5
     oim_scale: float = 10.0
     proxy_anchor_proxies_per_class: int = 1
     proxy_anchor_alpha: float = 32.0
     proxy_anchor_delta: float = 0.1
-    proxy_anchor_temperature: float = 0.1
+    proxy_anchor_temperature: float = 0.1  # soft maximum over a class's proxies
     center_alpha: float = 0.5
 
     def metric_term_weight(self) -> float:

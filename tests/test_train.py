@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kws.errors import ConfigError, KwsError
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from kws.errors import CheckpointError, ConfigError, KwsError
 from kws.train import lr_factor, train
 from kws.train_config import load_config, resolve_words
 
@@ -316,3 +321,37 @@ def test_unlabelled_speech_fills_the_oim_queue_and_only_oim_sees_it(tiny_corpus:
     with pytest.raises(ConfigError, match="every word is a training or held-out word"):
         train(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "x", 1) + [f'data.unlabelled_root="{tiny_corpus}"',
                                                                                   "train.unlabelled=3"]), progress=False)  # fmt: skip
+
+
+def test_print_config_shows_the_full_resolved_config(tmp_path: Path, capsys) -> None:
+    from kws.cli import main
+
+    recipe = REPO / "recipes" / "speech_commands" / "config.toml"
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(recipe), "--set", "train.epochs=3", "--out", str(out), "--print-config"]) == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(capsys.readouterr().out)
+    cfg = load_config(printed)
+    assert cfg == load_config(recipe, ["train.epochs=3", f'train.out_dir="{out}"'])
+    assert cfg.train.epochs == 3 and cfg.train.p == 64 and cfg.loss.center == 0.1  # override, recipe, default
+    assert not out.exists()  # printed, not trained
+
+
+@pytest.mark.parametrize("recipe", ["speech_commands", "speech_embedding"])
+def test_recipe_config_holds_only_what_differs_from_the_defaults(recipe: str) -> None:
+    from kws.train_config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    table = tomllib.loads((REPO / "recipes" / recipe / "config.toml").read_text())
+    same = [f"{s}.{k}" for s, keys in table.items() for k, v in keys.items() if v == defaults[s][k]]
+    assert not same, f"recipe restates defaults: {same}"
+
+
+def test_model_config_at_another_sample_rate_is_refused() -> None:
+    from kws.model import ModelConfig
+
+    d = ModelConfig().to_dict()
+    assert ModelConfig.from_dict(d) == ModelConfig()
+    d["frontend"]["sample_rate"] = 8000
+    with pytest.raises(CheckpointError, match="8000 Hz; kws works at 16000 Hz"):
+        ModelConfig.from_dict(d)
