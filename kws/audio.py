@@ -21,6 +21,12 @@ from kws.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "AUDIO_SUFFIXES", "CANCEL_MESSAGE", "CANCEL_RATIO", "SAMPLE_RATE", "TRIM_DB", "centre_speech", "channels_cancel",
+    "check_audio_path", "float_to_pcm16", "load_audio", "pad_or_crop", "pcm16_to_float", "resample", "to_mono",
+    "trim_silence", "warn_if_truncated", "write_audio",
+]
+
 SAMPLE_RATE = 16000
 # Silence trimming keeps what lies within this many dB of a clip's loudest frame.
 TRIM_DB = 40.0

@@ -28,6 +28,8 @@ from kws.streams import TruthItem, build_stream, match_events
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEMO_DIR", "DISTRACTORS", "DemoResult", "KEYWORDS", "make_demo_assets", "run_demo"]
+
 DEMO_DIR = ASSETS / "demo"
 KEYWORDS = ("marvin", "three", "tree")
 DISTRACTORS = ("bed", "bird", "four", "sheila", "wow", "learn")

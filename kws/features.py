@@ -17,6 +17,10 @@ from torch import nn
 
 from kws.audio import SAMPLE_RATE
 
+__all__ = [
+    "FrontendConfig", "LogMel", "SpecAugment", "SpecAugmentConfig", "dft_basis", "hz_to_mel", "mel_filterbank",
+]
+
 
 @dataclass(frozen=True)
 class FrontendConfig:

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 from kws.errors import KwsError
 
+__all__ = ["LOCK_TIMEOUT_S", "atomic_path", "file_lock", "real_path", "timestamp", "write_json"]
+
 # How long a writer waits for another process to finish with a file before giving up.
 LOCK_TIMEOUT_S = 120.0
 

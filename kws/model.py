@@ -29,6 +29,11 @@ from kws.features import FrontendConfig, LogMel
 from kws.head import Head, HeadConfig
 from kws.stems import STEMS
 
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Encoder", "EncoderConfig", "HeadModel", "KeywordModel", "ModelConfig",
+    "PRESETS", "build_model", "count_parameters", "load_checkpoint", "load_model", "preset", "save_checkpoint",
+]
+
 CHECKPOINT_FORMAT = "kws-checkpoint"
 CHECKPOINT_VERSION = 1
 

@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass
 from math import ceil, gcd
-from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
@@ -34,6 +33,11 @@ from kws.audio import (
 from kws.errors import AudioError, DeviceError
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "BLOCK_MS", "InputDevice", "MAX_CHANNELS", "MicrophoneSource", "StreamResampler", "check_format", "file_source",
+    "find_device", "list_devices", "pcm_source", "record_clip",
+]
 
 BLOCK_MS = 100
 # Input rates kws accepts: below 8 kHz speech is unintelligible (and a wrong --rate is

@@ -34,6 +34,8 @@ from kws.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CACHE_FORMAT", "FrameSet", "cached", "measure", "place", "stem_frames", "train_head"]
+
 CACHE_FORMAT = 1
 
 

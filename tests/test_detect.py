@@ -219,7 +219,6 @@ def test_cli_detect_keeps_pending_clips_and_prints_the_summary_when_the_stream_f
     embedder, scene, random_checkpoint, tmp_path, capsys, monkeypatch
 ):
     import kws.cli.detect
-    from kws.audio import write_audio
     from kws.cli import main
     from kws.errors import DeviceError
 

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from kws.audio import load_audio, resample, write_audio
+from kws.audio import load_audio, resample
 from kws.errors import AudioError
 from kws.sources import StreamResampler, file_source, pcm_source
 

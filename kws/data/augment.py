@@ -28,6 +28,12 @@ from torch import nn
 from kws.audio import AUDIO_SUFFIXES, SAMPLE_RATE, load_audio, resample
 from kws.errors import DataError
 
+__all__ = [
+    "AugmentConfig", "Augmenter", "ConditionsConfig", "MAX_IMAGE_ORDER", "MIN_NOISE_SECONDS", "MU", "RIR_MARGIN_M",
+    "TELEPHONE_BAND_HZ", "TELEPHONE_MU_LAW_LEVELS", "TELEPHONE_RATE", "augment_conditions", "codec_roundtrip",
+    "load_noise_folder", "make_rir_bank",
+]
+
 MIN_NOISE_SECONDS = 4.0
 MU = 255.0  # μ-law's μ, as in G.711 telephony
 
