@@ -164,6 +164,7 @@ def _run(home: Path, code: str, timeout: float = 40) -> subprocess.CompletedProc
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_microphone_records_converts_and_reports_a_stalled_device(alsa_home):
     fifo = alsa_home.parent / "mic.fifo"
     res = _run(alsa_home, f"""

@@ -55,6 +55,7 @@ def trained(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_logs(trained: Path) -> None:
     rows = read_rows(trained)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
@@ -67,6 +68,7 @@ def test_short_run_learns_and_logs(trained: Path) -> None:
     assert len(csv_lines) == 5 and "fewshot_1" in csv_lines[0].split(",")
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(trained: Path) -> None:
     from kws.model import load_model
 
@@ -79,6 +81,7 @@ def test_checkpoints_load_with_weights_only(trained: Path) -> None:
     assert torch.load(trained / "last.pt", weights_only=True)["extra"]["epoch"] == 4
 
 
+@pytest.mark.slow
 def test_resume_continues_where_it_stopped(trained: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     cfg = load_config(None, tiny_overrides(tiny_corpus, out))
@@ -112,6 +115,7 @@ def test_resume_without_checkpoint_is_refused(tiny_corpus: Path, tmp_path: Path)
         train(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "empty")), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tiny_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     sets = tiny_overrides(tiny_corpus, out, epochs=1) + ["train.p=2", "train.k=2", "train.steps_per_epoch=2"]
@@ -216,6 +220,7 @@ def test_bench_train_compares_losses(capsys: pytest.CaptureFixture) -> None:
     assert "arcface" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_copy_of_run_is_not_clobbered(trained: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
@@ -252,6 +257,7 @@ def test_metric_loss_and_sampler_are_chosen_by_name(tmp_path: Path) -> None:
         load_config(None, ["loss.metric_weight=0", "loss.center=0", "loss.classifier=0"])
 
 
+@pytest.mark.slow
 def test_ablation_runner_end_to_end(
     tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,6 +302,7 @@ def test_ablation_runner_end_to_end(
     assert (out / "contrastive" / "last.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_unlabelled_speech_fills_the_oim_queue_and_only_oim_sees_it(tiny_corpus: Path, tmp_path: Path) -> None:
     from kws.losses import BatchHardTripletLoss, JointLoss, OIMLoss
 
