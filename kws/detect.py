@@ -61,7 +61,7 @@ class DetectorConfig:
     # Enrolment calibrates thresholds on whole, centred clips; a stream also
     # shows the encoder partial and shifted words, which score higher against
     # similar keywords. This margin was chosen on streams of validation-split
-    # speakers (recipes/speech_commands/README.md): 0.18 moved the bundled
+    # speakers (recipes/speech_commands/RESULTS.md): 0.18 moved the bundled
     # model from 228 to 6 false alarms per hour at a recall of 0.93.
     threshold_offset: float = 0.18
     vad: bool = True
