@@ -28,6 +28,11 @@ import numpy as np
 from kws.errors import BankError
 from kws.fileio import file_lock, write_json
 
+__all__ = [
+    "BANK_FORMAT", "BANK_VERSION", "DEFAULT_NEGATIVE_RULE", "Entry", "Keyword", "KeywordBank", "NEGATIVE_RULES",
+    "READABLE_VERSIONS", "SUPPRESSED_SCORE", "UNIT_NORM_TOLERANCE", "apply_negatives", "keyword_name", "locked_bank",
+]
+
 BANK_FORMAT = "kws-bank"
 BANK_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)

@@ -30,6 +30,8 @@ from kws.events import Event
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Detector", "DetectorConfig", "DetectorStats", "GATED_SCORE", "Trigger", "detect_stream"]
+
 # Score pushed into the smoothing history for a hop the energy gate skipped:
 # the lowest cosine, so a skipped hop can never help a keyword fire.
 GATED_SCORE = -1.0

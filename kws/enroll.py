@@ -27,6 +27,11 @@ from kws.metrics import normalize, threshold_at_far
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "EnrollConfig", "EnrollResult", "MAX_CLIPS", "augment_clips", "check_speech_length", "embed_clips", "enroll",
+    "prepare_clips",
+]
+
 MAX_CLIPS = 10
 
 

@@ -54,6 +54,8 @@ from kws.metrics import normalize
 
 log = logging.getLogger(__name__)
 
+__all__ = ["FeedbackResult", "SAME_RECORDING_COS", "add_negative", "add_positive", "clip_windows", "undo"]
+
 
 # ---------------------------------------------------------------------------- clip → embedding
 

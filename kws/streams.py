@@ -27,6 +27,10 @@ from kws.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "TruthItem", "build_stream", "evaluate_stream", "hop_scores", "match_events", "plot_report", "write_report",
+]
+
 
 @dataclass(frozen=True)
 class TruthItem:
