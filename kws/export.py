@@ -47,6 +47,12 @@ from kws.onnx_runtime import (
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ExportReport", "FRONTEND_SCOPE", "INT8_MIN_COSINE", "OPSET", "PARITY_TOLERANCE", "clips_from_folder",
+    "export_head", "export_onnx", "head_metadata", "int8_path", "load_source_model", "onnx_metadata", "quantize_int8",
+    "synthetic_clips",
+]
+
 # Opset 17 runs on every ONNX Runtime since 1.11, including onnxruntime-web and -mobile.
 OPSET = 17
 PARITY_TOLERANCE = 1e-4

@@ -33,6 +33,11 @@ from kws.audio import SAMPLE_RATE
 from kws.embedder import Embedder, StemEmbedder
 from kws.errors import CheckpointError
 
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "HEAD_FORMAT_NAME", "HEAD_INPUT_NAME", "HEAD_METADATA", "INPUT_NAME",
+    "OUTPUT_NAME", "OnnxEmbedder", "REQUIRED_METADATA", "head_embedder", "load_onnx", "open_session",
+]
+
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "embedding"
 FORMAT_NAME = "kws-embedder"

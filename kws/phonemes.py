@@ -18,6 +18,8 @@ from kws.errors import DataError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["edit_distance", "minimal_pairs", "phonemes"]
+
 _SEP = "_"
 _STRESS = "ˈˌ"
 

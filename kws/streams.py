@@ -19,12 +19,17 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, trim_silence
 from kws.bank import KeywordBank
-from kws.detect import Detector, DetectorConfig, Event, Trigger
+from kws.detect import Detector, DetectorConfig, Trigger
+from kws.events import Event
 from kws.embedder import Embedder
 from kws.errors import DataError
 from kws.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "TruthItem", "build_stream", "evaluate_stream", "hop_scores", "match_events", "plot_report", "write_report",
+]
 
 
 @dataclass(frozen=True)

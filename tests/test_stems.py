@@ -215,9 +215,10 @@ def test_real_pack_splits_are_speaker_disjoint(tmp_path):
     assert held and not {c.speaker for c in train} & {c.speaker for c in held}
 
 
+@pytest.mark.slow
 def test_head_trains_on_a_pack_and_writes_a_run(tmp_path):
     from kws.model import HeadModel, load_model
-    from kws.train import load_config
+    from kws.train_config import load_config
 
     root = _fake_pack(tmp_path / "pack")
     cfg = load_config(None, [

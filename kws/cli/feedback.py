@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from kws.audio import check_audio_path
     from kws.bank import KeywordBank, keyword_name, locked_bank
-    from kws.enroll import impostors_from_path
+    from kws.impostors import impostors_from_path
     from kws.feedback import FeedbackConfig, add_negative, add_positive
 
     keyword = keyword_name(args.negative or args.positive)

@@ -15,9 +15,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from kws.errors import DataError
+
+__all__ = ["CLIPS_CSV", "COLUMNS", "PackClip", "WORD_CONTEXTS", "heldout_speaker", "noise_files", "read_pack"]
 
 CLIPS_CSV = "clips.csv"
 WORD_CONTEXTS = ("isolated", "in sentence")
@@ -74,8 +75,3 @@ def read_pack(root: str | Path, split: str = "all", heldout_fraction: float = 0.
 def noise_files(root: str | Path) -> list[Path]:
     """The pack's recorded background-noise files."""
     return sorted((Path(root) / "noise").glob("*.ogg"))
-
-
-def words_and_speakers(clips: list[PackClip]) -> tuple[np.ndarray, np.ndarray]:
-    """Words ``(N,)`` and speakers ``(N,)`` of ``clips``, as string arrays."""
-    return np.array([c.word for c in clips], dtype=str), np.array([c.speaker for c in clips], dtype=str)
