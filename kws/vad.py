@@ -18,6 +18,8 @@ import numpy as np
 from kws.audio import SAMPLE_RATE
 from kws.errors import CheckpointError
 
+__all__ = ["PACKAGE", "SileroVad", "model_file", "speech_bounds"]
+
 PACKAGE = "silero-vad"
 FRAME = 512  # samples per scored frame at 16 kHz
 CONTEXT = 64  # samples of the previous frame the model sees with each frame
