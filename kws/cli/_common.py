@@ -12,12 +12,14 @@ if TYPE_CHECKING:
     from kws.detect import DetectorConfig
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False, streaming: bool = False) -> None:
     """``--model``, ``--backend`` and ``--threads``: which embedder a command runs.
 
     ``few_clips``: the command embeds a handful of clips, so the bundled model runs
     on ONNX Runtime (same model id and embeddings): importing torch alone would take
     longer than the whole command.
+    ``streaming``: the command embeds one small batch every hop, live; it runs on one
+    intra-op thread unless told otherwise.
     """
     parser.add_argument(
         "--model",
@@ -28,7 +30,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False
     parser.add_argument(
         "--backend", choices=BACKENDS, help=f"inference engine (default: onnx for {onnx_for}, else torch)"
     )
-    parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the engine's)")
+    # Issue 20, on a 2-core machine with both cores kept busy by other jobs: a 60 s
+    # file took 134 s to detect with the engine's default threads (they fight over
+    # the cores) and 11 s with one thread; a hop's batch is too small to split well.
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        default=1 if streaming else None,
+        help="inference threads (default: " + ("1, the fastest for live streams on a busy machine)" if streaming else "the engine's)"),
+    )
     parser.set_defaults(few_clips=few_clips)
 
 
