@@ -102,7 +102,7 @@ def test_batched_streams_give_the_detectors_events(embedder, bank_path, stream):
 
 
 async def _serve(embedder, bank_path, cfg: ServeConfig | None = None) -> KwsServer:
-    server = KwsServer(embedder, bank_path, cfg or ServeConfig(wyoming_port=0))
+    server = KwsServer(embedder, bank_path, cfg or ServeConfig(wyoming_port=0, web_port=None))
     await server.start()
     return server
 
@@ -243,7 +243,7 @@ def test_connection_limit_and_bank_changes_reach_new_streams(embedder, bank_path
     path.write_bytes(bank_path.read_bytes())
 
     async def main():
-        cfg = ServeConfig(wyoming_port=0, limits=WyomingLimits(max_connections=1))
+        cfg = ServeConfig(wyoming_port=0, web_port=None, limits=WyomingLimits(max_connections=1))
         server = await _serve(embedder, path, cfg)
         try:
             first = await _client(server)

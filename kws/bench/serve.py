@@ -85,7 +85,7 @@ def _server_process(conn, model, backend, threads, bank_path) -> None:
 
     async def main() -> None:
         embedder = load_embedder(model, backend=backend, threads=threads)
-        server = KwsServer(embedder, bank_path, ServeConfig(wyoming_port=0, limits=WyomingLimits(max_connections=1000)))
+        server = KwsServer(embedder, bank_path, ServeConfig(wyoming_port=0, web_port=None, limits=WyomingLimits(max_connections=1000)))
         await server.start()
         conn.send(server.wyoming_port)
         loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve the keywords of BANK as a Wyoming wake-word service: add it to Home Assistant "
         "with the Wyoming integration (host and port of this machine). One process holds the model once "
         "and serves many streams; changes to BANK (kws enroll, kws feedback, kws bank remove) apply to "
-        "new streams without a restart. Listens on loopback unless --wyoming-host says otherwise.",
+        "new streams without a restart. A web page (enrol by voice, live detections, "not the keyword") is served on --http-port behind a token. Listens on loopback unless --host/--wyoming-host say otherwise.",
     )
     p.add_argument("--bank", required=True, metavar="BANK", help="keyword bank (made with `kws enroll`)")
     p.add_argument("--port", type=int, default=10400, help="Wyoming port (default 10400)")
@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="address of the Wyoming port (default 127.0.0.1; 0.0.0.0 for Home Assistant on another "
         "machine: Wyoming has no authentication, anyone on that network can then stream to it)",
     )
+    p.add_argument("--host", default="127.0.0.1", help="address of the web page (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=10480, help="port of the web page (default 10480)")
+    p.add_argument("--no-web", action="store_true", help="serve Wyoming only, no web page")
+    p.add_argument("--token", help="the web page's token (default: a random one, printed at start)")
     p.add_argument("--max-connections", type=int, default=64, help="open Wyoming connections at most (default 64)")
     add_detector_arguments(p)
     add_model_arguments(p, streaming=True)
@@ -44,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = ServeConfig(
         wyoming_host=args.wyoming_host,
         wyoming_port=args.port,
+        web_host=args.host,
+        web_port=None if args.no_web else args.http_port,
+        token=args.token,
         detector=detector_config_from_args(args),
         limits=WyomingLimits(max_connections=args.max_connections),
     )
@@ -53,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         await server.start()
         names = ", ".join(server.store.current().names)
         print(f"kws serve: Wyoming on tcp://{args.wyoming_host}:{server.wyoming_port}, keywords: {names}", file=sys.stderr, flush=True)
+        if server.web_url is not None:
+            print(f"kws serve: web page on {server.web_url}", file=sys.stderr, flush=True)
         if not is_loopback(args.wyoming_host):
             print("kws serve: warning: the Wyoming port is open to the network and has no authentication", file=sys.stderr)
         await server.serve_forever()

@@ -130,6 +130,8 @@ class Stream:
         self.due: collections.deque[_Hop] = collections.deque()
         self.events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: end of stream
         self.n_events = 0
+        # The latest hop's time and raw scores (None: below the energy gate), for live views.
+        self.last_scores: tuple[float, np.ndarray | None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._room = asyncio.Event()
@@ -182,6 +184,7 @@ class Stream:
 
     def _scored(self, hops: list[_Hop], scores: list[np.ndarray | None]) -> None:
         for hop, s in zip(hops, scores):
+            self.last_scores = (hop.time, s)
             event = self.trigger.step(hop.time, s)
             if event is not None:
                 self.n_events += 1

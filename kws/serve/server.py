@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import secrets
 from dataclasses import dataclass, field
 
 from wyoming.error import Error
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # The port Home Assistant's Wyoming integration suggests for wake-word services.
 WYOMING_PORT = 10400
+WEB_PORT = 10480
 
 
 def is_loopback(host: str) -> bool:
@@ -40,6 +42,9 @@ class ServeConfig:
         wyoming_host: address of the Wyoming port. Wyoming has no authentication,
             so anything but loopback must be asked for by name (and is warned about).
         wyoming_port: its TCP port (0: any free port).
+        web_host: address of the web page (always behind the token).
+        web_port: its TCP port (0: any free port; ``None``: no web page).
+        token: what the page's API and WebSocket require; ``None``: a random one per process.
         detector: the streaming settings every stream uses.
         limits: what one Wyoming connection may send.
         max_backlog: hops one stream may queue before its client is slowed down.
@@ -47,6 +52,9 @@ class ServeConfig:
 
     wyoming_host: str = "127.0.0.1"
     wyoming_port: int = WYOMING_PORT
+    web_host: str = "127.0.0.1"
+    web_port: int | None = WEB_PORT
+    token: str | None = None
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     limits: WyomingLimits = field(default_factory=WyomingLimits)
     max_backlog: int = 50
@@ -66,6 +74,9 @@ class KwsServer:
         self.store = BankStore(bank_path, embedder.model_id)
         self.engine = BatchEngine(embedder, cfg.detector, max_backlog=cfg.max_backlog)
         self.connections: dict[asyncio.Task, Connection] = {}
+        self.token = cfg.token or secrets.token_urlsafe(16)
+        self._web_runner = None
+        self.web_port: int | None = None
         self._server: asyncio.Server | None = None
         self._engine_task: asyncio.Task | None = None
 
@@ -95,6 +106,34 @@ class KwsServer:
                 f"cannot listen on {host}:{self.cfg.wyoming_port} ({exc.strerror}); choose another --port"
             ) from exc
         log.info("Wyoming wake-word service on %s:%d", host, self.wyoming_port)
+        if self.cfg.web_port is not None:
+            await self._start_web()
+
+    async def _start_web(self) -> None:
+        from aiohttp import web
+
+        from kws.serve.web import WebApp
+
+        self.web = WebApp(self.engine, self.store, self.token)
+        self._web_runner = web.AppRunner(self.web.app(), access_log=None)
+        await self._web_runner.setup()
+        site = web.TCPSite(self._web_runner, self.cfg.web_host, self.cfg.web_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.close()
+            raise KwsError(
+                f"cannot listen on {self.cfg.web_host}:{self.cfg.web_port} ({exc.strerror}); choose another --http-port"
+            ) from exc
+        self.web_port = self._web_runner.addresses[0][1]
+
+    @property
+    def web_url(self) -> str | None:
+        """The page's address with its token (``None`` without a web page)."""
+        if self.web_port is None:
+            return None
+        host = self.cfg.web_host if ":" not in self.cfg.web_host else f"[{self.cfg.web_host}]"
+        return f"http://{host}:{self.web_port}/?token={self.token}"
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(self.engine, self.store, self.cfg.limits, reader, writer)
@@ -114,6 +153,9 @@ class KwsServer:
         """Stop listening, end every connection (as if its client had hung up), stop the engine."""
         if self._server is not None:
             self._server.close()
+        if self._web_runner is not None:
+            await self._web_runner.cleanup()
+            self._web_runner = None
         for conn in self.connections.values():
             conn.reader.feed_eof()
         if self.connections:
