@@ -263,3 +263,18 @@ def test_connection_limit_and_bank_changes_reach_new_streams(embedder, bank_path
     before, refused, after = asyncio.run(main())
     assert before == list(KEYWORDS) and after == ["marvin", "three"]
     assert [a["type"] for a in refused] == ["error"] and "too many connections" in refused[0]["data"]["text"]
+
+
+def test_cli_serve_refuses_a_missing_bank_and_a_busy_port(bank_path, tmp_path, capsys):
+    import socket
+
+    from kws.cli import main
+
+    assert main(["serve", "--bank", str(tmp_path / "none.json"), "--no-web"]) == 2
+    assert "bank file not found" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--bank", str(bank_path), "--port", str(port), "--no-web"]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from kws.bench._machine import add_load_argument
     from kws.cli._common import add_model_arguments
 
-    add_model_arguments(parser, streaming=True)
+    add_model_arguments(parser, few_clips=True, streaming=True)
     add_load_argument(parser)
     parser.add_argument("--streams", default="1,5,10,20,30", metavar="N,N,...", help="stream counts to try (default 1,5,10,20,30)")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream and count (default 20)")
@@ -157,15 +157,16 @@ def _measure(args: argparse.Namespace) -> dict:
     from kws.audio import float_to_pcm16
     from kws.bench._machine import cpu_seconds, rss_mb
     from kws.demo import DEMO_DIR, DISTRACTORS, KEYWORDS
-    from kws.embedder import load_embedder
+    from kws.cli._common import embedder_from_args
     from kws.errors import KwsError
+    from kws.onnx_runtime import OnnxEmbedder
     from kws.streams import build_stream
 
     counts = sorted({int(n) for n in args.streams.split(",")})
     if not counts or counts[0] < 1:
         raise KwsError(f"--streams takes positive counts separated by commas, got {args.streams!r}")
-    backend = args.backend or ("onnx" if args.model is None else None)
-    embedder = load_embedder(args.model, backend=backend, threads=args.threads)
+    embedder = embedder_from_args(args)
+    backend = "onnx" if isinstance(embedder, OnnxEmbedder) else "torch"
     tmp = tempfile.TemporaryDirectory(prefix="kws-bench-serve-")
     bank_path = Path(tmp.name) / "bank.json"
     names = _bank(embedder, args.keywords, bank_path)

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False, streaming: bool = False) -> None:
     """``--model``, ``--backend`` and ``--threads``: which embedder a command runs.
 
-    ``few_clips``: the command embeds a handful of clips, so the bundled model runs
-    on ONNX Runtime (same model id and embeddings): importing torch alone would take
-    longer than the whole command.
+    ``few_clips``: the bundled model runs on ONNX Runtime (same model id and
+    embeddings), for commands that embed a handful of clips (importing torch alone
+    would take longer than the whole command) and for ``kws serve`` (a long-running
+    process that need not hold torch in memory).
     ``streaming``: the command embeds one small batch every hop, live; it runs on one
     intra-op thread unless told otherwise.
     """

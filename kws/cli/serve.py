@@ -11,11 +11,13 @@ from kws.cli._common import add_detector_arguments, add_model_arguments, detecto
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve the keywords of a bank to Home Assistant (Wyoming protocol)",
+        help="serve a bank to Home Assistant (Wyoming) and a web page: many streams, one process",
         description="Serve the keywords of BANK as a Wyoming wake-word service: add it to Home Assistant "
         "with the Wyoming integration (host and port of this machine). One process holds the model once "
         "and serves many streams; changes to BANK (kws enroll, kws feedback, kws bank remove) apply to "
-        "new streams without a restart. A web page (enrol by voice, live detections, "not the keyword") is served on --http-port behind a token. Listens on loopback unless --host/--wyoming-host say otherwise.",
+        "new streams without a restart. The same process serves a web page on --http-port (enrol by "
+        "voice, live scores and detections, 'not the keyword' feedback) behind a token printed at start. "
+        "Both listen on loopback unless --host / --wyoming-host say otherwise.",
     )
     p.add_argument("--bank", required=True, metavar="BANK", help="keyword bank (made with `kws enroll`)")
     p.add_argument("--port", type=int, default=10400, help="Wyoming port (default 10400)")
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="the web page's token (default: a random one, printed at start)")
     p.add_argument("--max-connections", type=int, default=64, help="open Wyoming connections at most (default 64)")
     add_detector_arguments(p)
-    add_model_arguments(p, streaming=True)
+    add_model_arguments(p, few_clips=True, streaming=True)
     p.set_defaults(func=run)
 
 
@@ -42,9 +44,6 @@ def run(args: argparse.Namespace) -> int:
     from kws.serve import KwsServer, ServeConfig, WyomingLimits
     from kws.serve.server import is_loopback
 
-    if args.backend is None and args.model is None:
-        # The bundled model on ONNX Runtime: same embeddings, no torch in the process.
-        args.backend = "onnx"
     cfg = ServeConfig(
         wyoming_host=args.wyoming_host,
         wyoming_port=args.port,
