@@ -146,6 +146,9 @@ class KwsServer:
         self.connections[task] = conn
         try:
             await conn.run()
+        except asyncio.CancelledError:
+            # Only close() cancels a connection: asyncio would log it as an error.
+            log.info("a Wyoming connection was cut off at shutdown")
         finally:
             self.connections.pop(task, None)
 
