@@ -265,13 +265,14 @@ def test_connection_limit_and_bank_changes_reach_new_streams(embedder, bank_path
     assert [a["type"] for a in refused] == ["error"] and "too many connections" in refused[0]["data"]["text"]
 
 
-def test_cli_serve_refuses_a_missing_bank_and_a_busy_port(bank_path, tmp_path, capsys):
+def test_cli_serve_refuses_another_models_bank_and_a_busy_port(bank_path, tmp_path, capsys):
     import socket
 
     from kws.cli import main
 
-    assert main(["serve", "--bank", str(tmp_path / "none.json"), "--no-web"]) == 2
-    assert "bank file not found" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text('{"format": "kws-bank", "version": 3, "model_id": "another", "dim": 128, "keywords": {}}')
+    assert main(["serve", "--bank", str(tmp_path / "other.json"), "--no-web"]) == 2
+    assert "made with model another" in capsys.readouterr().err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -107,3 +107,36 @@ def test_enrol_listen_not_the_keyword_and_undo(embedder, bank_path, stream, tmp_
     assert undone == {"name": first["keyword"], "undone": negative["entry"], "kind": "negative"}
     assert KeywordBank.load(path)[first["keyword"]].history == []
     assert gone == 400
+
+
+def test_a_new_bank_starts_empty_and_the_page_enrols_into_it(embedder, tmp_path):
+    from wyoming.client import AsyncTcpClient
+    from wyoming.info import Describe, Info
+
+    path = tmp_path / "new.json"
+    data = SpeechCommands(DEMO_DIR, subset="testing", words=["wow"])
+    takes = [_b64(data.audio(i)) for i in range(3)]
+
+    async def main():
+        server = await _start(embedder, path)
+        base = f"http://127.0.0.1:{server.web_port}"
+        try:
+            async with aiohttp.ClientSession(timeout=TIMEOUT, headers={"X-Kws-Token": server.token}) as http:
+                before = await (await http.get(base + "/api/keywords")).json()
+                ws = await http.ws_connect(f"{base}/api/listen?token={server.token}")
+                closed = await ws.receive(timeout=10)
+                await (await http.post(base + "/api/enroll", json={"name": "wow", "takes": takes})).json()
+            client = AsyncTcpClient("127.0.0.1", server.wyoming_port)
+            await client.connect()
+            await client.write_event(Describe().event())
+            info = Info.from_event(await client.read_event())
+            await client.disconnect()
+            return before, closed, info
+        finally:
+            await server.close()
+
+    before, closed, info = asyncio.run(main())
+    assert before == {"keywords": []}
+    assert closed.type == aiohttp.WSMsgType.CLOSE and "no keywords" in closed.extra
+    assert KeywordBank.load(path).names == ["wow"]
+    assert [m.name for m in info.wake[0].models] == ["wow"]

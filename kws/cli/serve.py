@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "voice, live scores and detections, 'not the keyword' feedback) behind a token printed at start. "
         "Both listen on loopback unless --host / --wyoming-host say otherwise.",
     )
-    p.add_argument("--bank", required=True, metavar="BANK", help="keyword bank (made with `kws enroll`)")
+    p.add_argument("--bank", required=True, metavar="BANK", help="keyword bank (made with `kws enroll`, or a new file the web page enrols into)")
     p.add_argument("--port", type=int, default=10400, help="Wyoming port (default 10400)")
     p.add_argument(
         "--wyoming-host",
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         await server.start()
-        names = ", ".join(server.store.current().names)
+        names = ", ".join(server.store.current().names) or "none yet (enrol some on the web page or with `kws enroll`)"
         print(f"kws serve: Wyoming on tcp://{args.wyoming_host}:{server.wyoming_port}, keywords: {names}", file=sys.stderr, flush=True)
         if server.web_url is not None:
             print(f"kws serve: web page on {server.web_url}", file=sys.stderr, flush=True)

@@ -41,15 +41,26 @@ class BankStore:
     A stream keeps the bank it started with; a new stream sees the file as it is
     then (enrolment, feedback or removal with the CLI, without a restart). A file
     that fails to load (half-edited by hand) is logged and the last good bank kept.
+    A file that does not exist yet is an empty bank (the web page enrols into it).
     """
 
-    def __init__(self, path: str | os.PathLike, model_id: str) -> None:
+    def __init__(self, path: str | os.PathLike, model_id: str, dim: int) -> None:
         self.path = Path(path)
         self.model_id = model_id
-        self._stamp: tuple[int, int, int] | None = None
-        self._bank = KeywordBank.load(self.path, model_id=model_id)
+        self.dim = dim
+        self._bank = self.load()
         self._stamp = self._file_stamp()
         self._subsets: dict[tuple[str, ...], KeywordBank] = {}
+
+    def load(self) -> KeywordBank:
+        """The bank on disk now (empty if there is no file yet).
+
+        Raises:
+            BankError: the file is not a bank of this model.
+        """
+        if not self.path.exists():
+            return KeywordBank(self.model_id, self.dim)
+        return KeywordBank.load(self.path, model_id=self.model_id)
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -65,7 +76,7 @@ class BankStore:
         stamp = self._file_stamp()
         if stamp is not None and stamp != self._stamp:
             try:
-                bank = KeywordBank.load(self.path, model_id=self.model_id)
+                bank = self.load()
             except BankError as exc:
                 log.error("keeping the last good bank: %s", exc)
             else:
@@ -82,7 +93,7 @@ class BankStore:
         """
         bank = self.current()
         if len(bank) == 0:
-            raise BankError(f"{self.path}: the bank has no keywords; enrol some with `kws enroll`")
+            raise BankError(f"{self.path}: the bank has no keywords; enrol some with `kws enroll` or on the web page")
         if not names:
             return bank
         known = tuple(n for n in bank.names if n in set(names))

@@ -71,7 +71,7 @@ class KwsServer:
 
     def __init__(self, embedder: Embedder, bank_path: str | os.PathLike, cfg: ServeConfig = ServeConfig()) -> None:
         self.cfg = cfg
-        self.store = BankStore(bank_path, embedder.model_id)
+        self.store = BankStore(bank_path, embedder.model_id, embedder.dim)
         self.engine = BatchEngine(embedder, cfg.detector, max_backlog=cfg.max_backlog)
         self.connections: dict[asyncio.Task, Connection] = {}
         self.token = cfg.token or secrets.token_urlsafe(16)

@@ -133,7 +133,7 @@ class WebApp:
         loop = asyncio.get_running_loop()
 
         def apply() -> Any:
-            bank = KeywordBank.load(self.store.path, model_id=self.store.model_id)
+            bank = self.store.load()
             result = change(bank)
             bank.save(self.store.path)
             return result
@@ -226,8 +226,12 @@ class WebApp:
             raise web.HTTPServiceUnavailable(text=f"{self.limits.max_streams} live streams are open already")
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_ws_message_bytes, heartbeat=30)
         await ws.prepare(request)
+        try:
+            stream = self.engine.open(self.store.select(None), SAMPLE_RATE, 1)
+        except KwsError as exc:
+            await ws.close(code=1011, message=str(exc).encode()[:120])
+            return ws
         self.streams.add(ws)
-        stream = self.engine.open(self.store.select(None), SAMPLE_RATE, 1)
         cfg = self.clip_cfg
         history = _History((self.engine.embedder.window_samples + 2 * SAMPLE_RATE) / SAMPLE_RATE + (cfg.preroll_ms + cfg.postroll_ms) / 1000)
         sender = asyncio.create_task(self._send(ws, stream, history))
