@@ -4,54 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
-from wyoming.error import Error
-from wyoming.event import Event
 from wyoming.info import Describe, Info
-from wyoming.wake import Detect, Detection, NotDetected
+from wyoming.wake import Detect, Detection
 
 from kws.audio import SAMPLE_RATE, float_to_pcm16, resample
 from kws.bank import KeywordBank
-from kws.demo import DEMO_DIR, DISTRACTORS, KEYWORDS
+from kws.demo import DEMO_DIR, KEYWORDS
 from kws.detect import Detector, DetectorConfig
-from kws.embedder import load_embedder
-from kws.enroll import enroll
 from kws.serve import BatchEngine, KwsServer, ServeConfig, WyomingLimits
 from kws.streams import build_stream
 
 TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return load_embedder(backend="onnx", threads=1)
-
-
-@pytest.fixture(scope="module")
-def bank_path(embedder, tmp_path_factory) -> Path:
-    """The demo's three keywords, enrolled from their bundled enrolment clips."""
-    from kws.data.speech_commands import SpeechCommands
-
-    data = SpeechCommands(DEMO_DIR, subset="training", words=list(KEYWORDS))
-    bank = KeywordBank(embedder.model_id, embedder.dim)
-    for word in KEYWORDS:
-        idx = np.flatnonzero(data.labels == data.classes.index(word))
-        bank.add(enroll(embedder, word, [data.audio(int(i)) for i in idx], bank=bank).keyword)
-    path = tmp_path_factory.mktemp("serve") / "bank.json"
-    bank.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def stream() -> tuple[np.ndarray, list]:
-    """20 s of keywords and distractors over noise (other speakers than the enrolment's)."""
-    audio, truth = build_stream(DEMO_DIR, list(KEYWORDS), list(DISTRACTORS), 20.0, seed=3)
-    return audio, [t for t in truth if t.keyword]
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +29,21 @@ def silence_stream() -> np.ndarray:
     return audio
 
 
-def _detector_events(embedder, bank_path, audio):
-    det = Detector(embedder, KeywordBank.load(bank_path), DetectorConfig())
+def _detector_events(onnx_embedder, demo_bank_path, audio):
+    det = Detector(onnx_embedder, KeywordBank.load(demo_bank_path), DetectorConfig())
     return [(e.keyword, round(e.time, 3)) for e in det.process(audio)]
 
 
-def test_batched_streams_give_the_detectors_events(embedder, bank_path, stream):
+def test_batched_streams_give_the_detectors_events(onnx_embedder, demo_bank_path, demo_stream):
     """Three streams at once through one engine: each gets exactly what its own Detector finds."""
-    audio, truth = stream
-    want = _detector_events(embedder, bank_path, audio)
+    audio, truth = demo_stream
+    want = _detector_events(onnx_embedder, demo_bank_path, audio)
     assert len(want) >= 0.7 * len(truth) and want, (want, truth)
 
     async def main():
-        engine = BatchEngine(embedder)
+        engine = BatchEngine(onnx_embedder)
         task = asyncio.create_task(engine.run())
-        bank = KeywordBank.load(bank_path)
+        bank = KeywordBank.load(demo_bank_path)
         streams = [engine.open(bank, SAMPLE_RATE, 1) for _ in range(3)]
         pcm = float_to_pcm16(audio).tobytes()
         step = 2 * 1600
@@ -101,8 +69,8 @@ def test_batched_streams_give_the_detectors_events(embedder, bank_path, stream):
     assert stats.batches < stats.embedded / 2, stats.to_json()
 
 
-async def _serve(embedder, bank_path, cfg: ServeConfig | None = None) -> KwsServer:
-    server = KwsServer(embedder, bank_path, cfg or ServeConfig(wyoming_port=0, web_port=None))
+async def _serve(onnx_embedder, demo_bank_path, cfg: ServeConfig | None = None) -> KwsServer:
+    server = KwsServer(onnx_embedder, demo_bank_path, cfg or ServeConfig(wyoming_port=0, web_port=None))
     await server.start()
     return server
 
@@ -113,12 +81,12 @@ async def _client(server: KwsServer) -> AsyncTcpClient:
     return client
 
 
-def test_wyoming_describe_detect_and_not_detected(embedder, bank_path, stream, silence_stream):
-    audio, _ = stream
-    want = _detector_events(embedder, bank_path, audio)
+def test_wyoming_describe_detect_and_not_detected(onnx_embedder, demo_bank_path, demo_stream, silence_stream):
+    audio, _ = demo_stream
+    want = _detector_events(onnx_embedder, demo_bank_path, audio)
 
     async def main():
-        server = await _serve(embedder, bank_path)
+        server = await _serve(onnx_embedder, demo_bank_path)
         try:
             client = await _client(server)
             await client.write_event(Describe().event())
@@ -214,9 +182,9 @@ def _header(type_: str, data: dict | None = None, payload_length: int = 0) -> by
         (_header("audio-start", {"rate": 16000, "width": 2, "channels": 2}) + _header("audio-chunk", {"rate": 16000, "width": 2, "channels": 2}, payload_length=3) + b"\0\0\0", "not a multiple of 4 bytes"),
     ],
 )
-def test_bad_input_gets_an_error_and_the_others_are_still_served(embedder, bank_path, data, message):
+def test_bad_input_gets_an_error_and_the_others_are_still_served(onnx_embedder, demo_bank_path, data, message):
     async def main():
-        server = await _serve(embedder, bank_path)
+        server = await _serve(onnx_embedder, demo_bank_path)
         try:
             bystander = await _client(server)
             answers = await _raw(server, data)
@@ -238,13 +206,13 @@ def test_bad_input_gets_an_error_and_the_others_are_still_served(embedder, bank_
     assert open_streams == 0
 
 
-def test_connection_limit_and_bank_changes_reach_new_streams(embedder, bank_path, tmp_path):
+def test_connection_limit_and_bank_changes_reach_new_streams(onnx_embedder, demo_bank_path, tmp_path):
     path = tmp_path / "bank.json"
-    path.write_bytes(bank_path.read_bytes())
+    path.write_bytes(demo_bank_path.read_bytes())
 
     async def main():
         cfg = ServeConfig(wyoming_port=0, web_port=None, limits=WyomingLimits(max_connections=1))
-        server = await _serve(embedder, path, cfg)
+        server = await _serve(onnx_embedder, path, cfg)
         try:
             first = await _client(server)
             await first.write_event(Describe().event())
@@ -265,7 +233,7 @@ def test_connection_limit_and_bank_changes_reach_new_streams(embedder, bank_path
     assert [a["type"] for a in refused] == ["error"] and "too many connections" in refused[0]["data"]["text"]
 
 
-def test_cli_serve_refuses_another_models_bank_and_a_busy_port(bank_path, tmp_path, capsys):
+def test_cli_serve_refuses_another_models_bank_and_a_busy_port(demo_bank_path, tmp_path, capsys):
     import socket
 
     from kws.cli import main
@@ -277,5 +245,5 @@ def test_cli_serve_refuses_another_models_bank_and_a_busy_port(bank_path, tmp_pa
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert main(["serve", "--bank", str(bank_path), "--port", str(port), "--no-web"]) == 2
+        assert main(["serve", "--bank", str(demo_bank_path), "--port", str(port), "--no-web"]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

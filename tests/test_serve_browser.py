@@ -24,7 +24,6 @@ from kws.data.speech_commands import SpeechCommands
 from kws.demo import DEMO_DIR
 from kws.enroll import enroll
 from kws.serve import KwsServer, ServeConfig
-from tests.test_serve import embedder  # noqa: F401 (fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PERIOD_S = 2.0
@@ -79,12 +78,12 @@ class DevTools:
 
 
 @pytest.fixture
-def scene(embedder, tmp_path) -> tuple[Path, Path]:
+def scene(onnx_embedder, tmp_path) -> tuple[Path, Path]:
     """The bank (bed) and the fake microphone's WAV ("bird" every 2 s over quiet noise)."""
     data = SpeechCommands(DEMO_DIR, subset="testing", words=["bed", "bird"])
     idx = {w: np.flatnonzero(data.labels == data.classes.index(w)) for w in ("bed", "bird")}
-    bank = KeywordBank(embedder.model_id, embedder.dim)
-    bank.add(enroll(embedder, "bed", [data.audio(int(i)) for i in idx["bed"][:3]]).keyword)
+    bank = KeywordBank(onnx_embedder.model_id, onnx_embedder.dim)
+    bank.add(enroll(onnx_embedder, "bed", [data.audio(int(i)) for i in idx["bed"][:3]]).keyword)
     bank.save(tmp_path / "bank.json")
     word = data.audio(int(idx["bird"][3]))
     period = np.zeros(int(PERIOD_S * 16000), dtype=np.float32)
@@ -94,12 +93,12 @@ def scene(embedder, tmp_path) -> tuple[Path, Path]:
     return tmp_path / "bank.json", tmp_path / "mic.wav"
 
 
-def test_page_in_chromium_enrols_detects_and_takes_feedback(embedder, scene, tmp_path):
+def test_page_in_chromium_enrols_detects_and_takes_feedback(onnx_embedder, scene, tmp_path):
     assert CHROMIUM is not None, "this test needs Debian's chromium: run `make system-deps`"
-    bank_path, wav = scene
+    demo_bank_path, wav = scene
 
     async def main():
-        server = KwsServer(embedder, bank_path, ServeConfig(wyoming_port=0, web_port=0))
+        server = KwsServer(onnx_embedder, demo_bank_path, ServeConfig(wyoming_port=0, web_port=0))
         await server.start()
         browser = await asyncio.create_subprocess_exec(
             CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -119,7 +118,7 @@ def test_page_in_chromium_enrols_detects_and_takes_feedback(embedder, scene, tmp
                 targets = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
                 page = next(t for t in targets if t["type"] == "page")
                 async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                    return await _drive(DevTools(ws), bank_path)
+                    return await _drive(DevTools(ws), demo_bank_path)
         finally:
             # SIGTERM lets chromium reap its own helper processes (SIGKILL would leave them to init).
             browser.terminate()
@@ -133,7 +132,7 @@ def test_page_in_chromium_enrols_detects_and_takes_feedback(embedder, scene, tmp
     asyncio.run(main())
 
 
-async def _drive(page: DevTools, bank_path: Path) -> None:
+async def _drive(page: DevTools, demo_bank_path: Path) -> None:
     await page.until("document.querySelectorAll('#keywords tbody tr').length === 1")
     await page.js("document.getElementById('listen').click()")
     # A false alarm of "bed" on "bird"; its button is enabled once the audio after it has arrived.
@@ -141,18 +140,18 @@ async def _drive(page: DevTools, bank_path: Path) -> None:
     await page.js("document.querySelector('#events li[data-keyword=\"bed\"] button.negative:not([disabled])').click()")
     result = await page.until("document.getElementById('enroll-result').textContent")
     assert "bed: threshold" in result, result
-    assert [e.kind for e in KeywordBank.load(bank_path)["bed"].history] == ["negative"]
+    assert [e.kind for e in KeywordBank.load(demo_bank_path)["bed"].history] == ["negative"]
 
     await page.js("document.getElementById('name').value = 'bird'")
     assert "3 take(s)" in await page.js(RECORD_TAKES)
     await page.js("document.getElementById('enroll').click()")
     result = await page.until("(t => t.startsWith('enrolled') || t.includes('rror') ? t : '')(document.getElementById('enroll-result').textContent)")
     assert result.startswith("enrolled bird"), result
-    assert KeywordBank.load(bank_path).names == ["bed", "bird"]
+    assert KeywordBank.load(demo_bank_path).names == ["bed", "bird"]
     # The live stream restarts with the new bank and hears the new keyword.
     await page.until("!!document.querySelector('#events li[data-keyword=\"bird\"]')")
     assert await page.js("document.querySelectorAll('#scores .bar').length") == 2
 
     await page.js("document.querySelector('button.undo[data-keyword=\"bed\"]').click()")
     await page.until("document.getElementById('enroll-result').textContent.startsWith('undid')")
-    assert KeywordBank.load(bank_path)["bed"].history == []
+    assert KeywordBank.load(demo_bank_path)["bed"].history == []

@@ -7,14 +7,12 @@ import base64
 
 import aiohttp
 import numpy as np
-import pytest
 
-from kws.audio import SAMPLE_RATE, float_to_pcm16
+from kws.audio import float_to_pcm16
 from kws.bank import KeywordBank
 from kws.data.speech_commands import SpeechCommands
 from kws.demo import DEMO_DIR
 from kws.serve import KwsServer, ServeConfig
-from tests.test_serve import bank_path, embedder, stream  # noqa: F401 (fixtures)
 
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 
@@ -23,15 +21,15 @@ def _b64(audio: np.ndarray) -> str:
     return base64.b64encode(float_to_pcm16(audio).tobytes()).decode()
 
 
-async def _start(embedder, path) -> KwsServer:
-    server = KwsServer(embedder, path, ServeConfig(wyoming_port=0, web_port=0))
+async def _start(onnx_embedder, path) -> KwsServer:
+    server = KwsServer(onnx_embedder, path, ServeConfig(wyoming_port=0, web_port=0))
     await server.start()
     return server
 
 
-def test_token_is_required(embedder, bank_path):
+def test_token_is_required(onnx_embedder, demo_bank_path):
     async def main():
-        server = await _start(embedder, bank_path)
+        server = await _start(onnx_embedder, demo_bank_path)
         base = f"http://127.0.0.1:{server.web_port}"
         try:
             async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
@@ -55,15 +53,15 @@ def test_token_is_required(embedder, bank_path):
     assert [k["name"] for k in ok["keywords"]] == ["marvin", "three", "tree"]
 
 
-def test_enrol_listen_not_the_keyword_and_undo(embedder, bank_path, stream, tmp_path):
+def test_enrol_listen_not_the_keyword_and_undo(onnx_embedder, demo_bank_path, demo_stream, tmp_path):
     path = tmp_path / "bank.json"
-    path.write_bytes(bank_path.read_bytes())
+    path.write_bytes(demo_bank_path.read_bytes())
     data = SpeechCommands(DEMO_DIR, subset="testing", words=["bird", "wow"])
     takes = {w: [_b64(data.audio(int(i))) for i in np.flatnonzero(data.labels == data.classes.index(w))[:3]] for w in ("bird", "wow")}
-    audio, _ = stream
+    audio, _ = demo_stream
 
     async def main():
-        server = await _start(embedder, path)
+        server = await _start(onnx_embedder, path)
         base = f"http://127.0.0.1:{server.web_port}"
         h = {"X-Kws-Token": server.token}
         try:
@@ -109,7 +107,7 @@ def test_enrol_listen_not_the_keyword_and_undo(embedder, bank_path, stream, tmp_
     assert gone == 400
 
 
-def test_a_new_bank_starts_empty_and_the_page_enrols_into_it(embedder, tmp_path):
+def test_a_new_bank_starts_empty_and_the_page_enrols_into_it(onnx_embedder, tmp_path):
     from wyoming.client import AsyncTcpClient
     from wyoming.info import Describe, Info
 
@@ -118,7 +116,7 @@ def test_a_new_bank_starts_empty_and_the_page_enrols_into_it(embedder, tmp_path)
     takes = [_b64(data.audio(i)) for i in range(3)]
 
     async def main():
-        server = await _start(embedder, path)
+        server = await _start(onnx_embedder, path)
         base = f"http://127.0.0.1:{server.web_port}"
         try:
             async with aiohttp.ClientSession(timeout=TIMEOUT, headers={"X-Kws-Token": server.token}) as http:

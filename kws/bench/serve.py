@@ -89,7 +89,7 @@ def _server_process(conn, model, backend, threads, bank_path) -> None:
         await server.start()
         conn.send(server.wyoming_port)
         loop = asyncio.get_running_loop()
-        while (msg := await loop.run_in_executor(None, conn.recv)) != "stop":
+        while await loop.run_in_executor(None, conn.recv) != "stop":
             conn.send(server.engine.stats.to_json())
             server.engine.stats = EngineStats()
         await server.close()

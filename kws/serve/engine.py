@@ -29,7 +29,7 @@ from kws.audio import SAMPLE_RATE, pcm16_to_float
 from kws.bank import KeywordBank
 from kws.detect import DetectorConfig, Event, Trigger
 from kws.embedder import Embedder
-from kws.errors import AudioError, BankError, KwsError
+from kws.errors import BankError, KwsError
 from kws.sources import StreamResampler
 
 log = logging.getLogger(__name__)

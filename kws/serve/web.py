@@ -253,7 +253,10 @@ class WebApp:
         return ws
 
     async def _send(self, ws: web.WebSocketResponse, stream: Stream, history: _History) -> None:
-        """Events as they fire (their clips kept for feedback once the post-roll has arrived) and scores."""
+        """Events as they fire (their clips kept for feedback once the post-roll has arrived) and scores.
+
+        The page meters the input level itself, from the microphone's samples.
+        """
         cfg, window = self.clip_cfg, self.engine.embedder.window_samples
         pending: list[tuple[int, Any]] = []
         try:
@@ -281,15 +284,6 @@ class WebApp:
                     t, scores = stream.last_scores
                     names = stream.bank.names
                     values = [None] * len(names) if scores is None else [round(float(v), 3) for v in scores]
-                    recent = history.buf[-SAMPLE_RATE // 10 :]
-                    level = float(np.sqrt(np.mean(recent**2))) if len(recent) else 0.0
-                    await ws.send_json(
-                        {
-                            "type": "scores",
-                            "time": round(t, 2),
-                            "level_dbfs": round(20 * np.log10(max(level, 1e-6)), 1),
-                            "scores": dict(zip(names, values)),
-                        }
-                    )
+                    await ws.send_json({"type": "scores", "time": round(t, 2), "scores": dict(zip(names, values))})
         except (ConnectionError, RuntimeError) as exc:
             log.info("web client went away: %s", exc)
