@@ -247,3 +247,31 @@ def test_cli_serve_refuses_another_models_bank_and_a_busy_port(demo_bank_path, t
         port = busy.getsockname()[1]
         assert main(["serve", "--bank", str(demo_bank_path), "--port", str(port), "--no-web"]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_bench_serve_reports_per_stream_count(tmp_path, capsys):
+    from kws.cli import main
+
+    out = tmp_path / "serve.json"
+    assert main(["bench", "serve", "--streams", "2", "--seconds", "3", "--keywords", "4", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    (run,) = figures["runs"]
+    assert figures["keywords"] == 4 and run["streams"] == 2
+    # 2 streams x 30 hops, every one scored by the server; CPU measured on the server process.
+    assert run["hops"] == 60 and run["cpu_percent"] > 0
+    assert figures["max_realtime_streams"] in (0, 2)
+    assert "largest count held in real time" in capsys.readouterr().out
+
+
+def test_busy_cores_keeps_a_core_busy_and_stops():
+    import multiprocessing as mp
+    import time
+
+    from kws.bench._machine import busy_cores, cpu_seconds
+
+    with busy_cores(1):
+        (child,) = mp.active_children()
+        time.sleep(0.5)
+        used = cpu_seconds(child.pid)
+    assert used > 0.1
+    assert not child.is_alive()
