@@ -215,15 +215,23 @@ def _measure(args: argparse.Namespace) -> dict:
               f"ratio {figures['max_realtime_streams'] / TARGETS['streams']:.2f}")
         if args.soak > 0:
             n = counts[-1]
-            rss0 = rss_mb(proc.pid)
-            latencies = []
-            events = asyncio.run(_streams(port, pcms[:n], latencies, until=time.monotonic() + 60 * args.soak))
-            rss1 = rss_mb(proc.pid)
+            rss = [rss_mb(proc.pid)]
+
+            async def soak() -> int:
+                until = time.monotonic() + 60 * args.soak
+                streams = asyncio.ensure_future(_streams(port, pcms[:n], [], until=until))
+                while not streams.done():
+                    await asyncio.wait([streams], timeout=60)
+                    rss.append(rss_mb(proc.pid))
+                return streams.result()
+
+            events = asyncio.run(soak())
             parent.send("stats")
             stats = parent.recv()
-            figures["soak"] = {"minutes": args.soak, "streams": n, "rss_start_mb": rss0, "rss_end_mb": rss1, "events": events, **stats}
-            print(f"soak: {args.soak:g} min, {n} streams coming and going, server RSS {rss0:.1f} -> {rss1:.1f} MB "
-                  f"({rss1 - rss0:+.1f} MB), {stats['late_hops']}/{stats['hops']} late hops")
+            figures["soak"] = {"minutes": args.soak, "streams": n, "rss_mb_per_minute": [round(r, 1) for r in rss], "events": events, **stats}
+            print(f"soak: {args.soak:g} min, {n} streams coming and going, server RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB "
+                  f"({rss[-1] - rss[0]:+.1f} MB; per minute {figures['soak']['rss_mb_per_minute']}), "
+                  f"{stats['late_hops']}/{stats['hops']} late hops")
     finally:
         parent.send("stop")
         proc.join(10)
