@@ -31,9 +31,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False
     parser.add_argument(
         "--backend", choices=BACKENDS, help=f"inference engine (default: onnx for {onnx_for}, else torch)"
     )
-    # Issue 20, on a 2-core machine with both cores kept busy by other jobs: a 60 s
-    # file took 134 s to detect with the engine's default threads (they fight over
-    # the cores) and 11 s with one thread; a hop's batch is too small to split well.
+    # On a 2-core machine with both cores kept busy by other jobs (`kws bench detect
+    # --load 2`), the detector's real-time factor was 0.065 on one thread and 0.65 on
+    # two: the threads fight over the cores, and a hop's batch is too small to split.
     parser.add_argument(
         "--threads",
         type=int,
