@@ -275,3 +275,18 @@ def test_busy_cores_keeps_a_core_busy_and_stops():
         used = cpu_seconds(child.pid)
     assert used > 0.1
     assert not child.is_alive()
+
+
+def test_bank_store_keeps_the_last_good_bank_when_the_file_breaks(onnx_embedder, demo_bank_path, tmp_path):
+    from kws.serve import BankStore
+
+    path = tmp_path / "bank.json"
+    path.write_bytes(demo_bank_path.read_bytes())
+    store = BankStore(path, onnx_embedder.model_id, onnx_embedder.dim)
+    assert store.select(["tree", "nothing"]).names == ["tree"]
+    path.write_text('{"format": "kws-bank", "version": 3, "model_id"')  # half-written by hand
+    assert store.current().names == list(KEYWORDS)
+    bank = KeywordBank.load(demo_bank_path)
+    bank.remove("three")
+    bank.save(path)
+    assert store.current().names == ["marvin", "tree"]
