@@ -27,7 +27,8 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, pcm16_to_float
 from kws.bank import KeywordBank
-from kws.detect import DetectorConfig, Event, Trigger
+from kws.detect import DetectorConfig, Trigger
+from kws.events import Event
 from kws.embedder import Embedder
 from kws.errors import BankError, KwsError
 from kws.sources import StreamResampler

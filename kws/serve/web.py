@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 
 from kws.audio import SAMPLE_RATE, pcm16_to_float
 from kws.bank import KeywordBank
-from kws.detect import EventClipConfig
+from kws.events import EventClipConfig
 from kws.enroll import MAX_CLIPS, enroll
 from kws.errors import KwsError
 from kws.serve.engine import BankStore, BatchEngine, Stream
