@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="MINUTES",
         help="then run the largest count for MINUTES with streams ending and new ones starting, "
-        "and print the server's RSS at start and end",
+        "and print the server's RSS every minute",
     )
 
 
