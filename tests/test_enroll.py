@@ -11,7 +11,6 @@ from kws.audio import SAMPLE_RATE, write_audio
 from kws.bank import KeywordBank
 from kws.embedder import Embedder
 from kws.enroll import (
-    EnrollConfig,
     augment_clips,
     calibrate,
     enroll,

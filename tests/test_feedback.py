@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,7 +372,6 @@ def test_event_folder_cap_deletes_only_the_clips_kws_saved(tmp_path):
 
 
 def test_a_clip_holding_an_enrolment_recording_is_refused_as_negative(embedder, enrolled, impostors, tmp_path):
-    from kws.enroll import enroll
 
     clips = [_word(*UP, shift=s, seed=k) for k, s in enumerate((0, 160, -160))]
     rng = np.random.default_rng(7)
