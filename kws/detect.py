@@ -26,6 +26,7 @@ from kws.audio import SAMPLE_RATE
 from kws.bank import KeywordBank
 from kws.embedder import Embedder
 from kws.errors import AudioError, BankError, KwsError
+from kws.scoring import fire_threshold
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,13 @@ class Trigger:
         self.refractory_s = refractory_s
         self.reset()
 
+    @classmethod
+    def for_bank(cls, bank: KeywordBank, cfg: DetectorConfig, offset: float | None = None) -> "Trigger":
+        """The trigger a detector with ``cfg`` runs over ``bank``; ``offset`` replaces
+        ``cfg.threshold_offset`` (a stream evaluation sweeps it)."""
+        offset = cfg.threshold_offset if offset is None else offset
+        return cls(bank.names, fire_threshold(bank.thresholds, offset), cfg.smoothing, cfg.refractory_ms / 1000)
+
     def reset(self) -> None:
         self._history = np.full((self.smoothing, len(self.names)), GATED_SCORE, dtype=np.float32)
         self._steps = 0
@@ -189,9 +197,7 @@ class Detector:
         self.cfg = cfg
         self.hop = cfg.hop_samples()
         self.path = embedder.stream(self.hop)
-        self.trigger = Trigger(
-            bank.names, bank.thresholds + cfg.threshold_offset, cfg.smoothing, cfg.refractory_ms / 1000
-        )
+        self.trigger = Trigger.for_bank(bank, cfg)
         # Mean square of a full-scale-relative RMS at the floor, times window length.
         self._vad_energy = embedder.window_samples * 10 ** (cfg.vad_floor_dbfs / 10)
         self.reset()

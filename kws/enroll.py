@@ -5,9 +5,11 @@ long for the model's window), trims and centres them, embeds them, and takes the
 renormalised mean of the normalised embeddings as the keyword's center (or
 several centers, by a spherical k-means split, for varied samples).
 
-The detection threshold is calibrated, not guessed (see :func:`calibrate`):
+The detection threshold is calibrated, not guessed (see :func:`kws.scoring.calibrate`):
 from the clips' leave-one-out similarities (how well a new utterance of the word
 is expected to score) and from impostor scores (speech that is not the keyword).
+How a keyword scores and is calibrated lives in :mod:`kws.scoring`; this module
+checks and embeds the clips and reports what it found.
 """
 
 from __future__ import annotations
@@ -19,12 +21,22 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, trim_silence
+from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, loudest_rms, trim_silence
 from kws.bank import Keyword, KeywordBank, keyword_name
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError, DeviceError, EnrollmentError
 from kws.fileio import atomic_path
-from kws.metrics import normalize, threshold_at_far
+from kws.metrics import normalize
+from kws.scoring import (
+    KMEANS_ITERS,
+    TARGET_QUANTILE,
+    Calibration,
+    calibrate,
+    kmeans_assign,
+    leave_one_out_scores,
+    make_centers,
+    nearest_keyword,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,58 +77,13 @@ class EnrollConfig:
     outlier_warn: float = 0.15
     outlier_refuse: float = 0.35
     similar_limit: float = 0.85
-    target_quantile: float = 0.25
+    target_quantile: float = TARGET_QUANTILE
     augment_copies: int = 4
-    kmeans_iters: int = 10
+    kmeans_iters: int = KMEANS_ITERS
     seed: int = 0
     # The shortest of 275 real Speech Commands test words lasts 0.26 s at trim_db.
     min_speech_s: float = 0.15
     max_expected_far: float = 0.1
-
-
-@dataclass
-class Calibration:
-    """How a threshold was chosen.
-
-    Attributes:
-        threshold: the chosen threshold, ``min(far_threshold, target_cap)``.
-        far_threshold: the lowest threshold whose false-accept rate on the
-            impostors is at most ``target_far``.
-        target_cap: the ``target_quantile`` of the leave-one-out similarities
-            (``None`` with a single clip).
-        target_far: the false-accept rate asked for.
-        expected_far: the false-accept rate at ``threshold`` on the impostors.
-        expected_frr: the fraction of leave-one-out similarities below ``threshold``.
-        target_scores: ``(n_clips,)`` leave-one-out similarities.
-        impostors: how many impostor embeddings were scored.
-        limited_by: ``"far"`` (the impostors set it) or ``"targets"`` (lowered
-            so that most enrolment clips still pass; the FAR target is then missed).
-    """
-
-    threshold: float
-    far_threshold: float
-    target_cap: float | None
-    target_far: float
-    expected_far: float
-    expected_frr: float
-    target_scores: np.ndarray
-    impostors: int
-    limited_by: str
-
-    def to_json(self) -> dict:
-        return {
-            "rule": "threshold = min(lowest threshold with FAR <= target_far on impostors, "
-            "target_quantile of leave-one-out similarities)",
-            "threshold": round(self.threshold, 6),
-            "far_threshold": round(self.far_threshold, 6),
-            "target_cap": None if self.target_cap is None else round(self.target_cap, 6),
-            "target_far": self.target_far,
-            "expected_far": round(self.expected_far, 6),
-            "expected_frr": round(self.expected_frr, 6),
-            "target_scores": [round(float(s), 6) for s in self.target_scores],
-            "impostors": self.impostors,
-            "limited_by": self.limited_by,
-        }
 
 
 @dataclass
@@ -141,17 +108,6 @@ class EnrollResult:
 
 
 # ---------------------------------------------------------------------------- clip checks
-
-
-def _loudest_rms(x: np.ndarray, window: int) -> float:
-    """RMS of the loudest ``window``-sample stretch (10 ms hops), robust to clip length."""
-    hop = max(window // 10, 1)
-    n = len(x) // hop
-    if n == 0:
-        return float(np.sqrt(np.mean(x**2))) if len(x) else 0.0
-    energy = np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1)
-    k = min(10, n)
-    return float(np.sqrt(np.convolve(energy, np.ones(k) / k, mode="valid").max()))
 
 
 def prepare_clips(
@@ -182,7 +138,7 @@ def prepare_clips(
             raise EnrollmentError(f"{name}: expected non-empty mono audio, got shape {x.shape}")
         if not np.all(np.isfinite(x)):
             raise EnrollmentError(f"{name}: audio contains NaN or infinite samples")
-        level = _loudest_rms(x, sample_rate // 10)
+        level = loudest_rms(x, sample_rate // 10)
         if level < cfg.silence_rms:
             raise EnrollmentError(
                 f"{name}: is silent (loudest 100 ms at {20 * np.log10(max(level, 1e-10)):.0f} dBFS); "
@@ -241,88 +197,6 @@ def augment_clips(prepared: np.ndarray, copies: int, sample_rate: int, seed: int
     return out
 
 
-# ---------------------------------------------------------------------------- centers and scores
-
-
-def _kmeans_assign(clip_emb: np.ndarray, k: int, iters: int) -> np.ndarray:
-    """Spherical k-means on ``(n, D)`` unit vectors → ``(n,)`` cluster index (farthest-first seeds)."""
-    seeds = [int(np.argmax(clip_emb @ normalize(clip_emb.mean(axis=0))))]
-    while len(seeds) < k:
-        seeds.append(int(np.argmin((clip_emb @ clip_emb[seeds].T).max(axis=1))))
-    centers = clip_emb[seeds]
-    for _ in range(iters):
-        assign = np.argmax(clip_emb @ centers.T, axis=1)
-        centers = np.stack(
-            [normalize(clip_emb[assign == c].mean(axis=0)) if np.any(assign == c) else centers[c] for c in range(k)]
-        )
-    return np.argmax(clip_emb @ centers.T, axis=1)
-
-
-def _centers(emb: np.ndarray, assign: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Renormalised mean of ``emb`` ``(n, m, D)`` per cluster, over kept clips; empty clusters dropped."""
-    dim = emb.shape[-1]
-    return np.stack([normalize(emb[(assign == c) & keep].reshape(-1, dim).mean(axis=0)) for c in np.unique(assign[keep])])
-
-
-def leave_one_out_scores(emb: np.ndarray, assign: np.ndarray) -> np.ndarray:
-    """Each clip's score against the centers made without it.
-
-    Args:
-        emb: ``(n, m, D)``: per clip, its own embedding first, then those of its
-            augmented copies (``m = 1`` without augmentation).
-        assign: ``(n,)`` cluster of each clip.
-    Returns:
-        ``(n,)`` best cosine of each clip's own embedding to the others' centers
-        (augmented copies of a clip never score it).
-    """
-    n = len(emb)
-    scores = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        keep = np.arange(n) != i
-        scores[i] = float((_centers(emb, assign, keep) @ emb[i, 0]).max())
-    return scores
-
-
-# ---------------------------------------------------------------------------- calibration
-
-
-def calibrate(
-    target_scores: np.ndarray, impostor_scores: np.ndarray, target_far: float, target_quantile: float = 0.25
-) -> Calibration:
-    """Choose a threshold from target and impostor scores.
-
-    The rule: take the lowest threshold whose false-accept rate on the impostor
-    scores is at most ``target_far``; but never go above the ``target_quantile``
-    of the target (leave-one-out) scores, so that most genuine utterances still
-    pass. When that cap binds, the FAR target is missed and ``expected_far``
-    says by how much. With no target scores (one clip) only the impostors decide.
-
-    Args:
-        target_scores: ``(n,)`` scores of genuine utterances (may be empty).
-        impostor_scores: ``(m,)`` scores of other speech; ``m >= 1``.
-    """
-    impostor_scores = np.asarray(impostor_scores, dtype=np.float64)
-    target_scores = np.asarray(target_scores, dtype=np.float64)
-    if len(impostor_scores) == 0:
-        raise EnrollmentError("calibration needs impostor speech; none was given")
-    far_t = threshold_at_far(impostor_scores, target_far)
-    cap = float(np.quantile(target_scores, target_quantile)) if len(target_scores) else None
-    threshold, limited_by = far_t, "far"
-    if cap is not None and cap < far_t:
-        threshold, limited_by = cap, "targets"
-    return Calibration(
-        threshold=float(threshold),
-        far_threshold=float(far_t),
-        target_cap=cap,
-        target_far=float(target_far),
-        expected_far=float(np.mean(impostor_scores >= threshold)),
-        expected_frr=float(np.mean(target_scores < threshold)) if len(target_scores) else float("nan"),
-        target_scores=target_scores.astype(np.float32),
-        impostors=len(impostor_scores),
-        limited_by=limited_by,
-    )
-
-
 # ---------------------------------------------------------------------------- impostors
 
 
@@ -362,7 +236,7 @@ def load_impostors(embedder: Embedder, exclude: str | None = None, path: Path = 
     return emb
 
 
-def _embed_files(embedder: Embedder, files: Sequence[Path], trim_db: float, desc: str) -> np.ndarray:
+def embed_files(embedder: Embedder, files: Sequence[Path], trim_db: float, desc: str) -> np.ndarray:
     """Embed audio files (trimmed, centred) in batches with a progress bar → ``(n, D)``."""
     from tqdm import tqdm
 
@@ -409,7 +283,7 @@ def embed_impostor_folder(
         files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), max_clips, replace=False))]
     if len(files) < 50:
         log.warning("only %d impostor clips in %s: the false-accept rate will be a rough estimate", len(files), folder)
-    return _embed_files(embedder, files, cfg.trim_db, desc="impostors")
+    return embed_files(embedder, files, cfg.trim_db, desc="impostors")
 
 
 def impostors_from_path(embedder: Embedder, path: str | Path | None, exclude: str | None = None) -> np.ndarray:
@@ -450,7 +324,7 @@ def build_impostor_set(
         if not idx:
             raise DataError(f"{corpus_root}: no {subset} clips of {word!r}")
         chosen += [ds.clips[i] for i in rng.choice(idx, size=min(per_word, len(idx)), replace=False)]
-    emb = _embed_files(embedder, [c.path for c in chosen], EnrollConfig().trim_db, desc="impostor set")
+    emb = embed_files(embedder, [c.path for c in chosen], EnrollConfig().trim_db, desc="impostor set")
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
         # float16 halves the bundled file; thresholds need no more than 3 digits.
@@ -465,18 +339,6 @@ def build_impostor_set(
 
 
 # ---------------------------------------------------------------------------- enrolment
-
-
-def nearest_keyword(bank: KeywordBank, centers: np.ndarray, exclude: str | None = None) -> tuple[str, float] | None:
-    """The bank keyword (other than ``exclude``) whose centers come closest to ``centers`` ``(k, D)``."""
-    best = None
-    for kw in bank.keywords.values():
-        if kw.name == exclude:
-            continue
-        sim = float((centers @ kw.centers.T).max())
-        if best is None or sim > best[1]:
-            best = (kw.name, sim)
-    return best
 
 
 def embed_clips(
@@ -556,8 +418,8 @@ def enroll(
     check_speech_length(clips, embedder.sample_rate, names, cfg)
     n = len(emb)
     clip_emb = normalize(emb.mean(axis=1))
-    assign = _kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
-    kw_centers = _centers(emb, assign, np.ones(n, dtype=bool))
+    assign = kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
+    kw_centers = make_centers(emb, assign, np.ones(n, dtype=bool))
     target = leave_one_out_scores(emb, assign) if n > 1 else np.zeros(0, dtype=np.float32)
 
     if n >= 3 and centers == 1:

@@ -151,7 +151,7 @@ def evaluate_stream(
     window_s = embedder.window_samples / SAMPLE_RATE
     points = []
     for off in offsets:
-        trigger = Trigger(bank.names, bank.thresholds + off, cfg.smoothing, cfg.refractory_ms / 1000)
+        trigger = Trigger.for_bank(bank, cfg, offset=off)
         events = [e for e in (trigger.step(t, s) for t, s in zip(times, scores)) if e is not None]
         latencies, fa = match_events(events, targets, window_s)
         lat = np.asarray(latencies)

@@ -13,13 +13,13 @@ from kws.embedder import Embedder
 from kws.enroll import (
     EnrollConfig,
     augment_clips,
-    calibrate,
     embed_impostor_folder,
     enroll,
     load_impostors,
     prepare_clips,
 )
 from kws.errors import EnrollmentError
+from kws.scoring import calibrate
 
 
 class BandEmbedder(Embedder):

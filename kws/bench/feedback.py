@@ -46,13 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _impostors(embedder, corpus: Path, exclude: set[str], n: int, seed: int) -> np.ndarray:
     """Embeddings ``(n, dim)`` of random validation clips of words not in ``exclude``."""
-    from kws.enroll import EnrollConfig, _embed_files
+    from kws.enroll import EnrollConfig, embed_files
 
     lines = [l for l in (corpus / "validation_list.txt").read_text().split() if l.split("/")[0] not in exclude]
     # Validation clips of the other words: the keyword and its impostor stay unseen by calibration.
     rng = np.random.default_rng(seed)
     chosen = [corpus / lines[i] for i in sorted(rng.choice(len(lines), min(n, len(lines)), replace=False))]
-    return _embed_files(embedder, chosen, EnrollConfig().trim_db, desc="impostors")
+    return embed_files(embedder, chosen, EnrollConfig().trim_db, desc="impostors")
 
 
 def _run_stream(embedder, bank, audio, clip_dir: Path | None):
