@@ -216,6 +216,11 @@ class Detector:
         ``None`` marks a hop whose window the energy gate found too quiet to embed.
         Samples that do not complete a hop are kept for the next call.
         """
+        for time, emb in self.hop_embeddings(samples):
+            yield time, None if emb is None else self.bank.score(emb)[0]
+
+    def hop_embeddings(self, samples: np.ndarray) -> Iterator[tuple[float, np.ndarray | None]]:
+        """As :meth:`hop_scores`, but yields each hop's window embedding ``(1, D)`` (or ``None``)."""
         samples = np.asarray(samples)
         if samples.ndim != 1:
             raise KwsError(f"the detector takes mono audio (samples,), got shape {samples.shape}")
@@ -235,7 +240,7 @@ class Detector:
                 yield time, None
                 continue
             self.stats.embedded += 1
-            yield time, self.bank.score(self.path.embed())[0]
+            yield time, self.path.embed()
         self._pending = pending[start:].copy()
 
     def process(self, samples: np.ndarray) -> list[Event]:
