@@ -17,6 +17,7 @@ in version 2).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import unicodedata
@@ -96,6 +97,11 @@ def apply_negatives(
         return scores
     guard = scores if positive_sims is None else np.maximum(scores, positive_sims)
     return np.where(negative_sims > guard, np.float32(SUPPRESSED_SCORE), scores).astype(np.float32)
+
+
+def utc_now() -> str:
+    """Now, as an entry's ``added`` time: ISO 8601 UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass

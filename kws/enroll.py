@@ -14,6 +14,7 @@ checks and embeds the clips and reports what it found.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, loudest_rms, trim_silence
-from kws.bank import Keyword, KeywordBank, keyword_name
+from kws.bank import Entry, Keyword, KeywordBank, keyword_name, utc_now
+from kws.confusables import ConfusableConfig, Neighbour, confusable_embeddings
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError, DeviceError, EnrollmentError
 from kws.fileio import atomic_path
@@ -31,11 +33,15 @@ from kws.scoring import (
     KMEANS_ITERS,
     TARGET_QUANTILE,
     Calibration,
+    FeedbackConfig,
     calibrate,
     kmeans_assign,
     leave_one_out_scores,
     make_centers,
     nearest_keyword,
+    recalibrate,
+    recenter,
+    suppressed,
 )
 
 log = logging.getLogger(__name__)
@@ -95,12 +101,15 @@ class EnrollResult:
         calibration: how its threshold was chosen (also stored in ``keyword.info``).
         warnings: things the user should know (clipping, an odd clip, a similar keyword ...).
         nearest: the most similar other keyword in the bank and its cosine, if any.
+        confusables: the confusable words kept as negatives, each with its highest
+            cosine (over voices) to the keyword's centers.
     """
 
     keyword: Keyword
     calibration: Calibration
     warnings: list[str] = field(default_factory=list)
     nearest: tuple[str, float] | None = None
+    confusables: list[tuple[Neighbour, float]] = field(default_factory=list)
 
     @property
     def threshold(self) -> float:
@@ -377,6 +386,7 @@ def enroll(
     clip_names: Sequence[str] | None = None,
     config: EnrollConfig | None = None,
     force: bool = False,
+    confusables: ConfusableConfig | None = None,
 ) -> EnrollResult:
     """Enrol keyword ``name`` from 1–10 clips.
 
@@ -392,6 +402,9 @@ def enroll(
         bank: existing keywords, to warn about similar ones (not modified).
         clip_names: names of the clips in messages (file names).
         force: enrol even when the calibration is hopeless (see ``EnrollConfig.max_expected_far``).
+        confusables: find the keyword's phonetic neighbours, speak them with espeak-ng and
+            keep them as negatives, one feedback entry per word (see :mod:`kws.confusables`);
+            ``None``: none.
     Returns:
         the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
     Raises:
@@ -442,9 +455,7 @@ def enroll(
             f"{name!r} is very similar to the enrolled keyword {nearest[0]!r} (cosine {nearest[1]:.3f}); "
             "they may be taken for each other: enrol more samples of both, or choose a longer phrase"
         )
-    for w in warnings:
-        log.warning("%s", w)
-    info = {"calibration": cal.to_json(), "augment": augment, "clip_checks": warnings}
+    info = {"calibration": cal.to_json(), "augment": augment, "clip_checks": list(warnings)}
     # Each clip's own embedding is kept so that feedback can re-make the centers with more clips.
     keyword = Keyword(
         name=name,
@@ -454,7 +465,50 @@ def enroll(
         info=info,
         positives=emb[:, 0].astype(np.float32),
     )
-    return EnrollResult(keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest)
+    added: list[tuple[Neighbour, float]] = []
+    if confusables is not None:
+        found = confusable_embeddings(embedder, name, confusables, cfg.trim_db)
+        if found is None:
+            warnings.append(
+                f"espeak-ng cannot say {name!r} as written (digits, symbols or another script): enrolled "
+                "without confusable words; name the keyword in letters to get them"
+            )
+        else:
+            added, cal = _add_confusables(keyword, *found, impostors, cal)
+    for w in warnings:
+        log.warning("%s", w)
+    return EnrollResult(keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest, confusables=added)
+
+
+def _add_confusables(
+    keyword: Keyword, neighbours: list[Neighbour], emb: np.ndarray, impostors: np.ndarray, cal: Calibration
+) -> tuple[list[tuple[Neighbour, float]], Calibration]:
+    """Keep each neighbour's embeddings ``emb`` ``(n_words, n_voices, D)`` as a negative entry of
+    ``keyword`` (in place) and re-calibrate after each, as feedback does; returns the neighbours
+    kept with their closeness to the keyword, and the calibration (``cal`` if none was kept).
+
+    A neighbour that would suppress one of the keyword's own enrolment clips (it sounds,
+    to this model, like the keyword itself) is left out.
+    """
+    kept: list[tuple[Neighbour, float]] = []
+    for nb, e in zip(neighbours, emb):
+        _, loo, aligned = recenter(keyword, FeedbackConfig())
+        if aligned is not None and len(loo) and suppressed(loo, aligned, e).any():
+            log.info("confusable %r of %r left out: it sounds like the keyword's own clips", nb.word, keyword.name)
+            continue
+        keyword.history.append(
+            Entry(
+                id=len(keyword.history) + 1,
+                kind="negative",
+                source=f"confusable: {nb.word} ({nb.kind})",
+                added=utc_now(),
+                embeddings=e,
+                before=json.loads(json.dumps(keyword.state_json())),
+            )
+        )
+        cal = recalibrate(keyword, impostors)
+        kept.append((nb, float((e @ keyword.centers.T).max())))
+    return kept, cal
 
 
 def _check_calibration(name: str, cal: Calibration, cfg: EnrollConfig, force: bool) -> None:

@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from kws.audio import SAMPLE_RATE, centre_speech, load_audio, loudest_rms, write_audio
-from kws.bank import DEFAULT_NEGATIVE_RULE, NEGATIVE_RULES, Entry, Keyword, KeywordBank
+from kws.bank import DEFAULT_NEGATIVE_RULE, NEGATIVE_RULES, Entry, Keyword, KeywordBank, utc_now
 from kws.detect import DetectorConfig, Event, EventClipConfig
 from kws.embedder import Embedder
 from kws.enroll import EnrollConfig, load_impostors
@@ -162,7 +162,7 @@ class EventRecorder:
                 "window_end_s": round((self.pre + self.window) / self.sr, 4),
                 "sample_rate": self.sr,
                 "model_id": self.model_id,
-                "saved": _now(),
+                "saved": utc_now(),
             },
         )
         log.debug("saved event clip %s", wav)
@@ -238,10 +238,6 @@ def _read_manifest(path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- clip → embedding
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def read_sidecar(path: str | Path) -> dict | None:
@@ -470,7 +466,7 @@ def _add(
         id=max((e.id for e in kw.history), default=0) + 1,
         kind=kind,
         source=source,
-        added=_now(),
+        added=utc_now(),
         embeddings=emb,
         before=json.loads(json.dumps(kw.state_json())),
     )

@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--centers", type=int, default=1, metavar="K", help="centers for varied samples (1)")
     p.add_argument("--augment", action="store_true", help="add lightly augmented copies of the clips")
+    p.add_argument(
+        "--no-confusables",
+        action="store_true",
+        help="do not add the keyword's confusable words (phonetic neighbours spoken by espeak-ng) as negatives",
+    )
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
     p.add_argument("--device", metavar="DEV", help="input device name or index (see `python -m sounddevice`)")
@@ -65,6 +70,7 @@ def _record(args: argparse.Namespace, sample_rate: int) -> tuple[list, list[str]
 def _run(args: argparse.Namespace) -> int:
     from kws.audio import load_audio
     from kws.bank import KeywordBank, keyword_name, locked_bank
+    from kws.confusables import ConfusableConfig
     from kws.enroll import enroll, impostors_from_path
     from kws.errors import EnrollmentError
 
@@ -101,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         bank=bank,
         clip_names=names,
         force=args.force,
+        confusables=None if args.no_confusables else ConfusableConfig(),
     )
     with locked_bank(bank_path, model_id=embedder.model_id, dim=embedder.dim) as current:
         if name in current and not args.replace:
@@ -119,6 +126,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  enrolment clips below threshold {100 * cal.expected_frr:.0f}%  (leave-one-out)")
     if result.nearest is not None:
         print(f"  nearest other keyword {result.nearest[0]!r}  cosine {result.nearest[1]:.3f}")
+    if result.confusables:
+        print(f"  confusable words kept as negatives ({len(result.confusables)}; cosine to {name!r}, spoken by espeak-ng):")
+        print("    " + ", ".join(f"{n.word} {sim:.2f}" for n, sim in result.confusables))
     for w in result.warnings:
         print(f"  warning: {w}")
     return 0

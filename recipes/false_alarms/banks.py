@@ -10,13 +10,12 @@
   held-out callers who have no sentence in the stream (``kws stream-eval --sentences``
   streams the sentences of the other held-out callers).
 
-Extra arguments after ``--`` go to :func:`kws.enroll.enroll` as ``key=value`` (e.g. ``confusables=False``).
+``--confusables`` enrols each keyword with its confusable words as negatives (:mod:`kws.confusables`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from kws.audio import load_audio
 from kws.bank import KeywordBank
+from kws.confusables import ConfusableConfig
 from kws.data.real_pack import read_pack, read_sentences
 from kws.embedder import load_embedder
 from kws.enroll import enroll
@@ -41,6 +41,8 @@ def _enrol_all(embedder, bank: KeywordBank, clips: dict[str, list[Path]], option
         timings[word] = time.perf_counter() - start
         bank.add(res.keyword, replace=True)
         print(f"  {word}: threshold {res.threshold:.3f} ({timings[word]:.2f} s) from {', '.join(f.name for f in files)}")
+        if res.confusables:
+            print("    confusables: " + ", ".join(f"{n.word} {sim:.2f}" for n, sim in res.confusables))
     return timings
 
 
@@ -50,9 +52,9 @@ def main() -> None:
     parser.add_argument("--synth", default="data/synth", help="synthetic corpus (default data/synth)")
     parser.add_argument("--pack", default="../shared/data/real_speech_train", help="real-speech pack")
     parser.add_argument("--out", required=True, help="folder for the banks")
-    parser.add_argument("options", nargs="*", metavar="KEY=VALUE", help="enroll() options (JSON values)")
+    parser.add_argument("--confusables", action="store_true", help="add confusable words as negatives")
     args = parser.parse_args()
-    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.options)}
+    options = {"confusables": ConfusableConfig() if args.confusables else None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     embedder = load_embedder(args.model, threads=1)
