@@ -23,8 +23,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, loudest_rms, trim_silence
+from kws.background import Background, BudgetCalibration, apply_budget, calibrate_to_budget, load_background
 from kws.bank import Entry, Keyword, KeywordBank, keyword_name, utc_now
 from kws.confusables import ConfusableConfig, Neighbour, confusable_embeddings
+from kws.detect import DetectorConfig
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError, DeviceError, EnrollmentError
 from kws.fileio import atomic_path
@@ -103,6 +105,7 @@ class EnrollResult:
         nearest: the most similar other keyword in the bank and its cosine, if any.
         confusables: the confusable words kept as negatives, each with its highest
             cosine (over voices) to the keyword's centers.
+        budget: how the threshold met a false-alarm budget on running speech, if one was asked.
     """
 
     keyword: Keyword
@@ -110,6 +113,7 @@ class EnrollResult:
     warnings: list[str] = field(default_factory=list)
     nearest: tuple[str, float] | None = None
     confusables: list[tuple[Neighbour, float]] = field(default_factory=list)
+    budget: BudgetCalibration | None = None
 
     @property
     def threshold(self) -> float:
@@ -387,6 +391,9 @@ def enroll(
     config: EnrollConfig | None = None,
     force: bool = False,
     confusables: ConfusableConfig | None = None,
+    fa_per_hour: float | None = None,
+    background: Background | None = None,
+    detector: DetectorConfig = DetectorConfig(),
 ) -> EnrollResult:
     """Enrol keyword ``name`` from 1–10 clips.
 
@@ -405,6 +412,9 @@ def enroll(
         confusables: find the keyword's phonetic neighbours, speak them with espeak-ng and
             keep them as negatives, one feedback entry per word (see :mod:`kws.confusables`);
             ``None``: none.
+        fa_per_hour: set the threshold so that a detector with ``detector``'s settings fires at
+            most this often per hour on ``background`` speech (``None``: the bundled background
+            of the model), instead of from isolated impostor clips (see :mod:`kws.background`).
     Returns:
         the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
     Raises:
@@ -475,9 +485,23 @@ def enroll(
             )
         else:
             added, cal = _add_confusables(keyword, *found, impostors, cal)
+    budget = None
+    if fa_per_hour is not None:
+        background = background if background is not None else load_background(embedder)
+        budget = calibrate_to_budget(keyword, background, fa_per_hour, target, detector, cfg.target_quantile)
+        apply_budget(keyword, budget, detector)
+        if not budget.met:
+            warnings.append(
+                f"{name!r} cannot meet {fa_per_hour:g} false alarms per hour: at the highest threshold that keeps "
+                f"{100 * (1 - cfg.target_quantile):.0f}% of the enrolment clips, background speech fires it "
+                f"{budget.expected_fa_per_hour:.1f} times per hour, the best budget reachable; enrol more, clearer "
+                "clips, or choose a longer keyword"
+            )
     for w in warnings:
         log.warning("%s", w)
-    return EnrollResult(keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest, confusables=added)
+    return EnrollResult(
+        keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest, confusables=added, budget=budget
+    )
 
 
 def _add_confusables(

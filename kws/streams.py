@@ -110,8 +110,9 @@ def build_sentence_stream(
 
     Every sentence of ``split``'s speakers that has a keyword inside it (the pack's
     ``wuw2_sentences/``) is placed once; sentences with no keyword (its
-    ``librispeech_utterances/``, of any speaker: kws never trains on them) are added
-    until the stream lasts ``duration_s`` (``None``: all of them).
+    ``librispeech_utterances/``), of ``split``'s speakers too, are added until the
+    stream lasts ``duration_s`` (``None``: all of them). The other speakers' sentences
+    are left for calibration (:mod:`kws.background`).
 
     Returns:
         ``(samples,)`` float32 audio and the truth: one keyword item per labelled
@@ -123,7 +124,7 @@ def build_sentence_stream(
     if not keyed:
         raise DataError(f"{pack_root}: no sentences with a labelled keyword for {split} speakers")
     rng = np.random.default_rng(seed)
-    background = read_sentences(pack_root, "all", labelled=False)
+    background = read_sentences(pack_root, split, labelled=False)
     background = [background[i] for i in rng.permutation(len(background))]
     chosen = list(keyed)
     pieces = [load_audio(s.path, SAMPLE_RATE) for s in keyed]

@@ -39,6 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not add the keyword's confusable words (phonetic neighbours spoken by espeak-ng) as negatives",
     )
+    p.add_argument(
+        "--fa-per-hour",
+        type=float,
+        metavar="N",
+        help="calibrate on running speech instead: the threshold at which the keyword fires at most N times per "
+        "hour of the model's bundled background speech (with the detector's default settings); prints the "
+        "recall it expects and warns, with the best budget reachable, when N cannot be met",
+    )
+    p.add_argument("--background", metavar="FILE", help="background stream (.npz) for --fa-per-hour (default: bundled)")
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
     p.add_argument("--device", metavar="DEV", help="input device name or index (see `python -m sounddevice`)")
@@ -70,6 +79,7 @@ def _record(args: argparse.Namespace, sample_rate: int) -> tuple[list, list[str]
 def _run(args: argparse.Namespace) -> int:
     from kws.audio import load_audio
     from kws.bank import KeywordBank, keyword_name, locked_bank
+    from kws.background import load_background
     from kws.confusables import ConfusableConfig
     from kws.enroll import enroll, impostors_from_path
     from kws.errors import EnrollmentError
@@ -96,6 +106,9 @@ def _run(args: argparse.Namespace) -> int:
         clips = [load_audio(c, embedder.sample_rate) for c in args.clips]
         names = [str(c) for c in args.clips]
     impostors = impostors_from_path(embedder, args.impostors, exclude=name)
+    background = None
+    if args.fa_per_hour is not None:
+        background = load_background(embedder, args.background)
     result = enroll(
         embedder,
         name,
@@ -108,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
         clip_names=names,
         force=args.force,
         confusables=None if args.no_confusables else ConfusableConfig(),
+        fa_per_hour=args.fa_per_hour,
+        background=background,
     )
     with locked_bank(bank_path, model_id=embedder.model_id, dim=embedder.dim) as current:
         if name in current and not args.replace:
@@ -116,14 +131,23 @@ def _run(args: argparse.Namespace) -> int:
 
     cal = result.calibration
     print(f"enrolled {name!r} from {result.keyword.samples} clip(s) into {bank_path}")
-    set_by = "impostors" if cal.limited_by == "far" else "enrolment clips"
-    print(f"  threshold            {cal.threshold:.3f}  (set by {set_by})")
-    print(
-        f"  expected false-accept {100 * cal.expected_far:.2f}%  "
-        f"(target {100 * cal.target_far:.2f}%, {cal.impostors} impostor clips)"
-    )
-    if len(cal.target_scores):
-        print(f"  enrolment clips below threshold {100 * cal.expected_frr:.0f}%  (leave-one-out)")
+    if result.budget is not None:
+        b = result.budget
+        print(f"  threshold            {result.threshold:.3f}  (fires at {b.fire_threshold:.3f} with the default offset)")
+        print(
+            f"  expected false alarms {b.expected_fa_per_hour:.2f} per hour  (budget {b.fa_per_hour:g}; "
+            f"{60 * b.background_hours:.0f} min of background speech)"
+        )
+        print(f"  expected recall      {100 * b.expected_recall:.0f}%  (enrolment clips, leave-one-out)")
+    else:
+        set_by = "impostors" if cal.limited_by == "far" else "enrolment clips"
+        print(f"  threshold            {cal.threshold:.3f}  (set by {set_by})")
+        print(
+            f"  expected false-accept {100 * cal.expected_far:.2f}%  "
+            f"(target {100 * cal.target_far:.2f}%, {cal.impostors} impostor clips)"
+        )
+        if len(cal.target_scores):
+            print(f"  enrolment clips below threshold {100 * cal.expected_frr:.0f}%  (leave-one-out)")
     if result.nearest is not None:
         print(f"  nearest other keyword {result.nearest[0]!r}  cosine {result.nearest[1]:.3f}")
     if result.confusables:

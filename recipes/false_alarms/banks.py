@@ -10,7 +10,8 @@
   held-out callers who have no sentence in the stream (``kws stream-eval --sentences``
   streams the sentences of the other held-out callers).
 
-``--confusables`` enrols each keyword with its confusable words as negatives (:mod:`kws.confusables`).
+``--fa-per-hour N`` calibrates each keyword to a false-alarm budget on the bundled background
+speech (:mod:`kws.background`). ``--confusables`` enrols each keyword with its confusable words as negatives (:mod:`kws.confusables`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def _enrol_all(embedder, bank: KeywordBank, clips: dict[str, list[Path]], option
         timings[word] = time.perf_counter() - start
         bank.add(res.keyword, replace=True)
         print(f"  {word}: threshold {res.threshold:.3f} ({timings[word]:.2f} s) from {', '.join(f.name for f in files)}")
+        if res.budget is not None:
+            b = res.budget
+            print(f"    budget {b.fa_per_hour:g}/h: fires at {b.fire_threshold:.3f}, {b.expected_fa_per_hour:.1f}/h on the "
+                  f"background, expected recall {b.expected_recall:.2f}{'' if b.met else ' (NOT MET)'}")  # fmt: skip
         if res.confusables:
             print("    confusables: " + ", ".join(f"{n.word} {sim:.2f}" for n, sim in res.confusables))
     return timings
@@ -53,8 +58,9 @@ def main() -> None:
     parser.add_argument("--pack", default="../shared/data/real_speech_train", help="real-speech pack")
     parser.add_argument("--out", required=True, help="folder for the banks")
     parser.add_argument("--confusables", action="store_true", help="add confusable words as negatives")
+    parser.add_argument("--fa-per-hour", type=float, help="calibrate each keyword to this budget on running speech")
     args = parser.parse_args()
-    options = {"confusables": ConfusableConfig() if args.confusables else None}
+    options = {"confusables": ConfusableConfig() if args.confusables else None, "fa_per_hour": args.fa_per_hour}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     embedder = load_embedder(args.model, threads=1)
