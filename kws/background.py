@@ -94,8 +94,8 @@ class BudgetCalibration:
         fire_threshold: the score the keyword fires at in a stream (threshold + the detector's offset).
         expected_fa_per_hour: false alarms per hour on the background at ``fire_threshold``.
         expected_recall: share of the enrolment clips' leave-one-out scores at or above it.
-        met: whether the budget was met; if not, ``fire_threshold`` is the highest that keeps
-            ``target_quantile`` of the enrolment clips, and ``expected_fa_per_hour`` the best reachable budget.
+        met: whether the budget was met; if not, see :func:`calibrate_to_budget` for the threshold,
+            and ``expected_fa_per_hour`` is the budget it reaches.
         background_hours: hours of background speech measured.
     """
 
@@ -144,12 +144,15 @@ def calibrate_to_budget(
     target_scores: np.ndarray,
     detector: DetectorConfig = DetectorConfig(),
     target_quantile: float = TARGET_QUANTILE,
+    fallback: float = -math.inf,
 ) -> BudgetCalibration:
     """The lowest stream threshold at which ``keyword`` fires at most ``fa_per_hour`` on the background.
 
     The threshold is not set above the ``target_quantile`` of the leave-one-out scores
     ``target_scores`` ``(n,)``: a spotter that misses most of its keyword is no answer to a
-    budget; the budget is then reported as not met, with the best one reachable.
+    budget; the budget is then reported as not met, with the best one reachable, and the
+    threshold is the higher of that cap and ``fallback`` (the stream threshold that
+    calibration on isolated clips gives): a budget never makes a keyword fire more easily.
     """
     if fa_per_hour < 0 or not math.isfinite(fa_per_hour):
         raise EnrollmentError(f"the false-alarm budget must be a number of events per hour >= 0, got {fa_per_hour}")
@@ -169,7 +172,7 @@ def calibrate_to_budget(
     cap = float(np.quantile(target_scores, target_quantile)) if len(target_scores) else math.inf
     met = fire <= cap
     if not met:
-        fire = cap
+        fire = max(cap, fallback)
     events = count_events(smoothed, fire, hop_s, rest)
     recall = float(np.mean(np.asarray(target_scores) >= fire)) if len(target_scores) else float("nan")
     return BudgetCalibration(fa_per_hour, fire, events / background.hours, recall, met, background.hours)

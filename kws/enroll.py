@@ -37,11 +37,11 @@ from kws.scoring import (
     Calibration,
     FeedbackConfig,
     calibrate,
+    fire_threshold,
     kmeans_assign,
     leave_one_out_scores,
     make_centers,
     nearest_keyword,
-    recalibrate,
     recenter,
     suppressed,
 )
@@ -484,18 +484,21 @@ def enroll(
                 "without confusable words; name the keyword in letters to get them"
             )
         else:
-            added, cal = _add_confusables(keyword, *found, impostors, cal)
+            added = _add_confusables(keyword, *found)
     budget = None
     if fa_per_hour is not None:
         background = background if background is not None else load_background(embedder)
-        budget = calibrate_to_budget(keyword, background, fa_per_hour, target, detector, cfg.target_quantile)
+        fallback = float(fire_threshold(keyword.threshold, detector.threshold_offset))
+        budget = calibrate_to_budget(
+            keyword, background, fa_per_hour, target, detector, cfg.target_quantile, fallback
+        )
         apply_budget(keyword, budget, detector)
         if not budget.met:
             warnings.append(
-                f"{name!r} cannot meet {fa_per_hour:g} false alarms per hour: at the highest threshold that keeps "
-                f"{100 * (1 - cfg.target_quantile):.0f}% of the enrolment clips, background speech fires it "
-                f"{budget.expected_fa_per_hour:.1f} times per hour, the best budget reachable; enrol more, clearer "
-                "clips, or choose a longer keyword"
+                f"{name!r} cannot meet {fa_per_hour:g} false alarms per hour without missing more than "
+                f"{100 * cfg.target_quantile:.0f}% of its enrolment clips: background speech fires it "
+                f"{budget.expected_fa_per_hour:.1f} times per hour at its threshold, the best budget reachable; "
+                "enrol more, clearer clips, or choose a longer keyword"
             )
     for w in warnings:
         log.warning("%s", w)
@@ -504,15 +507,15 @@ def enroll(
     )
 
 
-def _add_confusables(
-    keyword: Keyword, neighbours: list[Neighbour], emb: np.ndarray, impostors: np.ndarray, cal: Calibration
-) -> tuple[list[tuple[Neighbour, float]], Calibration]:
+def _add_confusables(keyword: Keyword, neighbours: list[Neighbour], emb: np.ndarray) -> list[tuple[Neighbour, float]]:
     """Keep each neighbour's embeddings ``emb`` ``(n_words, n_voices, D)`` as a negative entry of
-    ``keyword`` (in place) and re-calibrate after each, as feedback does; returns the neighbours
-    kept with their closeness to the keyword, and the calibration (``cal`` if none was kept).
+    ``keyword`` (in place); returns the neighbours kept with their closeness to the keyword.
 
-    A neighbour that would suppress one of the keyword's own enrolment clips (it sounds,
-    to this model, like the keyword itself) is left out.
+    The threshold stays as calibrated: re-calibrating with the negatives (as feedback
+    does) lowers it, since the impostors nearest the keyword are then suppressed, and
+    on streams that cost more false alarms than the negatives saved (``kws stream-eval``,
+    README). A neighbour that would suppress one of the keyword's own enrolment clips
+    (it sounds, to this model, like the keyword itself) is left out.
     """
     kept: list[tuple[Neighbour, float]] = []
     for nb, e in zip(neighbours, emb):
@@ -530,9 +533,8 @@ def _add_confusables(
                 before=json.loads(json.dumps(keyword.state_json())),
             )
         )
-        cal = recalibrate(keyword, impostors)
         kept.append((nb, float((e @ keyword.centers.T).max())))
-    return kept, cal
+    return kept
 
 
 def _check_calibration(name: str, cal: Calibration, cfg: EnrollConfig, force: bool) -> None:
