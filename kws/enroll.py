@@ -493,6 +493,9 @@ def enroll(
             keyword, background, fa_per_hour, target, detector, cfg.target_quantile, fallback
         )
         apply_budget(keyword, budget, detector)
+        # Confusable entries leave the threshold as it is: undoing one must keep this one.
+        for entry in keyword.history:
+            entry.before = json.loads(json.dumps(keyword.state_json()))
         if not budget.met:
             warnings.append(
                 f"{name!r} cannot meet {fa_per_hour:g} false alarms per hour without missing more than "

@@ -60,3 +60,20 @@ def test_enroll_keeps_confusables_as_undoable_negatives_and_says_when_it_cannot(
     digits = enroll(emb, "42", clips, impostors=impostors, confusables=ConfusableConfig(max_words=2, voices=1))
     assert not digits.keyword.history and not digits.confusables
     assert any("cannot say '42'" in w for w in digits.warnings)
+
+
+def test_undoing_a_confusable_keeps_a_budget_threshold() -> None:
+    from kws.background import Background
+
+    emb = BandEmbedder()
+    clips = [tone(440 + 5 * i, seed=i) for i in range(3)]
+    background = Background(gaussian_impostors(3000, seed=2) / 6 + emb(clips[:1]), np.array([""] * 3000), 0.1, emb.model_id)
+    background.embeddings /= np.linalg.norm(background.embeddings, axis=1, keepdims=True)
+    res = enroll(emb, "three", clips, impostors=gaussian_impostors(300), confusables=ConfusableConfig(2, 1),
+                 fa_per_hour=6.0, background=background)  # fmt: skip
+    assert res.budget is not None and res.keyword.history
+    assert res.threshold != pytest.approx(res.calibration.threshold)  # the budget moved it
+    bank = KeywordBank(emb.model_id, emb.dim)
+    bank.add(res.keyword)
+    undo(bank, "three")
+    assert bank["three"].threshold == pytest.approx(res.threshold) and "budget" in bank["three"].info
