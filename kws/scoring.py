@@ -40,7 +40,6 @@ def fire_threshold(threshold: float | np.ndarray, offset: float) -> float | np.n
     return threshold + offset
 
 
-
 # ---------------------------------------------------------------------------- centers and scores
 
 
