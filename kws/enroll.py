@@ -24,7 +24,7 @@ import numpy as np
 
 from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, loudest_rms, trim_silence
 from kws.background import Background, BudgetCalibration, apply_budget, calibrate_to_budget, load_background
-from kws.bank import Entry, Keyword, KeywordBank, keyword_name, utc_now
+from kws.bank import CONFUSABLE_SOURCE, Entry, Keyword, KeywordBank, keyword_name, utc_now
 from kws.confusables import ConfusableConfig, Neighbour, confusable_embeddings
 from kws.detect import DetectorConfig
 from kws.embedder import ASSETS, Embedder
@@ -514,10 +514,10 @@ def _add_confusables(keyword: Keyword, neighbours: list[Neighbour], emb: np.ndar
     """Keep each neighbour's embeddings ``emb`` ``(n_words, n_voices, D)`` as a negative entry of
     ``keyword`` (in place); returns the neighbours kept with their closeness to the keyword.
 
-    The threshold stays as calibrated: re-calibrating with the negatives (as feedback
-    does) lowers it, since the impostors nearest the keyword are then suppressed, and
-    on streams that cost more false alarms than the negatives saved (``kws stream-eval``,
-    README). A neighbour that would suppress one of the keyword's own enrolment clips
+    The threshold stays as calibrated, now and when feedback re-calibrates it
+    (:func:`kws.scoring.recalibrate` leaves confusable words out): calibrating with them
+    lowers it, since the impostors nearest the keyword are then suppressed, and on streams
+    that cost more false alarms than they saved (``recipes/false_alarms/README.md``). A neighbour that would suppress one of the keyword's own enrolment clips
     (it sounds, to this model, like the keyword itself) is left out.
     """
     kept: list[tuple[Neighbour, float]] = []
@@ -530,7 +530,7 @@ def _add_confusables(keyword: Keyword, neighbours: list[Neighbour], emb: np.ndar
             Entry(
                 id=len(keyword.history) + 1,
                 kind="negative",
-                source=f"confusable: {nb.word} ({nb.kind})",
+                source=f"{CONFUSABLE_SOURCE}{nb.word} ({nb.kind})",
                 added=utc_now(),
                 embeddings=e,
                 before=json.loads(json.dumps(keyword.state_json())),

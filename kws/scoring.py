@@ -242,8 +242,9 @@ def recalibrate(keyword: Keyword, impostors: np.ndarray, config: FeedbackConfig 
     """Re-make ``keyword``'s centers and threshold from its positives and negatives, in place.
 
     The threshold comes from :func:`calibrate` on the leave-one-out
-    and impostor scores as the keyword now scores them (negatives applied under
-    ``"suppress"``); under ``"raise"`` it is then lifted above the negatives' scores.
+    and impostor scores as the keyword now scores them (its feedback negatives applied
+    under ``"suppress"``); under ``"raise"`` it is then lifted above their scores.
+    Confusable words (:data:`kws.bank.CONFUSABLE_SOURCE`) only suppress enrolment clips here.
 
     Args:
         impostors: ``(M, dim)`` unit-norm embeddings of other speech.
@@ -262,10 +263,15 @@ def recalibrate(keyword: Keyword, impostors: np.ndarray, config: FeedbackConfig 
             log.warning("%d of %d enrolment clips of %r are nearer a negative than the keyword",
                         int((~kept).sum()), len(kept), keyword.name)
         target = target[kept]
-    impostor_scores = keyword.score(impostors)  # negatives applied when the rule is "suppress"
+    # The user's negatives applied when the rule is "suppress"; not the confusable words:
+    # suppressing the impostors nearest the keyword lowers the threshold, and for confusable
+    # words (many, and close to impostor words) that cost more false alarms on streams than
+    # they saved (recipes/false_alarms/README.md).
+    impostor_scores = keyword.score(impostors, feedback_only=True)
     cal = calibrate(target, impostor_scores, target_far, config.target_quantile)
-    if keyword.negative_rule == "raise" and negatives is not None:
-        above = float((negatives @ centers.T).max()) + config.raise_margin
+    raised = keyword.feedback_negatives
+    if keyword.negative_rule == "raise" and raised is not None:
+        above = float((raised @ centers.T).max()) + config.raise_margin
         if above > cal.threshold:
             cal = dataclasses.replace(
                 cal,

@@ -77,3 +77,20 @@ def test_undoing_a_confusable_keeps_a_budget_threshold() -> None:
     bank.add(res.keyword)
     undo(bank, "three")
     assert bank["three"].threshold == pytest.approx(res.threshold) and "budget" in bank["three"].info
+
+
+def test_feedback_recalibration_leaves_confusable_words_out() -> None:
+    from kws.scoring import recalibrate
+
+    emb = BandEmbedder()
+    clips = [tone(440 + 5 * i, seed=i) for i in range(3)]
+    # Impostors near the keyword, some of them near its confusable words too.
+    impostors = gaussian_impostors(500) * 0.3 + emb(clips[:1])
+    impostors /= np.linalg.norm(impostors, axis=1, keepdims=True)
+    with_conf = enroll(emb, "three", clips, impostors=impostors, confusables=ConfusableConfig(3, 2)).keyword
+    plain = enroll(emb, "three", clips, impostors=impostors).keyword
+    assert with_conf.negatives is not None and with_conf.feedback_negatives is None
+    # The confusable words do suppress some impostors at detection ...
+    assert (with_conf.score(impostors) < with_conf.score(impostors, feedback_only=True)).any()
+    # ... but calibration does not count on that.
+    assert recalibrate(with_conf, impostors).threshold == pytest.approx(recalibrate(plain, impostors).threshold)
