@@ -25,7 +25,7 @@ from kws.detect import GATED_SCORE, DetectorConfig
 from kws.embedder import ASSETS, Embedder
 from kws.errors import EnrollmentError
 from kws.fileio import atomic_path
-from kws.scoring import TARGET_QUANTILE
+from kws.scoring import TARGET_QUANTILE, fire_threshold
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +184,20 @@ def apply_budget(keyword: Keyword, budget: BudgetCalibration, detector: Detector
     # The inverse of kws.scoring.fire_threshold.
     keyword.threshold = float(budget.fire_threshold - detector.threshold_offset)
     keyword.info = {**keyword.info, "budget": budget.to_json()}
+
+
+def keep_budget(
+    keyword: Keyword, background: Background, target_scores: np.ndarray, detector: DetectorConfig = DetectorConfig()
+) -> BudgetCalibration | None:
+    """After feedback re-calibrated ``keyword`` (in place), set its threshold again by the budget
+    it was enrolled with (its info's ``budget``); ``None`` (and nothing done) if it has none.
+    ``target_scores`` ``(n,)``: its leave-one-out scores as now re-calibrated."""
+    asked = keyword.info.get("budget")
+    if not asked:
+        return None
+    fallback = float(fire_threshold(keyword.threshold, detector.threshold_offset))
+    budget = calibrate_to_budget(
+        keyword, background, float(asked["fa_per_hour"]), target_scores, detector, fallback=fallback
+    )
+    apply_budget(keyword, budget, detector)
+    return budget

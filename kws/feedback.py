@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from kws.audio import SAMPLE_RATE, centre_speech, load_audio, loudest_rms, write_audio
+from kws.background import keep_budget, load_background
 from kws.bank import DEFAULT_NEGATIVE_RULE, NEGATIVE_RULES, Entry, Keyword, KeywordBank, utc_now
 from kws.detect import DetectorConfig, Event, EventClipConfig
 from kws.embedder import Embedder
@@ -477,6 +478,9 @@ def _add(
     if kind == "positive":
         kw.samples += 1
     cal = recalibrate(kw, impostors, config)
+    # A keyword enrolled to a false-alarm budget keeps it (re-measured with the change).
+    if "budget" in kw.info:
+        keep_budget(kw, load_background(embedder), cal.target_scores)
     nearest = nearest_keyword(bank, kw.centers, exclude=name)
     log.info("%s %s: threshold %.3f -> %.3f", kind, name, threshold_before, kw.threshold)
     return FeedbackResult(name, entry, how, similarity, threshold_before, kw.threshold, cal, nearest)

@@ -73,10 +73,11 @@ def test_undoing_a_confusable_keeps_a_budget_threshold() -> None:
                  fa_per_hour=6.0, background=background)  # fmt: skip
     assert res.budget is not None and res.keyword.history
     assert res.threshold != pytest.approx(res.calibration.threshold)  # the budget moved it
+    budgeted = res.threshold
     bank = KeywordBank(emb.model_id, emb.dim)
     bank.add(res.keyword)
     undo(bank, "three")
-    assert bank["three"].threshold == pytest.approx(res.threshold) and "budget" in bank["three"].info
+    assert bank["three"].threshold == pytest.approx(budgeted) and "budget" in bank["three"].info
 
 
 def test_feedback_recalibration_leaves_confusable_words_out() -> None:
@@ -94,3 +95,25 @@ def test_feedback_recalibration_leaves_confusable_words_out() -> None:
     assert (with_conf.score(impostors) < with_conf.score(impostors, feedback_only=True)).any()
     # ... but calibration does not count on that.
     assert recalibrate(with_conf, impostors).threshold == pytest.approx(recalibrate(plain, impostors).threshold)
+
+
+def test_feedback_keeps_a_keyword_to_its_budget(monkeypatch) -> None:
+    import kws.feedback
+    from kws.background import Background
+    from kws.feedback import add_negative
+
+    emb = BandEmbedder()
+    clips = [tone(440 + 5 * i, seed=i) for i in range(3)]
+    background = Background(gaussian_impostors(3000, seed=2) / 6 + emb(clips[:1]), np.array([""] * 3000), 0.1, emb.model_id)
+    background.embeddings /= np.linalg.norm(background.embeddings, axis=1, keepdims=True)
+    impostors = gaussian_impostors(300)
+    res = enroll(emb, "beep", clips, impostors=impostors, fa_per_hour=6.0, background=background)
+    budgeted = res.threshold
+    assert budgeted > res.calibration.threshold + 0.1  # random impostors alone would set it far lower
+    bank = KeywordBank(emb.model_id, emb.dim)
+    bank.add(res.keyword)
+    monkeypatch.setattr(kws.feedback, "load_background", lambda e: background)
+    add_negative(emb, bank, "beep", tone(2000, seed=9), impostors=impostors)
+    kw = bank["beep"]
+    assert kw.info["budget"]["fa_per_hour"] == 6.0
+    assert kw.threshold == pytest.approx(budgeted, abs=0.02)
