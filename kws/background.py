@@ -107,7 +107,9 @@ class BudgetCalibration:
     background_hours: float
 
     def to_json(self) -> dict:
-        return {k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        # With one enrolment clip there is no leave-one-out score, so no expected recall (None).
+        out = {k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
 
 
 def smoothed_scores(keyword: Keyword, background: Background, smoothing: int) -> np.ndarray:

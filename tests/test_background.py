@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kws.background import Background, calibrate_to_budget, count_events, load_background, smoothed_scores
+from kws.background import (
+    Background,
+    calibrate_to_budget,
+    count_events,
+    load_background,
+    smoothed_scores,
+)
 from kws.bank import Keyword
 from kws.detect import DetectorConfig, Trigger
 from kws.errors import EnrollmentError

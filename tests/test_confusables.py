@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kws.confusables import ConfusableConfig, find_neighbours, keyword_phonemes, load_lexicon
+from kws.bank import KeywordBank
+from kws.confusables import (
+    ConfusableConfig,
+    find_neighbours,
+    keyword_phonemes,
+    load_lexicon,
+)
 from kws.enroll import enroll
 from kws.feedback import undo
-from kws.bank import KeywordBank
 from tests.test_enroll import BandEmbedder, gaussian_impostors, tone
 
 LEXICON = {

@@ -138,7 +138,8 @@ def _run(args: argparse.Namespace) -> int:
             f"  expected false alarms {b.expected_fa_per_hour:.2f} per hour  (budget {b.fa_per_hour:g}; "
             f"{60 * b.background_hours:.0f} min of background speech)"
         )
-        print(f"  expected recall      {100 * b.expected_recall:.0f}%  (enrolment clips, leave-one-out)")
+        if b.expected_recall == b.expected_recall:  # NaN with one clip: nothing to expect from
+            print(f"  expected recall      {100 * b.expected_recall:.0f}%  (enrolment clips, leave-one-out)")
     else:
         set_by = "impostors" if cal.limited_by == "far" else "enrolment clips"
         print(f"  threshold            {cal.threshold:.3f}  (set by {set_by})")

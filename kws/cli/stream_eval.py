@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from kws.cli._common import add_detector_arguments, add_model_arguments, detector_config_from_args, embedder_from_args
+from kws.cli._common import (
+    add_detector_arguments,
+    add_model_arguments,
+    detector_config_from_args,
+    embedder_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from kws.bank import KeywordBank
     from kws.data.speech_commands import list_words
     from kws.errors import DataError
-    from kws.streams import StreamHops, build_sentence_stream, build_stream, embed_stream, evaluate_hops, write_report
+    from kws.streams import (
+        StreamHops,
+        build_sentence_stream,
+        build_stream,
+        embed_stream,
+        evaluate_hops,
+        write_report,
+    )
 
     embedder = embedder_from_args(args)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
