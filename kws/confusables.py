@@ -177,5 +177,5 @@ def confusable_embeddings(
     n, v, _ = audio.shape
     windows = np.stack([centre_speech(x, embedder.window_samples, db=trim_db) for x in audio.reshape(n * v, -1)])
     emb = normalize(embedder(windows)).reshape(n, v, -1)
-    log.info("confusables of %r: %s", text, ", ".join(x.word for x in neighbours))
+    log.debug("confusables of %r: %s", text, ", ".join(x.word for x in neighbours))
     return neighbours, emb.astype(np.float32)
