@@ -21,7 +21,15 @@ from kws.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "AUDIO_SUFFIXES", "CANCEL_MESSAGE", "CANCEL_RATIO", "SAMPLE_RATE", "TRIM_DB", "centre_speech", "channels_cancel",
+    "check_audio_path", "float_to_pcm16", "load_audio", "loudest_rms", "pad_or_crop", "pcm16_to_float", "resample",
+    "to_mono", "trim_silence", "warn_if_truncated", "write_audio",
+]
+
 SAMPLE_RATE = 16000
+# Silence trimming keeps what lies within this many dB of a clip's loudest frame.
+TRIM_DB = 40.0
 # Audio files kws looks for when it is given a folder.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -138,7 +146,7 @@ def pad_or_crop(x: np.ndarray, length: int) -> np.ndarray:
     return np.pad(x, pad)
 
 
-def trim_silence(x: np.ndarray, frame: int = SAMPLE_RATE // 100, db: float = 40.0, margin: int = 1) -> np.ndarray:
+def trim_silence(x: np.ndarray, frame: int = SAMPLE_RATE // 100, db: float = TRIM_DB, margin: int = 1) -> np.ndarray:
     """Cut leading and trailing frames more than ``db`` below the loudest frame, keeping
     ``margin`` frames beside the speech. ``(samples,)``.
 
@@ -157,7 +165,7 @@ def trim_silence(x: np.ndarray, frame: int = SAMPLE_RATE // 100, db: float = 40.
     return x[start:stop]
 
 
-def centre_speech(x: np.ndarray, length: int, db: float = 40.0) -> np.ndarray:
+def centre_speech(x: np.ndarray, length: int, db: float = TRIM_DB) -> np.ndarray:
     """Trim silence (see :func:`trim_silence`) and centre what is left in ``length`` samples.
 
     Speech longer than ``length`` is centre-cropped; an all-silent clip is

@@ -29,6 +29,18 @@ from kws.scoring import TARGET_QUANTILE, fire_threshold
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BACKGROUND_GLOB",
+    "Background",
+    "BudgetCalibration",
+    "apply_budget",
+    "calibrate_to_budget",
+    "count_events",
+    "keep_budget",
+    "load_background",
+    "smoothed_scores",
+]
+
 BACKGROUND_GLOB = "background*.npz"
 
 

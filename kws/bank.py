@@ -1,23 +1,20 @@
 """KeywordBank: the enrolled keywords of one model, stored as versioned JSON.
 
 A bank holds, for each keyword, its center(s) in embedding space, its
-detection threshold and how many clips made it, plus the identity of the model
-whose embeddings these are. A bank refuses to be used with another model:
-embeddings of different models are not comparable.
+detection threshold, how many clips made it, the enrolment clips' embeddings
+(``positives``) and the history of feedback (:mod:`kws.feedback`), plus the
+identity of the model whose embeddings these are. A bank refuses to be used
+with another model: embeddings of different models are not comparable.
 
-Version 2 also keeps, per keyword, the enrolment clips' embeddings
-(``positives``) and the history of feedback (:mod:`kws.feedback`): each entry
-adds a positive or a negative clip and remembers the keyword as it was before,
-so that it can be undone exactly. Version 3 lets an entry hold several windows
-of its clip (a negative keeps every window that could fire the keyword). The
-negatives are the windows of the negative entries. Version-1 and version-2
-files still load (no positives or history in version 1; one window per entry
-in version 2).
+Each feedback entry adds a positive or a negative clip (every window of it that
+could fire the keyword) and remembers the keyword as it was before, so that it
+can be undone exactly; the negatives are the windows of the negative entries.
+Files of the older versions (:data:`READABLE_VERSIONS`) load too: version 1 has
+no positives or history, version 2 one window per entry.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import unicodedata
@@ -30,6 +27,11 @@ import numpy as np
 
 from kws.errors import BankError
 from kws.fileio import file_lock, write_json
+
+__all__ = [
+    "BANK_FORMAT", "BANK_VERSION", "CONFUSABLE_SOURCE", "DEFAULT_NEGATIVE_RULE", "Entry", "Keyword", "KeywordBank", "NEGATIVE_RULES",
+    "READABLE_VERSIONS", "SUPPRESSED_SCORE", "UNIT_NORM_TOLERANCE", "apply_negatives", "keyword_name", "locked_bank",
+]
 
 BANK_FORMAT = "kws-bank"
 BANK_VERSION = 3
@@ -99,11 +101,6 @@ def apply_negatives(
         return scores
     guard = scores if positive_sims is None else np.maximum(scores, positive_sims)
     return np.where(negative_sims > guard, np.float32(SUPPRESSED_SCORE), scores).astype(np.float32)
-
-
-def utc_now() -> str:
-    """Now, as an entry's ``added`` time: ISO 8601 UTC, to the second."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -31,6 +31,19 @@ from kws.phonemes import edit_distance, phonemes, phonemes_of
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ConfusableConfig",
+    "LEXICON_PATH",
+    "Neighbour",
+    "VOICES",
+    "confusable_embeddings",
+    "find_neighbours",
+    "keyword_phonemes",
+    "load_lexicon",
+    "speak_words",
+    "write_lexicon",
+]
+
 LEXICON_PATH = ASSETS / "lexicon_en-us.tsv"
 # Voices none of the synthetic corpus' testing speakers use, spread over accents, sexes and speeds.
 VOICES = (

@@ -19,13 +19,16 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, trim_silence, write_audio
 from kws.bank import KeywordBank
-from kws.detect import Detector, DetectorConfig, Event
+from kws.detect import Detector, DetectorConfig
+from kws.events import Event
 from kws.embedder import ASSETS, Embedder
 from kws.enroll import EnrollResult, enroll
 from kws.errors import DataError
 from kws.streams import TruthItem, build_stream, match_events
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEMO_DIR", "DISTRACTORS", "DemoResult", "KEYWORDS", "make_demo_assets", "run_demo"]
 
 DEMO_DIR = ASSETS / "demo"
 KEYWORDS = ("marvin", "three", "tree")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -25,10 +25,13 @@ import numpy as np
 from kws.audio import SAMPLE_RATE
 from kws.bank import KeywordBank
 from kws.embedder import Embedder
-from kws.errors import AudioError, BankError, KwsError
+from kws.errors import BankError, KwsError
+from kws.events import Event
 from kws.scoring import fire_threshold
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Detector", "DetectorConfig", "DetectorStats", "GATED_SCORE", "Trigger", "detect_stream"]
 
 # Score pushed into the smoothing history for a hop the energy gate skipped:
 # the lowest cosine, so a skipped hop can never help a keyword fire.
@@ -61,7 +64,7 @@ class DetectorConfig:
     # Enrolment calibrates thresholds on whole, centred clips; a stream also
     # shows the encoder partial and shifted words, which score higher against
     # similar keywords. This margin was chosen on streams of validation-split
-    # speakers (recipes/speech_commands/README.md): 0.18 moved the bundled
+    # speakers (recipes/speech_commands/RESULTS.md): 0.18 moved the bundled
     # model from 228 to 6 false alarms per hour at a recall of 0.93.
     threshold_offset: float = 0.18
     vad: bool = True
@@ -78,45 +81,6 @@ class DetectorConfig:
             raise KwsError(f"smoothing must be at least 1 hop, got {self.smoothing}")
         if self.refractory_ms < 0:
             raise KwsError(f"refractory time cannot be negative, got {self.refractory_ms} ms")
-
-
-@dataclass(frozen=True)
-class Event:
-    """A detection. ``time``: seconds from the stream start to the END of the window that fired."""
-
-    keyword: str
-    score: float
-    threshold: float
-    time: float
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d.update(score=round(self.score, 4), threshold=round(self.threshold, 4), time=round(self.time, 3))
-        return d
-
-
-@dataclass(frozen=True)
-class EventClipConfig:
-    """What :class:`kws.feedback.EventRecorder` keeps around an event.
-
-    Attributes:
-        preroll_ms: audio kept before the window that fired.
-        postroll_ms: audio kept after it (the clip is written once it has arrived).
-        max_mb: the event clips and sidecars kws saved in the folder are kept
-            under this size, the oldest deleted first (other files are never touched).
-    """
-
-    preroll_ms: float = 500.0
-    # As long as the window: a negative keeps every window of its clip that could fire
-    # the keyword, and the word that fired stays in the window for that long.
-    postroll_ms: float = 1000.0
-    max_mb: float = 100.0
-
-    def validate(self) -> None:
-        if self.preroll_ms < 0 or self.postroll_ms < 0:
-            raise AudioError(f"pre-roll and post-roll cannot be negative ({self.preroll_ms}, {self.postroll_ms} ms)")
-        if self.max_mb <= 0:
-            raise AudioError(f"the event folder's size cap must be positive, got {self.max_mb} MB")
 
 
 class Trigger:

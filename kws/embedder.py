@@ -17,6 +17,11 @@ import numpy as np
 from kws.audio import SAMPLE_RATE, pad_or_crop
 from kws.errors import CheckpointError, KwsError
 
+__all__ = [
+    "ASSETS", "BACKENDS", "BUNDLED", "DEFAULT_CHECKPOINT", "DEFAULT_ONNX", "Embedder", "IncrementalLogMel",
+    "StemEmbedder", "StemWindow", "TorchEmbedder", "WaveformWindow", "WindowStream", "load_embedder", "torch_head",
+]
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default.pt"
 DEFAULT_ONNX = ASSETS / "default.onnx"

@@ -7,9 +7,10 @@ several centers, by a spherical k-means split, for varied samples).
 
 The detection threshold is calibrated, not guessed (see :func:`kws.scoring.calibrate`):
 from the clips' leave-one-out similarities (how well a new utterance of the word
-is expected to score) and from impostor scores (speech that is not the keyword).
-How a keyword scores and is calibrated lives in :mod:`kws.scoring`; this module
-checks and embeds the clips and reports what it found.
+is expected to score) and from impostor scores (speech that is not the keyword),
+or, with a false-alarm budget, on running speech (:mod:`kws.background`). The
+keyword's confusable words are kept as its negatives (:mod:`kws.confusables`).
+How a keyword scores and is calibrated lives in :mod:`kws.scoring`.
 """
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from kws.audio import AUDIO_SUFFIXES, centre_speech, load_audio, loudest_rms, trim_silence
+from kws.audio import TRIM_DB, loudest_rms, pad_or_crop, trim_silence
 from kws.background import Background, BudgetCalibration, apply_budget, calibrate_to_budget, load_background
-from kws.bank import CONFUSABLE_SOURCE, Entry, Keyword, KeywordBank, keyword_name, utc_now
+from kws.bank import CONFUSABLE_SOURCE, Entry, Keyword, KeywordBank, keyword_name
 from kws.confusables import ConfusableConfig, Neighbour, confusable_embeddings
 from kws.detect import DetectorConfig
-from kws.embedder import ASSETS, Embedder
-from kws.errors import DataError, DeviceError, EnrollmentError
-from kws.fileio import atomic_path
+from kws.embedder import Embedder
+from kws.errors import EnrollmentError
+from kws.fileio import timestamp
+from kws.impostors import load_impostors
 from kws.metrics import normalize
 from kws.scoring import (
     KMEANS_ITERS,
@@ -48,7 +49,11 @@ from kws.scoring import (
 
 log = logging.getLogger(__name__)
 
-IMPOSTORS_PATH = ASSETS / "impostors.npz"
+__all__ = [
+    "EnrollConfig", "EnrollResult", "MAX_CLIPS", "augment_clips", "check_speech_length", "embed_clips", "enroll",
+    "prepare_clips",
+]
+
 MAX_CLIPS = 10
 
 
@@ -61,6 +66,8 @@ class EnrollConfig:
             -60 dBFS) is silence and is refused.
         clip_level: samples at or beyond this magnitude count as clipped.
         clip_fraction: more clipped samples than this fraction → a warning.
+        vad: find each clip's speech with Silero VAD (:mod:`kws.vad`), which tells
+            speech from line noise; off, or where it hears no speech, the energy trim below.
         trim_db: leading/trailing frames this far below the loudest are trimmed.
         outlier_warn: a clip whose leave-one-out similarity is this far below the
             median of the others gets a warning (likely another word or a bad take).
@@ -79,9 +86,10 @@ class EnrollConfig:
     """
 
     silence_rms: float = 1e-3
+    vad: bool = True
     clip_level: float = 0.999
     clip_fraction: float = 1e-3
-    trim_db: float = 40.0
+    trim_db: float = TRIM_DB
     outlier_warn: float = 0.15
     outlier_refuse: float = 0.35
     similar_limit: float = 0.85
@@ -163,15 +171,27 @@ def prepare_clips(
                 f"{name}: {100 * clipped:.1f}% of samples are clipped; lower the input gain or "
                 "speak further from the microphone"
             )
-        speech = trim_silence(x, frame=sample_rate // 100, db=cfg.trim_db)
+        speech = find_speech(x, sample_rate, cfg)
         if len(speech) > window_samples:
             raise EnrollmentError(
                 f"{name}: the speech lasts {len(speech) / sample_rate:.2f} s after trimming silence, "
                 f"longer than the model's {window_samples / sample_rate:.2f} s window; "
                 "use a shorter keyword or cut the clip to the keyword alone"
             )
-        out.append(centre_speech(x, window_samples, db=cfg.trim_db))
+        out.append(pad_or_crop(speech if len(speech) else x, window_samples))
     return np.stack(out).astype(np.float32), warnings
+
+
+def find_speech(x: np.ndarray, sample_rate: int, config: EnrollConfig) -> np.ndarray:
+    """The speech of a clip ``(samples,)``: the span Silero VAD hears (``config.vad``), or
+    else, and when it hears none (a tone, a hum), what the energy trim keeps."""
+    if config.vad:
+        from kws.vad import speech_bounds
+
+        bounds = speech_bounds(x)
+        if bounds is not None:
+            return x[bounds[0] : bounds[1]]
+    return trim_silence(x, frame=sample_rate // 100, db=config.trim_db)
 
 
 def check_speech_length(
@@ -180,7 +200,7 @@ def check_speech_length(
     """Refuse (:class:`EnrollmentError`) clips ``(samples,)`` with less than
     ``config.min_speech_s`` of speech once silence is trimmed."""
     for x, name in zip(clips, names):
-        speech = trim_silence(np.asarray(x, dtype=np.float32), frame=sample_rate // 100, db=config.trim_db)
+        speech = find_speech(np.asarray(x, dtype=np.float32), sample_rate, config)
         if len(speech) < config.min_speech_s * sample_rate:
             raise EnrollmentError(
                 f"{name}: only {len(speech) / sample_rate:.2f} s of speech (at least {config.min_speech_s:g} s "
@@ -210,148 +230,7 @@ def augment_clips(prepared: np.ndarray, copies: int, sample_rate: int, seed: int
     return out
 
 
-# ---------------------------------------------------------------------------- impostors
-
-
-def load_impostors(embedder: Embedder, exclude: str | None = None, path: Path = IMPOSTORS_PATH) -> np.ndarray:
-    """The bundled impostor embeddings ``(M, D)`` of ``embedder``'s model.
-
-    Args:
-        exclude: a word whose own clips are left out (the keyword being enrolled,
-            if it is one of the impostor set's words).
-    Raises:
-        EnrollmentError: no impostor set for this model (pass impostor clips instead).
-    """
-    hint = "pass a folder of other speech with --impostors DIR (or impostors= in Python)"
-    if not path.is_file():
-        raise EnrollmentError(f"no bundled impostor set ({path}); {hint}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            model_id = str(z["model_id"])
-            emb = np.asarray(z["embeddings"], dtype=np.float32)
-            words = np.asarray(z["words"]).astype(str) if "words" in z else np.full(len(emb), "")
-    except (OSError, ValueError, KeyError) as exc:
-        raise EnrollmentError(f"{path}: unreadable impostor set ({exc}); {hint}") from exc
-    if model_id != embedder.model_id and path == IMPOSTORS_PATH:
-        # Each bundled model has its own set beside the default's.
-        for other in sorted(ASSETS.glob("impostors_*.npz")):
-            with np.load(other, allow_pickle=False) as z:
-                if str(z["model_id"]) == embedder.model_id:
-                    return load_impostors(embedder, exclude, other)
-    if model_id != embedder.model_id:
-        raise EnrollmentError(
-            f"the bundled impostor set was made for model {model_id}, not {embedder.model_id}; {hint}"
-        )
-    if emb.ndim != 2 or emb.shape[1] != embedder.dim or len(words) != len(emb):
-        raise EnrollmentError(f"{path}: malformed impostor set (embeddings {emb.shape}); {hint}")
-    if exclude is not None:
-        emb = emb[np.char.lower(words) != exclude.lower()]
-    return emb
-
-
-def embed_files(embedder: Embedder, files: Sequence[Path], trim_db: float, desc: str) -> np.ndarray:
-    """Embed audio files (trimmed, centred) in batches with a progress bar → ``(n, D)``."""
-    from tqdm import tqdm
-
-    out = []
-    bs = embedder.batch_size
-    for i in tqdm(range(0, len(files), bs), desc=desc, unit="batch", disable=len(files) <= bs, leave=False):
-        batch = []
-        for f in files[i : i + bs]:
-            x = load_audio(f, embedder.sample_rate)
-            batch.append(centre_speech(x, embedder.window_samples, db=trim_db))
-        out.append(embedder(batch))
-    return np.concatenate(out) if out else np.zeros((0, embedder.dim), dtype=np.float32)
-
-
-def embed_impostor_folder(
-    embedder: Embedder,
-    folder: str | Path,
-    exclude: str | None = None,
-    max_clips: int = 2000,
-    seed: int = 0,
-    config: EnrollConfig | None = None,
-) -> np.ndarray:
-    """Embed the audio files under ``folder`` as impostors → ``(M, D)``.
-
-    ``folder`` is a flat folder of clips or a Speech Commands–layout corpus (one
-    folder per word). Folders whose name starts with ``_`` (``_background_noise_``)
-    are skipped, as are clips in a folder named ``exclude`` (the keyword itself).
-    At most ``max_clips`` clips, drawn at random, are used.
-    """
-    cfg = config or EnrollConfig()
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EnrollmentError(f"{folder}: impostor folder not found")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in AUDIO_SUFFIXES
-        and not any(part.startswith("_") for part in p.relative_to(folder).parts[:-1])
-        and not (exclude is not None and p.parent != folder and p.parent.name.lower() == exclude.lower())
-    )
-    if not files:
-        raise EnrollmentError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) to use as impostors")
-    if len(files) > max_clips:
-        files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), max_clips, replace=False))]
-    if len(files) < 50:
-        log.warning("only %d impostor clips in %s: the false-accept rate will be a rough estimate", len(files), folder)
-    return embed_files(embedder, files, cfg.trim_db, desc="impostors")
-
-
-def impostors_from_path(embedder: Embedder, path: str | Path | None, exclude: str | None = None) -> np.ndarray:
-    """Impostor embeddings ``(M, D)`` from ``path``: an impostor-set ``.npz``, a folder
-    of clips (see :func:`embed_impostor_folder`), or ``None`` for the bundled set."""
-    if path is None:
-        return load_impostors(embedder, exclude=exclude)
-    path = Path(path)
-    if path.is_dir():
-        return embed_impostor_folder(embedder, path, exclude=exclude)
-    return load_impostors(embedder, exclude=exclude, path=path)
-
-
-def build_impostor_set(
-    embedder: Embedder,
-    corpus_root: str | Path,
-    words: Sequence[str],
-    per_word: int,
-    out_path: str | Path = IMPOSTORS_PATH,
-    subset: str = "validation",
-    seed: int = 0,
-) -> Path:
-    """Make an impostor-set npz for ``embedder``'s model from a Speech Commands–layout corpus.
-
-    Takes up to ``per_word`` random clips of each word of ``subset`` and stores
-    their embeddings with each one's word (so that enrolling one of these words
-    leaves its own clips out) and the model id. Written atomically.
-
-    The npz holds ``model_id`` (str), ``embeddings`` ``(M, D)`` float16 and ``words`` ``(M,)`` str.
-    """
-    from kws.data.speech_commands import SpeechCommands
-
-    ds = SpeechCommands(corpus_root, subset=subset, words=list(words), heldout_words=())
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for word in words:
-        idx = [i for i, c in enumerate(ds.clips) if c.word == word]
-        if not idx:
-            raise DataError(f"{corpus_root}: no {subset} clips of {word!r}")
-        chosen += [ds.clips[i] for i in rng.choice(idx, size=min(per_word, len(idx)), replace=False)]
-    emb = embed_files(embedder, [c.path for c in chosen], EnrollConfig().trim_db, desc="impostor set")
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
-        # float16 halves the bundled file; thresholds need no more than 3 digits.
-        np.savez_compressed(
-            fh,
-            model_id=np.array(embedder.model_id),
-            embeddings=emb.astype(np.float16),
-            words=np.array([c.word for c in chosen]),
-        )
-    log.info("wrote %d impostor embeddings (%d words) to %s", len(emb), len(words), out_path)
-    return out_path
-
-
-# ---------------------------------------------------------------------------- enrolment
+# ---------------------------------------------------------------------------- centers and scores
 
 
 def embed_clips(
@@ -517,8 +396,9 @@ def _add_confusables(keyword: Keyword, neighbours: list[Neighbour], emb: np.ndar
     The threshold stays as calibrated, now and when feedback re-calibrates it
     (:func:`kws.scoring.recalibrate` leaves confusable words out): calibrating with them
     lowers it, since the impostors nearest the keyword are then suppressed, and on streams
-    that cost more false alarms than they saved (``recipes/false_alarms/README.md``). A neighbour that would suppress one of the keyword's own enrolment clips
-    (it sounds, to this model, like the keyword itself) is left out.
+    that cost more false alarms than they saved (``recipes/false_alarms/README.md``).
+    A neighbour that would suppress one of the keyword's own enrolment clips (it sounds,
+    to this model, like the keyword itself) is left out.
     """
     kept: list[tuple[Neighbour, float]] = []
     for nb, e in zip(neighbours, emb):
@@ -531,7 +411,7 @@ def _add_confusables(keyword: Keyword, neighbours: list[Neighbour], emb: np.ndar
                 id=len(keyword.history) + 1,
                 kind="negative",
                 source=f"{CONFUSABLE_SOURCE}{nb.word} ({nb.kind})",
-                added=utc_now(),
+                added=timestamp(),
                 embeddings=e,
                 before=json.loads(json.dumps(keyword.state_json())),
             )
@@ -568,60 +448,3 @@ def _check_outliers(loo: np.ndarray, names: Sequence[str], cfg: EnrollConfig) ->
         if gap > cfg.outlier_warn:
             warnings.append(msg)
     return warnings
-
-
-# ---------------------------------------------------------------------------- microphone
-
-
-def check_input_device(device: str | int | None, sample_rate: int):  # -> the sounddevice module
-    """Check that ``device`` (``None``: the default input) can record mono float32 at ``sample_rate``.
-
-    Returns the imported ``sounddevice`` module (imported here, lazily).
-
-    Raises:
-        DeviceError: PortAudio or the device is missing or cannot record so.
-    """
-    try:
-        import sounddevice as sd
-    except (ImportError, OSError) as exc:
-        raise DeviceError(f"cannot record: sounddevice/PortAudio is unavailable ({exc})") from exc
-    try:
-        sd.check_input_settings(device=device, channels=1, samplerate=sample_rate, dtype="float32")
-    except Exception as exc:  # PortAudio reports a missing device as several exception types
-        raise DeviceError(
-            f"no usable input device {device if device is not None else '(default)'} ({exc}); "
-            "list devices with `python -m sounddevice` and pass --device"
-        ) from exc
-    return sd
-
-
-def record_clip(
-    seconds: float,
-    sample_rate: int,
-    device: str | int | None = None,
-    on_level: Callable[[float], None] | None = None,
-) -> np.ndarray:
-    """Record ``seconds`` of mono audio from a microphone through sounddevice → ``(samples,)`` float32.
-
-    Args:
-        device: a sounddevice device name or index (``None``: the default input).
-        on_level: called with the RMS of each ~50 ms block as it arrives (a level meter).
-    Raises:
-        DeviceError: PortAudio or the device is missing, or recording failed.
-    """
-    sd = check_input_device(device, sample_rate)
-    block = sample_rate // 20
-    total = int(seconds * sample_rate)
-    chunks: list[np.ndarray] = []
-    try:
-        with sd.InputStream(device=device, channels=1, samplerate=sample_rate, dtype="float32", blocksize=block) as s:
-            got = 0
-            while got < total:
-                data, _ = s.read(min(block, total - got))
-                chunks.append(data[:, 0].copy())
-                got += len(data)
-                if on_level is not None:
-                    on_level(float(np.sqrt(np.mean(data**2))))
-    except Exception as exc:  # the device may vanish mid-recording
-        raise DeviceError(f"recording from input device failed ({exc})") from exc
-    return np.concatenate(chunks).astype(np.float32)

@@ -6,6 +6,11 @@ traceback; anything else is a bug.
 
 from __future__ import annotations
 
+__all__ = [
+    "AudioError", "BankError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "EnrollmentError",
+    "ExportError", "KwsError",
+]
+
 
 class KwsError(Exception):
     """Base class for errors the user can act on (bad file, bad option, ...)."""

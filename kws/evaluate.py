@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "DET_FARS", "EmbeddedCorpus", "EvalConfig", "augmentation_section", "close_pairs", "embed_corpus",
+    "embed_dataset", "evaluate", "few_shot_section", "format_table", "open_set_section", "pair_confusion",
+    "pairs_section", "plot_confusion", "plot_det", "plot_few_shot", "plot_projection", "projection",
+]
+
 DET_FARS = np.logspace(-3, 0, 61)
 
 

@@ -28,7 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kws import __version__
-from kws.audio import AUDIO_SUFFIXES, load_audio, pad_or_crop
+from kws.audio import AUDIO_SUFFIXES, SAMPLE_RATE, load_audio, pad_or_crop
 from kws.embedder import DEFAULT_CHECKPOINT
 from kws.errors import CheckpointError, ExportError, KwsError
 from kws.fileio import atomic_path
@@ -46,6 +46,12 @@ from kws.onnx_runtime import (
 )
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "ExportReport", "FRONTEND_SCOPE", "INT8_MIN_COSINE", "OPSET", "PARITY_TOLERANCE", "clips_from_folder",
+    "export_head", "export_onnx", "head_metadata", "int8_path", "load_source_model", "onnx_metadata", "quantize_int8",
+    "synthetic_clips",
+]
 
 # Opset 17 runs on every ONNX Runtime since 1.11, including onnxruntime-web and -mobile.
 OPSET = 17
@@ -83,7 +89,11 @@ def int8_path(path: str | Path) -> Path:
 
 
 def load_source_model(checkpoint: str | Path | None = None) -> KeywordModel | HeadModel:
-    """The model to export: ``checkpoint``, or the bundled default when ``None``."""
+    """The model to export: ``checkpoint`` (a path or a bundled model's name), or the bundled default."""
+    from kws.embedder import BUNDLED
+
+    if checkpoint is not None and str(checkpoint) in BUNDLED:
+        checkpoint = BUNDLED[str(checkpoint)][0]
     if checkpoint is None:
         if not DEFAULT_CHECKPOINT.is_file():
             raise CheckpointError(
@@ -322,5 +332,92 @@ def export_head(model: HeadModel, path: str | Path, clips: np.ndarray, opset: in
         log.info("head parity on %d clips: max abs diff %.2e (tolerance %.0e)", len(clips), diff, tolerance)
         if not diff <= tolerance:
             raise ExportError(f"ONNX Runtime does not reproduce the head: max abs difference {diff:.2e} > {tolerance:.0e}")
+        size = tmp.stat().st_size
+    return ExportReport(str(path), size, "none", len(clips), max_abs_diff=diff)
+
+
+def export_composed(model: HeadModel, path: str | Path, clips: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> ExportReport:
+    """Export stem and head as one ONNX file, ``waveform (1, window_samples)`` → ``embedding (1, 96)``.
+
+    The mel and stem graphs of the installed package, the windowing between them and
+    kws's head are composed into one graph that needs neither PyTorch nor the stem's
+    package. Its batch is 1: the mel model floors its output relative to the loudest
+    value of its whole input, so clips run together would change each other
+    (metadata ``max_batch``). Written only if it reproduces the PyTorch chain on
+    ``clips`` within ``tolerance``. The file holds the stem's weights: whoever
+    redistributes it keeps the stem's Apache-2.0 notice.
+    """
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    from kws.embedder import StemEmbedder, torch_head
+    from kws.stems import speech_embedding as se
+
+    model = model.eval()
+    clips = _check_clips(clips, model.cfg.window_samples)
+    frames, window = model.cfg.head.frames, model.cfg.window_samples
+    reference = StemEmbedder(torch_head(model), frames, model.dim, model.model_id())
+    expected = reference(clips)
+    opset = 13  # the stem's graphs are opset 13: every part of the composed graph must be
+    with tempfile.TemporaryDirectory() as tmpdir:
+        head_path = Path(tmpdir) / "head.onnx"
+        extra = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (torch.zeros(1, frames, se.DIM),), str(head_path), input_names=[HEAD_INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True, **extra)  # fmt: skip
+        head = compose.add_prefix(onnx.load(str(head_path)), "head/")
+    mel_path, stem_path = se.model_files()
+    mel = compose.add_prefix(onnx.load(str(mel_path)), "mel/")
+    stem = compose.add_prefix(onnx.load(str(stem_path)), "stem/")
+    index = np.arange(frames)[:, None] * se.STRIDE + np.arange(se.WINDOW_FRAMES)[None]
+    consts = {
+        "glue/axis1": np.array([1], dtype=np.int64),
+        "glue/ten": np.array(10.0, dtype=np.float32),
+        "glue/two": np.array(2.0, dtype=np.float32),
+        "glue/index": index.astype(np.int64),
+        "glue/windows_shape": np.array([frames, se.WINDOW_FRAMES, se.N_MELS, 1], dtype=np.int64),
+        "glue/frames_shape": np.array([1, frames, se.DIM], dtype=np.int64),
+    }
+    # In graph order: waveform → mel → scaled, windowed mel → stem → frames → head → embedding.
+    nodes = [helper.make_node("Identity", [INPUT_NAME], [mel.graph.input[0].name])]
+    nodes += list(mel.graph.node) + [
+        helper.make_node("Squeeze", [mel.graph.output[0].name, "glue/axis1"], ["glue/mel"]),
+        helper.make_node("Div", ["glue/mel", "glue/ten"], ["glue/mel10"]),
+        helper.make_node("Add", ["glue/mel10", "glue/two"], ["glue/scaled"]),
+        helper.make_node("Gather", ["glue/scaled", "glue/index"], ["glue/gathered"], axis=1),
+        helper.make_node("Reshape", ["glue/gathered", "glue/windows_shape"], [stem.graph.input[0].name]),
+    ]
+    nodes += list(stem.graph.node) + [
+        helper.make_node("Reshape", [stem.graph.output[0].name, "glue/frames_shape"], [head.graph.input[0].name])
+    ]
+    nodes += list(head.graph.node) + [helper.make_node("Identity", [head.graph.output[0].name], [OUTPUT_NAME])]
+    graph = helper.make_graph(
+        nodes,
+        "kws_speech_embedding",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, window])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, model.dim])],
+        initializer=list(mel.graph.initializer) + list(stem.graph.initializer) + list(head.graph.initializer)
+        + [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )  # fmt: skip
+    opsets = {}
+    for part in (mel, stem, head):
+        for imp in part.opset_import:
+            opsets[imp.domain] = max(opsets.get(imp.domain, 0), imp.version)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    proto.ir_version = max(mel.ir_version, stem.ir_version, head.ir_version)
+    metadata = {
+        "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "sample_rate": str(SAMPLE_RATE),
+        "window_samples": str(window), "embedding_dim": str(model.dim), "model_id": model.model_id(),
+        "kws_version": __version__, "stem": model.cfg.stem, "stem_id": model.stem_id, "max_batch": "1",
+        "head": json.dumps(asdict(model.cfg.head), sort_keys=True), "quantization": "none",
+    }  # fmt: skip
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+        _write_metadata(tmp, metadata)
+        got = OnnxEmbedder(tmp)(clips)
+        diff = float(np.abs(got - expected).max())
+        log.info("composed parity on %d clips: max abs diff %.2e (tolerance %.0e)", len(clips), diff, tolerance)
+        if not diff <= tolerance:
+            raise ExportError(f"the composed model does not reproduce stem + head: max abs difference {diff:.2e}")
         size = tmp.stat().st_size
     return ExportReport(str(path), size, "none", len(clips), max_abs_diff=diff)

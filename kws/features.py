@@ -15,12 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from kws.audio import SAMPLE_RATE
+
+__all__ = [
+    "FrontendConfig", "LogMel", "SpecAugment", "SpecAugmentConfig", "dft_basis", "hz_to_mel", "mel_filterbank",
+]
+
 
 @dataclass(frozen=True)
 class FrontendConfig:
     """Log-mel settings. Defaults: 25 ms Hann window, 10 ms hop, 40 mels."""
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE  # what the model was made for; kws accepts no other
     n_fft: int = 400
     hop_length: int = 160
     n_mels: int = 40

@@ -3,6 +3,7 @@ and two processes changing one file never lose each other's change."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import stat
@@ -13,8 +14,15 @@ from typing import Any, Iterator
 
 from kws.errors import KwsError
 
+__all__ = ["LOCK_TIMEOUT_S", "atomic_path", "file_lock", "real_path", "timestamp", "write_json"]
+
 # How long a writer waits for another process to finish with a file before giving up.
 LOCK_TIMEOUT_S = 120.0
+
+
+def timestamp() -> str:
+    """The current UTC time as ISO 8601 to the second: when a saved record was written."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def real_path(path: str | os.PathLike) -> Path:

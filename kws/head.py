@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+__all__ = ["Head", "HeadConfig"]
+
 
 @dataclass(frozen=True)
 class HeadConfig:

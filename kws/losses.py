@@ -41,6 +41,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+__all__ = [
+    "BatchHardTripletLoss", "CenterLoss", "CircleLoss", "ClassifierHead", "ContrastiveLoss", "CoupledClustersLoss",
+    "JointLoss", "METRIC_LOSSES", "MultiSimilarityLoss", "NPairLoss", "OIMLoss", "ProxyAnchorLoss",
+    "batch_hard_pairs", "build_metric_loss", "cosine_similarity", "multi_similarity_mine", "npair_rounds",
+    "pair_masks", "pairwise_distance",
+]
+
 # Squared distances are clamped to this before the square root: the gradient of
 # sqrt is infinite at 0 (identical embeddings), and clamping zeroes it instead.
 _SQRT_EPS = 1e-12

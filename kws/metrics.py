@@ -15,6 +15,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Episode", "FewShotResult", "class_centers", "det_curve", "eer", "episode_predictions", "few_shot_accuracy",
+    "few_shot_episodes", "frr_at_far", "frr_curve", "nearest_center_accuracy", "normalize", "open_set_eer",
+    "open_set_trials", "speaker_bootstrap_ci", "threshold_at_far", "thresholds_at_far",
+]
+
 
 @dataclass
 class FewShotResult:

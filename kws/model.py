@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kws.audio import SAMPLE_RATE
 from kws.errors import CheckpointError
 from kws.features import FrontendConfig, LogMel
 from kws.head import Head, HeadConfig
 from kws.stems import STEMS
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Encoder", "EncoderConfig", "HeadModel", "KeywordModel", "ModelConfig",
+    "PRESETS", "build_model", "count_parameters", "load_checkpoint", "load_model", "preset", "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "kws-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -73,7 +79,7 @@ class ModelConfig:
         try:
             enc = dict(d["encoder"])
             enc["blocks"] = tuple(tuple(int(v) for v in b) for b in enc["blocks"])
-            return cls(
+            cfg = cls(
                 frontend=FrontendConfig(**d["frontend"]),
                 encoder=EncoderConfig(**enc),
                 window_samples=int(d["window_samples"]),
@@ -83,6 +89,11 @@ class ModelConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"malformed model config: {exc}") from exc
+        if cfg.frontend.sample_rate != SAMPLE_RATE:
+            raise CheckpointError(
+                f"the model works at {cfg.frontend.sample_rate} Hz; kws works at {SAMPLE_RATE} Hz only"
+            )
+        return cfg
 
 
 PRESETS: dict[str, EncoderConfig] = {

@@ -33,6 +33,11 @@ from kws.audio import SAMPLE_RATE
 from kws.embedder import Embedder, StemEmbedder
 from kws.errors import CheckpointError
 
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "HEAD_FORMAT_NAME", "HEAD_INPUT_NAME", "HEAD_METADATA", "INPUT_NAME",
+    "OUTPUT_NAME", "OnnxEmbedder", "REQUIRED_METADATA", "head_embedder", "load_onnx", "open_session",
+]
+
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "embedding"
 FORMAT_NAME = "kws-embedder"
@@ -144,6 +149,9 @@ class OnnxEmbedder(Embedder):
         self.dim = int(self.metadata["embedding_dim"])
         self.model_id = self.metadata["model_id"]
         self.quantization = self.metadata.get("quantization", "none")
+        if "max_batch" in self.metadata:
+            # A composed stem model embeds one clip a run (see kws.export.export_composed).
+            self.batch_size = int(self.metadata["max_batch"])
 
     def _check_contract(self) -> None:
         def bad(what: str) -> CheckpointError:

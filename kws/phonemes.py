@@ -19,6 +19,8 @@ from kws.errors import DataError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["edit_distance", "minimal_pairs", "phonemes", "phonemes_of"]
+
 _SEP = "_"
 _STRESS = "ˈˌ"
 

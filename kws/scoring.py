@@ -28,6 +28,23 @@ from kws.metrics import normalize, threshold_at_far
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Calibration",
+    "FeedbackConfig",
+    "KMEANS_ITERS",
+    "TARGET_QUANTILE",
+    "calibrate",
+    "enrolled_state",
+    "fire_threshold",
+    "kmeans_assign",
+    "leave_one_out_scores",
+    "make_centers",
+    "nearest_keyword",
+    "recalibrate",
+    "recenter",
+    "suppressed",
+]
+
 # Defaults shared by enrolment (kws.enroll.EnrollConfig) and feedback (FeedbackConfig).
 TARGET_QUANTILE = 0.25
 KMEANS_ITERS = 10

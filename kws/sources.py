@@ -15,8 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from math import ceil, gcd
-from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -34,6 +33,11 @@ from kws.audio import (
 from kws.errors import AudioError, DeviceError
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "BLOCK_MS", "InputDevice", "MAX_CHANNELS", "MicrophoneSource", "StreamResampler", "check_format", "file_source",
+    "find_device", "list_devices", "pcm_source", "record_clip",
+]
 
 BLOCK_MS = 100
 # Input rates kws accepts: below 8 kHz speech is unintelligible (and a wrong --rate is
@@ -439,6 +443,37 @@ class MicrophoneSource:
                     dev.name, self.overflows, self.dropped,
                 )
             _close(stream, dev.name)
+
+
+def record_clip(
+    seconds: float,
+    device: int | str | None = None,
+    rate: int | None = None,
+    channels: int | None = None,
+    on_level: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """Record ``seconds`` from an input device through :class:`MicrophoneSource` → ``(samples,)``
+    float32 at 16 kHz mono (the device opened, matched and converted as for detection).
+
+    Args:
+        on_level: called with the RMS of each 50 ms block as it arrives (a level meter).
+    Raises:
+        DeviceError: PortAudio or the device is missing, cannot be opened, or stops delivering audio.
+    """
+    total = round(seconds * SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    got = 0
+    stream = iter(MicrophoneSource(device, rate=rate, channels=channels, block_ms=50))
+    try:
+        while got < total:
+            chunk = next(stream)[: total - got]
+            chunks.append(chunk)
+            got += len(chunk)
+            if on_level is not None:
+                on_level(float(np.sqrt(np.mean(chunk**2))))
+    finally:
+        stream.close()  # closes the device
+    return np.concatenate(chunks)
 
 
 def _close(stream, name: str, timeout_s: float = 1.0) -> None:

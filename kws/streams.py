@@ -24,7 +24,8 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, load_audio, trim_silence
 from kws.bank import KeywordBank
-from kws.detect import Detector, DetectorConfig, Event, Trigger
+from kws.detect import Detector, DetectorConfig, Trigger
+from kws.events import Event
 from kws.embedder import Embedder
 from kws.errors import DataError
 from kws.fileio import atomic_path, write_json
@@ -32,6 +33,11 @@ from kws.fileio import atomic_path, write_json
 DEFAULT_OFFSETS = tuple(np.round(np.arange(-0.1, 0.31, 0.02), 3))
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_OFFSETS", "StreamHops", "TruthItem", "build_sentence_stream", "build_stream", "embed_stream",
+    "evaluate_hops", "evaluate_stream", "match_events", "plot_report", "write_report",
+]
 
 
 @dataclass(frozen=True)

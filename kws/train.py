@@ -1,15 +1,19 @@
-"""Training the encoder with metric-learning losses; single device or torchrun + DDP.
+"""The training loop of the scratch encoder: single device, or torchrun + DistributedDataParallel.
 
-One epoch: P×K batches (:class:`kws.data.sampler.PKSampler`, or
-:class:`~kws.data.sampler.HardClassSampler` whose batches gather nearby words,
-from class centers refreshed every epoch) from the training set held
-in memory as int16 (on the GPU when there is one), augmented, turned into
-log-mel and masked (SpecAugment) on the training device, encoded, and scored by
-a :class:`kws.losses.JointLoss`. After each epoch rank 0 measures the embedding
-space (nearest-center accuracy on seen words for validation speakers, few-shot
-accuracy and open-set EER on held-out words for testing speakers), appends the
-figures to ``metrics.csv`` / ``metrics.jsonl``, and saves ``last.pt`` (everything
-needed to resume) and ``best.pt`` (best held-out few-shot accuracy).
+:func:`train` reads top to bottom: :func:`build_run` sets a run up (data, model,
+loss, optimizer, sampler, resume, DDP), :func:`train_epoch` runs one epoch of
+optimizer steps and reduces its loss sums over ranks, and :func:`end_epoch`
+measures the embedding space on rank 0 (:func:`evaluate_epoch`), appends the
+figures to ``metrics.csv`` / ``metrics.jsonl`` and saves ``last.pt`` (everything
+needed to resume) and ``best.pt`` (best held-out few-shot accuracy). The
+configuration is :mod:`kws.train_config`; a head over a pretrained stem trains
+in :mod:`kws.train_head`.
+
+An epoch's batches are P×K (:class:`kws.data.sampler.PKSampler`, or
+:class:`~kws.data.sampler.HardClassSampler` whose batches gather nearby words)
+from the training set held in memory as int16 (on the GPU when there is one),
+augmented, turned into log-mel and masked (SpecAugment) on the training device,
+encoded, and scored by a :class:`kws.losses.JointLoss`.
 
 Launch several processes with ``torchrun --nproc_per_node=N -m kws train ...``:
 the trainer reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` from the environment
@@ -19,15 +23,13 @@ and uses NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,340 +38,333 @@ import numpy as np
 import torch
 from torch import nn
 
-from kws.data.augment import AugmentConfig, Augmenter
+from kws.data.augment import Augmenter
 from kws.errors import CheckpointError, ConfigError, KwsError
-from kws.features import SpecAugment, SpecAugmentConfig
-from kws.data.sampler import SAMPLERS
-from kws.losses import METRIC_LOSSES, CenterLoss, ClassifierHead, JointLoss, build_metric_loss
-from kws.model import KeywordModel, ModelConfig, PRESETS, preset
+from kws.features import SpecAugment
+from kws.losses import CenterLoss, ClassifierHead, JointLoss, build_metric_loss
+from kws.model import KeywordModel, ModelConfig, load_checkpoint, preset, save_checkpoint
+from kws.train_config import SCHEDULES, EpochEvalConfig, LossConfig, ModelSection, OptimConfig, TrainConfig, resolve_words
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+__all__ = [
+    "train", "build_run", "train_epoch", "end_epoch", "evaluate_epoch", "Run", "EpochStats", "TrainStep",
+    "lr_factor", "build_loss", "model_config", "encode", "make_optimizer", "optimize", "embed_audio",
+    "write_metrics", "LAST", "BEST", "METRICS_CSV", "METRICS_JSONL",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("cosine", "onecycle")
-DEVICES = ("auto", "cpu", "cuda")
 LAST, BEST = "last.pt", "best.pt"
 METRICS_CSV, METRICS_JSONL = "metrics.csv", "metrics.jsonl"
 
 
-# ---------------------------------------------------------------------------- config
+# ---------------------------------------------------------------------------- the loop
 
 
-@dataclass
-class DataConfig:
-    """Which corpus and which words.
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train as configured; returns the last epoch's metrics row (rank 0; other ranks get ``{}``).
 
-    Training words are ``words`` plus those of ``words_vocab`` (a bundled
-    vocabulary name — ``train``, ``speech_commands`` — or a word-list file),
-    minus the held-out words; when both are empty, every word folder of the
-    corpus that is not held out. Held-out words (``heldout_words`` plus
-    ``heldout_vocab``) are never trained on; those present in the corpus are
-    the few-shot evaluation set.
+    ``resume`` continues from ``out_dir/last.pt``; without it an ``out_dir`` that
+    already holds a run is refused. ``on_epoch`` is called on rank 0 with each
+    epoch's metrics row.
     """
-
-    root: str = "data/synth"
-    words: list[str] = field(default_factory=list)
-    words_vocab: str = ""
-    heldout_words: list[str] = field(default_factory=list)
-    heldout_vocab: str = ""
-    on_device: bool = True  # keep the int16 training audio on the GPU (no host→device copies)
-    # Unlabelled speech for the OIM loss's queue: the training-split clips of this corpus's
-    # words that are neither training nor held-out words; train.unlabelled of them join each batch.
-    unlabelled_root: str = ""
-    # Over a pretrained stem (model.stem): the real-speech pack (its clips.csv) as a second source,
-    # the share of its speakers held out for the real-speech curve, where stem frames are cached,
-    # copies of each clip in the cache (1 clean + augmented ones) and, to bound the CPU time of
-    # the cache, at most this many synthetic training speakers (0: all).
-    real_pack: str = ""
-    real_heldout_fraction: float = 0.15
-    cache_dir: str = "data/stem_cache"
-    copies: int = 2
-    max_speakers: int = 0
-
-
-@dataclass
-class ModelSection:
-    stem: str = "scratch"  # or "speech-embedding": a frozen stem pretrained on real speech, under a head
-    size: str = "small"  # a kws.model preset (scratch stem)
-    embedding_dim: int = 128  # scratch stem; a head's embedding has the stem's size
-    head_frames: int = 13  # speech-embedding stem: stem frames per window (13: 1.74 s)
-    head_channels: int = 128
-    head_layers: int = 2
-
-
-@dataclass
-class LossConfig:
-    """The loss terms, their weights (0 turns a term off) and their settings.
-
-    ``metric`` names the metric-learning term (one of
-    :data:`kws.losses.METRIC_LOSSES`), weighted by ``metric_weight``; each
-    loss's settings are the keys prefixed with its name (``ms_`` for
-    ``multi_similarity``), passed to its constructor without the prefix.
-    ``triplet`` is the weight key of configs written when the triplet loss was
-    the only metric term: when set (>= 0) it stands for ``metric_weight`` and
-    needs ``metric = "triplet"``.
-    """
-
-    metric: str = "triplet"
-    metric_weight: float = 1.0
-    triplet: float = -1.0  # old name of metric_weight; -1: not set
-    center: float = 0.1
-    classifier: float = 1.0
-    classifier_kind: str = "cosine"  # or "softmax"
-    classifier_scale: float = 30.0
-    classifier_margin: float = 0.2
-    triplet_margin: float = 0.2
-    triplet_soft: bool = False
-    contrastive_pos_margin: float = 0.0
-    contrastive_neg_margin: float = 1.0
-    npair_scale: float = 10.0
-    coupled_clusters_margin: float = 0.5
-    circle_m: float = 0.25
-    circle_gamma: float = 80.0
-    ms_alpha: float = 2.0
-    ms_beta: float = 50.0
-    ms_base: float = 0.5
-    ms_epsilon: float = 0.1
-    oim_queue_size: int = 4096
-    oim_momentum: float = 0.5
-    oim_scale: float = 10.0
-    proxy_anchor_proxies_per_class: int = 1
-    proxy_anchor_alpha: float = 32.0
-    proxy_anchor_delta: float = 0.1
-    proxy_anchor_temperature: float = 0.1
-    center_alpha: float = 0.5
-
-    def metric_term_weight(self) -> float:
-        """The weight of the metric term (``triplet`` when an old config sets it, else ``metric_weight``)."""
-        return self.triplet if self.triplet >= 0 else self.metric_weight
-
-    def metric_params(self) -> dict[str, Any]:
-        """Constructor arguments of the selected metric loss: its prefixed keys, prefix removed."""
-        prefix = ("ms" if self.metric == "multi_similarity" else self.metric) + "_"
-        names = [f.name for f in dataclasses.fields(self) if f.name.startswith(prefix)]
-        return {name[len(prefix) :]: getattr(self, name) for name in names}
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for loss settings no run could use."""
-        if self.metric not in METRIC_LOSSES:
-            raise ConfigError(f"loss.metric must be one of {', '.join(METRIC_LOSSES)}, got {self.metric!r}")
-        if self.triplet >= 0 and self.metric != "triplet":
-            raise ConfigError(
-                f'loss.triplet is the old weight key of the triplet loss; with loss.metric = "{self.metric}" '
-                "set loss.metric_weight instead"
-            )
-        if self.triplet < 0 and self.triplet != -1.0:
-            raise ConfigError("loss weights must be >= 0")
-        try:
-            # Building a tiny instance runs each loss's own checks, so none is repeated here.
-            build_metric_loss(self.metric, self.metric_params(), dim=2, num_classes=2)
-        except ValueError as exc:
-            raise ConfigError(f"[loss] {self.metric}: {exc}") from None
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear warm-up then cosine decay (``cosine``), or a one-cycle schedule."""
-
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01  # cosine: final lr / lr
-    grad_clip: float = 5.0  # max gradient norm; 0 disables clipping
-
-
-@dataclass
-class LoopConfig:
-    epochs: int = 30
-    p: int = 32  # classes per batch (per process)
-    k: int = 4  # clips per class
-    steps_per_epoch: int = 0  # batches per epoch and process; 0: one pass over the training set
-    device: str = "auto"
-    bf16: bool = True  # bf16 autocast of the encoder on CUDA (ignored on CPU)
-    seed: int = 0
-    out_dir: str = "runs/speech_commands"
-    sampler: str = "pk"  # "pk": random P×K batches; "hard_class": each batch's words are each other's nearest
-    unlabelled: int = 0  # clips of data.unlabelled_root added to each batch with label -1 (only OIM uses them)
-
-
-@dataclass
-class EvalConfig:
-    n_way: int = 10
-    shots: list[int] = field(default_factory=lambda: [1, 3, 5])
-    best_shot: int = 3  # best.pt is chosen by held-out accuracy at this many shots
-    episodes: int = 300
-    queries: int = 5
-    eer_episodes: int = 100
-    ref_per_word: int = 20  # training clips per seen word that make its center
-    batch_size: int = 256
-    every: int = 1  # evaluate every N epochs (and after the last)
-
-
-@dataclass
-class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelSection = field(default_factory=ModelSection)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for values no run could use."""
-        from kws.stems import STEMS
-
-        checks = [
-            (self.model.stem in STEMS, f"model.stem must be one of {STEMS}"),
-            (self.model.head_frames >= 1 and self.model.head_channels >= 1 and self.model.head_layers >= 0,
-             "model.head_frames and model.head_channels must be >= 1, model.head_layers >= 0"),
-            (self.data.copies >= 1, "data.copies must be at least 1"),
-            (0 <= self.data.real_heldout_fraction < 1, "data.real_heldout_fraction must be in [0, 1)"),
-            (self.model.size in PRESETS, f"model.size must be one of {sorted(PRESETS)}"),
-            (self.model.embedding_dim >= 2, "model.embedding_dim must be at least 2"),
-            (self.loss.classifier_kind in ClassifierHead.KINDS, f"loss.classifier_kind must be one of {ClassifierHead.KINDS}"),
-            (min(self.loss.metric_weight, self.loss.center, self.loss.classifier) >= 0, "loss weights must be >= 0"),
-            (self.loss.metric_term_weight() + self.loss.center + self.loss.classifier > 0,
-             "at least one loss weight must be > 0"),
-            (0 < self.loss.center_alpha <= 1, "loss.center_alpha must be in (0, 1]"),
-            (self.loss.triplet_margin >= 0, "loss.triplet_margin must be >= 0"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
-            (self.optim.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}"),
-            (self.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
-            (0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
-            (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0"),
-            (self.train.epochs >= 1, "train.epochs must be at least 1"),
-            (self.train.p >= 2 and self.train.k >= 2, "train.p and train.k must be at least 2 (triplets need both)"),
-            (self.train.steps_per_epoch >= 0, "train.steps_per_epoch must be >= 0"),
-            (self.train.device in DEVICES, f"train.device must be one of {DEVICES}"),
-            (self.train.sampler in SAMPLERS, f"train.sampler must be one of {SAMPLERS}"),
-            (self.train.unlabelled >= 0, "train.unlabelled must be >= 0"),
-            (self.train.unlabelled == 0 or bool(self.data.unlabelled_root),
-             "train.unlabelled > 0 needs data.unlabelled_root (a corpus of other words)"),
-            (self.eval.n_way >= 2, "eval.n_way must be at least 2"),
-            (bool(self.eval.shots) and min(self.eval.shots) >= 1, "eval.shots must be a non-empty list of counts >= 1"),
-            (self.eval.best_shot in self.eval.shots, "eval.best_shot must be one of eval.shots"),
-            (min(self.eval.episodes, self.eval.queries, self.eval.eer_episodes) >= 1, "eval episodes and queries must be >= 1"),
-            (self.eval.ref_per_word >= 1 and self.eval.batch_size >= 1, "eval.ref_per_word and eval.batch_size must be >= 1"),
-            (self.eval.every >= 1, "eval.every must be at least 1"),
-        ]  # fmt: skip
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        self.loss.validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """``value`` checked against the type of the field's ``default`` (TOML lists become tuples where needed)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-        if ok and default:
-            value = [_coerce(v, default[0], f"{where}[{i}]") for i, v in enumerate(value)]
-        if ok and isinstance(default, tuple):
-            if len(value) != len(default):
-                raise ConfigError(f"{where}: expected {len(default)} values, got {len(value)}")
-            value = tuple(value)
-    else:  # pragma: no cover - every config field has a scalar or list default
-        ok = True
-    if not ok:
-        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
-    return value
-
-
-def config_from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a :class:`TrainConfig` from nested ``{section: {key: value}}``; unknown keys are errors."""
-    defaults = TrainConfig()
-    sections = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(TrainConfig)}
-    built = {}
-    for name, value in d.items():
-        if name not in sections:
-            raise ConfigError(f"{source}: unknown section [{name}]; sections are {', '.join(sections)}")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table of key = value")
-    for name, default in sections.items():
-        table = d.get(name, {})
-        known = {f.name for f in dataclasses.fields(default)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-                f"[{name}] takes {', '.join(sorted(known))}"
-            )
-        values = {k: _coerce(v, getattr(default, k), f"{source}: {name}.{k}") for k, v in table.items()}
-        built[name] = dataclasses.replace(default, **values)
-    cfg = TrainConfig(**built)
     cfg.validate()
-    return cfg
+    if cfg.model.stem != "scratch":
+        if resume:
+            raise KwsError("a head over a stem trains in minutes from its cache: start it again instead of --resume")
+        from kws.train_head import train_head
 
-
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """``section.key=value`` → ``(section, key, value)``; the value is read as TOML, else as a string."""
-    key, sep, raw = text.partition("=")
-    section, dot, name = key.strip().partition(".")
-    if not sep or not dot or not section or not name:
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=5")
+        return train_head(cfg, progress=progress, on_epoch=on_epoch)
+    out_dir = Path(cfg.train.out_dir)
+    if not resume and (out_dir / LAST).exists():
+        raise KwsError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out")
+    if resume and not (out_dir / LAST).is_file():
+        raise CheckpointError(f"{out_dir / LAST}: nothing to resume (no checkpoint there)")
+    dist = _setup(cfg.train.device)
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return section, name, value
+        run = build_run(cfg, dist, resume, progress)
+        row: dict[str, Any] = run.rows[-1] if run.rows else {}
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            stats = train_epoch(run, epoch, progress)
+            if dist.rank == 0:
+                row = end_epoch(run, epoch, stats)
+                if on_epoch is not None:
+                    on_epoch(row)
+            dist.barrier()
+        return row if dist.rank == 0 else {}
+    finally:
+        if dist.owns_group:
+            torch.distributed.destroy_process_group()
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a TOML training config (defaults when ``path`` is None) and apply ``--set`` overrides."""
-    d: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            d = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc})") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    for text in overrides:
-        section, name, value = parse_override(text)
-        table = d.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"--set {text!r}: [{section}] is not a table")
-        table[name] = value
-    return config_from_dict(d, source + (" with --set" if overrides else ""))
+@dataclass
+class Run:
+    """Everything one training process holds between epochs."""
+
+    cfg: TrainConfig
+    dist: _Dist
+    bf16: bool
+    classes: list[str]
+    heldout: list[str]
+    audio: torch.Tensor  # int16 (N, samples), on the GPU when data.on_device
+    labels: torch.Tensor  # (N,) on the training device
+    unlabelled: torch.Tensor | None  # int16 (M, samples) of data.unlabelled_root; None when train.unlabelled is 0
+    eval_data: _EvalSet | None  # rank 0 only
+    model: KeywordModel
+    loss: JointLoss
+    step_module: nn.Module  # TrainStep, wrapped in DDP when distributed
+    augmenter: Augmenter
+    optimizer: torch.optim.Optimizer
+    sampler: Any  # PKSampler or HardClassSampler
+    steps_per_epoch: int
+    start_epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics rows so far (rank 0)
+
+    @property
+    def hard(self) -> bool:
+        from kws.data.sampler import HardClassSampler
+
+        return isinstance(self.sampler, HardClassSampler)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.train.out_dir)
 
 
-# ---------------------------------------------------------------------------- pieces
+@dataclass
+class EpochStats:
+    """One epoch's loss sums (and classifier hits, last) summed over ranks, and its timing."""
+
+    names: list[str]
+    sums: torch.Tensor  # (len(names) + 1,)
+    started: float  # time.perf_counter() at the epoch's start
+    train_time: float
+    sampler_centers: torch.Tensor | None  # (classes, D) given to the hard-class sampler
 
 
-def resolve_words(cfg: DataConfig) -> tuple[list[str] | None, list[str]]:
-    """``(training words or None for "every word not held out", held-out words)``."""
-    from kws.data.synth import load_vocab
+def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Run:
+    """Load the data, build model, loss, optimizer and sampler, restore ``last.pt`` if resuming, wrap DDP."""
+    from kws.data.sampler import HardClassSampler, PKSampler
+    from kws.data.speech_commands import SpeechCommands, background_noise
 
-    heldout = list(dict.fromkeys(cfg.heldout_words + (load_vocab(cfg.heldout_vocab) if cfg.heldout_vocab else [])))
-    words = list(dict.fromkeys(cfg.words + (load_vocab(cfg.words_vocab) if cfg.words_vocab else [])))
-    held = set(heldout)
-    words = [w for w in words if w not in held]
-    if (cfg.words or cfg.words_vocab) and not words:
-        raise ConfigError("data.words / data.words_vocab leave no training word once held-out words are removed")
-    return (words or None), heldout
+    is_main, device = dist.rank == 0, dist.device
+    bf16 = cfg.train.bf16 and device.type == "cuda"
+    torch.manual_seed(cfg.train.seed)
+
+    words, heldout = resolve_words(cfg.data)
+    train_set = SpeechCommands(cfg.data.root, "training", words=words, heldout_words=heldout)
+    if len(train_set.classes) < cfg.train.p:
+        raise ConfigError(f"train.p={cfg.train.p} exceeds the {len(train_set.classes)} training words")
+    log.info(
+        "rank %d/%d on %s: %d training clips of %d words",
+        dist.rank, dist.world_size, device, len(train_set), len(train_set.classes),
+    )  # fmt: skip
+    audio = torch.from_numpy(train_set.load_all(progress=progress and is_main, pcm16=True))
+    if cfg.data.on_device and device.type == "cuda":
+        audio = audio.to(device)
+    labels = torch.from_numpy(train_set.labels).to(device)
+    unlabelled = _unlabelled_audio(cfg, train_set.classes, heldout, progress and is_main)
+    if unlabelled is not None and cfg.data.on_device and device.type == "cuda":
+        unlabelled = unlabelled.to(device)
+    eval_data = _eval_set(cfg, train_set, audio, heldout, progress) if is_main else None
+
+    model = KeywordModel(model_config(cfg.model)).to(device)
+    loss = build_loss(cfg.loss, cfg.model.embedding_dim, len(train_set.classes)).to(device)
+    step_module: nn.Module = TrainStep(model, SpecAugment(cfg.specaugment, model.frontend.cfg), loss, bf16)
+    augmenter = Augmenter(cfg.augment, background_noise(cfg.data.root)).to(device)
+    optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg.optim)
+    sampler_type = HardClassSampler if cfg.train.sampler == "hard_class" else PKSampler
+    sampler = sampler_type(train_set.labels, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size)
+    run = Run(
+        cfg=cfg, dist=dist, bf16=bf16, classes=train_set.classes, heldout=heldout, audio=audio, labels=labels,
+        unlabelled=unlabelled, eval_data=eval_data, model=model, loss=loss, step_module=step_module,
+        augmenter=augmenter, optimizer=optimizer, sampler=sampler,
+        steps_per_epoch=cfg.train.steps_per_epoch or len(sampler),
+    )  # fmt: skip
+    if resume:
+        extra = _load_resume(run.out_dir / LAST, model, train_set.classes)
+        loss.load_state_dict(extra["loss"])
+        optimizer.load_state_dict(extra["optimizer"])
+        run.start_epoch, run.step, run.best = int(extra["epoch"]), int(extra["step"]), float(extra["best"])
+        run.rows = _read_metrics(run.out_dir, run.start_epoch) if is_main else []
+        if run.hard and "sampler_centers" in extra:
+            sampler.set_centers(extra["sampler_centers"])
+        log.info("resuming %s after epoch %d", run.out_dir / LAST, run.start_epoch)
+    if dist.enabled:
+        run.step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return run
+
+
+def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
+    """One epoch of optimizer steps on this rank; its loss sums reduced over every rank."""
+    from tqdm import tqdm
+
+    cfg, dist, device, loss = run.cfg, run.dist, run.dist.device, run.loss
+    # Seeded per (epoch, rank): a resumed run draws what an uninterrupted one would.
+    torch.manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + dist.rank)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch * 131 + dist.rank)
+    run.step_module.train()
+    run.augmenter.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    # Centers for the hard-class sampler: the center loss keeps them, else running means do.
+    class_means = _ClassMeans(len(run.classes), run.model.dim, device) if run.hard and "center" not in loss.terms else None
+    total_steps = run.steps_per_epoch * cfg.train.epochs
+    warmup = round(cfg.optim.warmup_epochs * run.steps_per_epoch)
+    t0 = time.perf_counter()
+    bar = tqdm(_epoch_batches(run.sampler, epoch, run.steps_per_epoch), total=run.steps_per_epoch,
+               desc=f"epoch {epoch + 1}", unit="batch", disable=not (progress and dist.rank == 0), leave=False)  # fmt: skip
+    for i, batch in enumerate(bar):
+        factor = lr_factor(run.step, total_steps, warmup, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+        for group in run.optimizer.param_groups:
+            group["lr"] = cfg.optim.lr * factor
+        wave, y = _batch(run, batch, gen)
+        terms, emb = optimize(run.step_module, run.optimizer, wave, y, cfg.optim.grad_clip, cfg.train.unlabelled)
+        emb, y = emb[: len(emb) - cfg.train.unlabelled], y[: len(y) - cfg.train.unlabelled]
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value
+        if class_means is not None:
+            class_means.add(emb, y)
+        if "classifier" in loss.terms:
+            with torch.no_grad():
+                correct += (loss.terms["classifier"].logits(emb).argmax(dim=1) == y).sum()
+        run.step += 1
+        if (i + 1) % 20 == 0:
+            bar.set_postfix(loss=f"{(sums['loss'] / (i + 1)).item():.4f}")
+    bar.close()
+    # One reduction per epoch: every rank's losses count, not just rank 0's.
+    names = sorted(sums)
+    stats = torch.stack([torch.as_tensor(sums[n], device=device).float() for n in names] + [correct.float()])
+    if dist.enabled:
+        torch.distributed.all_reduce(stats)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_time = time.perf_counter() - t0
+    sampler_centers = None
+    if run.hard:
+        sampler_centers = _sampler_centers(loss, class_means, dist.enabled)
+        run.sampler.set_centers(sampler_centers)
+    log.info("rank %d/%d: epoch %d done, %d batches", dist.rank, dist.world_size, epoch + 1, run.steps_per_epoch)
+    return EpochStats(names, stats, t0, train_time, sampler_centers)
+
+
+def end_epoch(run: Run, epoch: int, stats: EpochStats) -> dict[str, Any]:
+    """Rank 0 after an epoch: its metrics row (evaluated when due), the metrics files, ``last.pt`` and ``best.pt``."""
+    cfg, loss = run.cfg, run.loss
+    n_batches = run.steps_per_epoch * run.dist.world_size
+    clips = n_batches * cfg.train.p * cfg.train.k
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"]}
+    for n, v in zip(stats.names, stats.sums.tolist()):
+        row["loss" if n == "loss" else f"loss_{n}"] = v / n_batches
+    if "classifier" in loss.terms:
+        row["train_acc"] = stats.sums[-1].item() / clips
+    t1 = time.perf_counter()
+    if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
+        row.update(evaluate_epoch(run.model, run.eval_data, cfg.eval, run.dist.device, run.bf16))
+    row.update(
+        train_time_s=stats.train_time, eval_time_s=time.perf_counter() - t1,
+        epoch_time_s=time.perf_counter() - stats.started, clips_per_s=clips / stats.train_time,
+        world_size=run.dist.world_size,
+    )  # fmt: skip
+    run.rows.append(row)
+    write_metrics(run.out_dir, run.rows)
+    score = row.get(f"fewshot_{cfg.eval.best_shot}", row.get("seen_acc"))
+    improved = score is not None and score > run.best
+    run.best = score if improved else run.best
+    extra = {
+        "epoch": epoch + 1, "step": run.step, "best": run.best, "classes": run.classes,
+        "heldout_words": run.heldout, "config": cfg.to_dict(), "metrics": row,
+        "optimizer": run.optimizer.state_dict(), "loss": loss.state_dict(),
+    }  # fmt: skip
+    if stats.sampler_centers is not None:
+        extra["sampler_centers"] = stats.sampler_centers.cpu()
+    save_checkpoint(run.out_dir / LAST, run.model, extra)
+    if improved:
+        save_checkpoint(run.out_dir / BEST, run.model, extra)
+    return row
+
+
+def _batch(run: Run, batch: list[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmented waveforms ``(B + U, samples)`` and labels ``(B + U,)`` of one batch; the ``U`` =
+    ``train.unlabelled`` unlabelled clips come last with label ``-1``, as :class:`JointLoss` expects."""
+    device, n_unl = run.dist.device, run.cfg.train.unlabelled
+    idx = torch.as_tensor(batch, device=run.audio.device)
+    wave = _to_float(run.audio[idx].to(device, non_blocking=True))
+    y = run.labels[idx.to(device)]
+    if n_unl:
+        pick = torch.randint(len(run.unlabelled), (n_unl,), device=device, generator=gen).to(run.unlabelled.device)
+        wave = torch.cat([wave, _to_float(run.unlabelled[pick].to(device, non_blocking=True))])
+        y = torch.cat([y, y.new_full((n_unl,), -1)])
+    with torch.no_grad():
+        wave = run.augmenter(wave, generator=gen)
+    return wave, y
+
+
+def _unlabelled_audio(cfg: TrainConfig, words: list[str], heldout: list[str], progress: bool) -> torch.Tensor | None:
+    """int16 clips ``(N, samples)`` of ``data.unlabelled_root``'s training split, its words that are
+    neither training nor held-out words (``None`` when ``train.unlabelled`` is 0)."""
+    from kws.data.speech_commands import SpeechCommands, list_words
+
+    if cfg.train.unlabelled == 0:
+        return None
+    taken = set(words) | set(heldout)
+    others = [w for w in list_words(cfg.data.unlabelled_root) if w not in taken]
+    if not others:
+        raise ConfigError(f"data.unlabelled_root {cfg.data.unlabelled_root}: every word is a training or held-out word")
+    unl = SpeechCommands(cfg.data.unlabelled_root, "training", words=others)
+    log.info("unlabelled speech: %d clips of %d other words, %d per batch", len(unl), len(others), cfg.train.unlabelled)
+    return torch.from_numpy(unl.load_all(progress=progress, pcm16=True))
+
+
+class _ClassMeans:
+    """Running per-class sums of training embeddings over an epoch (for the hard-class sampler)."""
+
+    def __init__(self, num_classes: int, dim: int, device: torch.device) -> None:
+        self.sums = torch.zeros(num_classes, dim, device=device)
+        self.counts = torch.zeros(num_classes, device=device)
+
+    def add(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        self.sums.index_add_(0, labels, embeddings.float())
+        self.counts += torch.bincount(labels, minlength=len(self.counts)).to(self.counts.dtype)
+
+
+def _sampler_centers(loss: JointLoss, means: _ClassMeans | None, distributed: bool) -> torch.Tensor:
+    """Class centers ``(classes, D)`` for the hard-class sampler, identical on every rank.
+
+    The center loss's centers when that term is trained (already synchronised
+    across ranks); else the epoch's mean training embedding of each class,
+    summed over ranks (zero for a class no rank saw).
+    """
+    if means is None:
+        return loss.terms["center"].centers.detach().clone()
+    if distributed:
+        torch.distributed.all_reduce(means.sums)
+        torch.distributed.all_reduce(means.counts)
+    return means.sums / means.counts.clamp_min(1.0)[:, None]
+
+
+def _epoch_batches(sampler: Any, epoch: int, steps: int) -> Iterator[list[int]]:
+    """``steps`` batches for ``epoch``: the sampler's plan, then further plans if ``steps`` asks for more."""
+    done, part = 0, 0
+    while True:
+        sampler.set_epoch(epoch + part * 1_000_000)
+        for batch in sampler:
+            yield batch
+            done += 1
+            if done == steps:
+                return
+        part += 1
+
+
+# ---------------------------------------------------------------------------- building blocks
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float = 0.01) -> float:
@@ -588,8 +583,8 @@ def _eval_set(
     )
 
 
-def evaluate(
-    model: KeywordModel, data: _EvalSet, cfg: EvalConfig, device: torch.device, bf16: bool
+def evaluate_epoch(
+    model: KeywordModel, data: _EvalSet, cfg: EpochEvalConfig, device: torch.device, bf16: bool
 ) -> dict[str, float]:
     """Embedding-space figures of ``model`` on ``data``.
 
@@ -625,7 +620,7 @@ def evaluate(
 # ---------------------------------------------------------------------------- logs and checkpoints
 
 
-def _write_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv atomically with every epoch's row so far."""
     from kws.fileio import atomic_path
 
@@ -649,8 +644,6 @@ def _read_metrics(out_dir: Path, up_to_epoch: int) -> list[dict[str, Any]]:
 
 
 def _load_resume(path: Path, model: KeywordModel, classes: list[str]) -> dict[str, Any]:
-    from kws.model import load_checkpoint
-
     payload = load_checkpoint(path)
     if payload["config"] != model.cfg:
         raise CheckpointError(f"{path}: was trained with another model config; resume with the same [model] settings")
@@ -659,239 +652,3 @@ def _load_resume(path: Path, model: KeywordModel, classes: list[str]) -> dict[st
         raise CheckpointError(f"{path}: was trained on other words; resume with the same [data] settings")
     model.load_state_dict(payload["state_dict"])
     return extra
-
-
-# ---------------------------------------------------------------------------- training
-
-
-def _unlabelled_audio(cfg: TrainConfig, words: list[str], heldout: list[str], progress: bool) -> torch.Tensor | None:
-    """int16 clips ``(N, samples)`` of ``data.unlabelled_root``'s training split, its words that are
-    neither training nor held-out words (``None`` when ``train.unlabelled`` is 0)."""
-    from kws.data.speech_commands import SpeechCommands, list_words
-
-    if cfg.train.unlabelled == 0:
-        return None
-    taken = set(words) | set(heldout)
-    others = [w for w in list_words(cfg.data.unlabelled_root) if w not in taken]
-    if not others:
-        raise ConfigError(f"data.unlabelled_root {cfg.data.unlabelled_root}: every word is a training or held-out word")
-    unl = SpeechCommands(cfg.data.unlabelled_root, "training", words=others)
-    log.info("unlabelled speech: %d clips of %d other words, %d per batch", len(unl), len(others), cfg.train.unlabelled)
-    return torch.from_numpy(unl.load_all(progress=progress, pcm16=True))
-
-
-def train(
-    cfg: TrainConfig,
-    resume: bool = False,
-    progress: bool = True,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train as configured; returns the last epoch's metrics row (rank 0; other ranks get ``{}``).
-
-    ``resume`` continues from ``out_dir/last.pt``; without it an ``out_dir`` that
-    already holds a run is refused. ``on_epoch`` is called on rank 0 with each
-    epoch's metrics row.
-    """
-    from tqdm import tqdm
-
-    from kws.data.sampler import HardClassSampler, PKSampler
-    from kws.data.speech_commands import SpeechCommands, background_noise
-    from kws.model import save_checkpoint
-
-    cfg.validate()
-    if cfg.model.stem != "scratch":
-        if resume:
-            raise KwsError("a head over a stem trains in minutes from its cache: start it again instead of --resume")
-        from kws.train_head import train_head
-
-        return train_head(cfg, progress=progress, on_epoch=on_epoch)
-    out_dir = Path(cfg.train.out_dir)
-    if not resume and (out_dir / LAST).exists():
-        raise KwsError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out")
-    if resume and not (out_dir / LAST).is_file():
-        raise CheckpointError(f"{out_dir / LAST}: nothing to resume (no checkpoint there)")
-    dist = _setup(cfg.train.device)
-    try:
-        is_main = dist.rank == 0
-        device = dist.device
-        bf16 = cfg.train.bf16 and device.type == "cuda"
-        torch.manual_seed(cfg.train.seed)
-
-        words, heldout = resolve_words(cfg.data)
-        train_set = SpeechCommands(cfg.data.root, "training", words=words, heldout_words=heldout)
-        if len(train_set.classes) < cfg.train.p:
-            raise ConfigError(f"train.p={cfg.train.p} exceeds the {len(train_set.classes)} training words")
-        log.info(
-            "rank %d/%d on %s: %d training clips of %d words",
-            dist.rank, dist.world_size, device, len(train_set), len(train_set.classes),
-        )  # fmt: skip
-        audio = torch.from_numpy(train_set.load_all(progress=progress and is_main, pcm16=True))
-        if cfg.data.on_device and device.type == "cuda":
-            audio = audio.to(device)
-        labels = torch.from_numpy(train_set.labels).to(device)
-        unlabelled = _unlabelled_audio(cfg, train_set.classes, heldout, progress and is_main)
-        n_unl = cfg.train.unlabelled  # unlabelled clips per batch; `unlabelled` is None when 0
-        if unlabelled is not None and cfg.data.on_device and device.type == "cuda":
-            unlabelled = unlabelled.to(device)
-        eval_data = _eval_set(cfg, train_set, audio, heldout, progress) if is_main else None
-
-        model = KeywordModel(model_config(cfg.model)).to(device)
-        loss = build_loss(cfg.loss, cfg.model.embedding_dim, len(train_set.classes)).to(device)
-        step_module: nn.Module = TrainStep(model, SpecAugment(cfg.specaugment, model.frontend.cfg), loss, bf16)
-        augmenter = Augmenter(cfg.augment, background_noise(cfg.data.root)).to(device)
-        optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg.optim)
-
-        sampler_type = HardClassSampler if cfg.train.sampler == "hard_class" else PKSampler
-        sampler = sampler_type(train_set.labels, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size)
-        hard = isinstance(sampler, HardClassSampler)
-        start_epoch, step, best, rows = 0, 0, -math.inf, []
-        if resume:
-            extra = _load_resume(out_dir / LAST, model, train_set.classes)
-            loss.load_state_dict(extra["loss"])
-            optimizer.load_state_dict(extra["optimizer"])
-            start_epoch, step, best = int(extra["epoch"]), int(extra["step"]), float(extra["best"])
-            rows = _read_metrics(out_dir, start_epoch) if is_main else []
-            if hard and "sampler_centers" in extra:
-                sampler.set_centers(extra["sampler_centers"])
-            log.info("resuming %s after epoch %d", out_dir / LAST, start_epoch)
-        if dist.enabled:
-            step_module = nn.parallel.DistributedDataParallel(
-                step_module, device_ids=[device.index] if device.type == "cuda" else None
-            )
-
-        steps_per_epoch = cfg.train.steps_per_epoch or len(sampler)
-        total_steps = steps_per_epoch * cfg.train.epochs
-        warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-        row: dict[str, Any] = rows[-1] if rows else {}
-        for epoch in range(start_epoch, cfg.train.epochs):
-            # Seeded per (epoch, rank): a resumed run draws what an uninterrupted one would.
-            torch.manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + dist.rank)
-            gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 7919 + epoch * 131 + dist.rank)
-            step_module.train()
-            augmenter.train()
-            sums: dict[str, torch.Tensor] = {}
-            correct = torch.zeros((), device=device)
-            # Centers for the hard-class sampler: the center loss keeps them, else running means do.
-            class_means = (
-                _ClassMeans(len(train_set.classes), model.dim, device) if hard and "center" not in loss.terms else None
-            )
-            t0 = time.perf_counter()
-            bar = tqdm(_epoch_batches(sampler, epoch, steps_per_epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}",
-                       unit="batch", disable=not (progress and is_main), leave=False)  # fmt: skip
-            for i, batch in enumerate(bar):
-                for group in optimizer.param_groups:
-                    factor = lr_factor(step, total_steps, warmup, cfg.optim.schedule, cfg.optim.min_lr_ratio)
-                    group["lr"] = cfg.optim.lr * factor
-                idx = torch.as_tensor(batch, device=audio.device)
-                wave = _to_float(audio[idx].to(device, non_blocking=True))
-                y = labels[idx.to(device)]
-                if n_unl:  # appended after the labelled clips, as JointLoss expects them
-                    pick = torch.randint(len(unlabelled), (n_unl,), device=device, generator=gen).to(unlabelled.device)
-                    wave = torch.cat([wave, _to_float(unlabelled[pick].to(device, non_blocking=True))])
-                    y = torch.cat([y, y.new_full((n_unl,), -1)])
-                with torch.no_grad():
-                    wave = augmenter(wave, generator=gen)
-                terms, emb = optimize(step_module, optimizer, wave, y, cfg.optim.grad_clip, n_unl)
-                emb, y = emb[: len(emb) - n_unl], y[: len(y) - n_unl]
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                if class_means is not None:
-                    class_means.add(emb, y)
-                if "classifier" in loss.terms:
-                    with torch.no_grad():
-                        correct += (loss.terms["classifier"].logits(emb).argmax(dim=1) == y).sum()
-                step += 1
-                if (i + 1) % 20 == 0:
-                    bar.set_postfix(loss=f"{(sums['loss'] / (i + 1)).item():.4f}")
-            bar.close()
-            # One reduction per epoch: every rank's losses count, not just rank 0's.
-            names = sorted(sums)
-            stats = torch.stack([torch.as_tensor(sums[n], device=device).float() for n in names] + [correct.float()])
-            if dist.enabled:
-                torch.distributed.all_reduce(stats)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time = time.perf_counter() - t0
-            sampler_centers = None
-            if hard:
-                sampler_centers = _sampler_centers(loss, class_means, dist.enabled)
-                sampler.set_centers(sampler_centers)
-            n_batches = steps_per_epoch * dist.world_size
-            clips = n_batches * cfg.train.p * cfg.train.k
-            log.info("rank %d/%d: epoch %d done, %d batches", dist.rank, dist.world_size, epoch + 1, steps_per_epoch)
-
-            if is_main:
-                row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"]}
-                for n, v in zip(names, stats.tolist()):
-                    row["loss" if n == "loss" else f"loss_{n}"] = v / n_batches
-                if "classifier" in loss.terms:
-                    row["train_acc"] = stats[-1].item() / clips
-                t1 = time.perf_counter()
-                if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
-                    row.update(evaluate(model, eval_data, cfg.eval, device, bf16))
-                row.update(
-                    train_time_s=train_time, eval_time_s=time.perf_counter() - t1, epoch_time_s=time.perf_counter() - t0,
-                    clips_per_s=clips / train_time, world_size=dist.world_size,
-                )  # fmt: skip
-                rows.append(row)
-                _write_metrics(out_dir, rows)
-                score = row.get(f"fewshot_{cfg.eval.best_shot}", row.get("seen_acc"))
-                improved = score is not None and score > best
-                best = score if improved else best
-                extra = {
-                    "epoch": epoch + 1, "step": step, "best": best, "classes": train_set.classes,
-                    "heldout_words": heldout, "config": cfg.to_dict(), "metrics": row,
-                    "optimizer": optimizer.state_dict(), "loss": loss.state_dict(),
-                }  # fmt: skip
-                if sampler_centers is not None:
-                    extra["sampler_centers"] = sampler_centers.cpu()
-                save_checkpoint(out_dir / LAST, model, extra)
-                if improved:
-                    save_checkpoint(out_dir / BEST, model, extra)
-                if on_epoch is not None:
-                    on_epoch(row)
-            dist.barrier()
-        return row if is_main else {}
-    finally:
-        if dist.owns_group:
-            torch.distributed.destroy_process_group()
-
-
-class _ClassMeans:
-    """Running per-class sums of training embeddings over an epoch (for the hard-class sampler)."""
-
-    def __init__(self, num_classes: int, dim: int, device: torch.device) -> None:
-        self.sums = torch.zeros(num_classes, dim, device=device)
-        self.counts = torch.zeros(num_classes, device=device)
-
-    def add(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        self.sums.index_add_(0, labels, embeddings.float())
-        self.counts += torch.bincount(labels, minlength=len(self.counts)).to(self.counts.dtype)
-
-
-def _sampler_centers(loss: JointLoss, means: _ClassMeans | None, distributed: bool) -> torch.Tensor:
-    """Class centers ``(classes, D)`` for the hard-class sampler, identical on every rank.
-
-    The center loss's centers when that term is trained (already synchronised
-    across ranks); else the epoch's mean training embedding of each class,
-    summed over ranks (zero for a class no rank saw).
-    """
-    if means is None:
-        return loss.terms["center"].centers.detach().clone()
-    if distributed:
-        torch.distributed.all_reduce(means.sums)
-        torch.distributed.all_reduce(means.counts)
-    return means.sums / means.counts.clamp_min(1.0)[:, None]
-
-
-def _epoch_batches(sampler: Any, epoch: int, steps: int) -> Iterator[list[int]]:
-    """``steps`` batches for ``epoch``: the sampler's plan, then further plans if ``steps`` asks for more."""
-    done, part = 0, 0
-    while True:
-        sampler.set_epoch(epoch + part * 1_000_000)
-        for batch in sampler:
-            yield batch
-            done += 1
-            if done == steps:
-                return
-        part += 1

@@ -34,6 +34,8 @@ from kws.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CACHE_FORMAT", "FrameSet", "cached", "measure", "place", "stem_frames", "train_head"]
+
 CACHE_FORMAT = 1
 
 
@@ -244,7 +246,7 @@ def measure(model: torch.nn.Module, sets: dict[str, FrameSet], cfg: Any) -> dict
 def train_head(
     cfg: Any, progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Train a head over the configured stem (``cfg`` a :class:`kws.train.TrainConfig`); returns the last row.
+    """Train a head over the configured stem (``cfg`` a :class:`kws.train_config.TrainConfig`); returns the last row.
 
     Writes ``metrics.jsonl``/``metrics.csv``, ``last.pt`` and ``best.pt`` (best
     real-speech few-shot accuracy, or synthetic when there is no real pack) into
@@ -254,7 +256,8 @@ def train_head(
     from kws.data.sampler import PKSampler
     from kws.head import HeadConfig
     from kws.model import HeadModel, ModelConfig, save_checkpoint
-    from kws.train import BEST, LAST, _write_metrics, build_loss, lr_factor, make_optimizer, resolve_words
+    from kws.train import BEST, LAST, build_loss, lr_factor, make_optimizer, write_metrics
+    from kws.train_config import resolve_words
 
     if cfg.train.device not in ("auto", "cpu"):
         raise ConfigError("a head over a frozen stem trains on the CPU (its stem runs on ONNX Runtime)")
@@ -325,14 +328,14 @@ def train_head(
             opt.step()
             step += 1
             for name, value in {"loss": total_loss, **terms}.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
         row: dict[str, Any] = {"epoch": epoch}
         row.update({("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()})
         row.update(measure(model, eval_sets, cfg))
         row["clips_per_s"] = steps * len(idx) / (time.time() - t0)
         row["epoch_time_s"] = time.time() - t0
         rows.append(row)
-        _write_metrics(out_dir, rows)
+        write_metrics(out_dir, rows)
         extra = {"epoch": epoch, "metrics": row, "classes": classes.tolist()}
         save_checkpoint(out_dir / LAST, model, extra)
         score = row.get(f"real_fewshot_{cfg.eval.best_shot}", row.get(f"synthetic_fewshot_{cfg.eval.best_shot}", 0.0))

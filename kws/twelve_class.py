@@ -48,21 +48,18 @@ from kws.metrics import normalize, speaker_bootstrap_ci
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BIAS_GRID", "CLASSES", "COMMANDS", "Prototypes", "TwelveClassConfig", "VALIDATION_AUGMENT", "balanced_accuracy",
+    "command_centers", "confusion_matrix", "draw_support", "embed_reference", "evaluate_twelve_class", "fit_biases",
+    "format_twelve_class", "prototypes_from", "summarise", "top_confusions", "twelve_class_labels",
+]
+
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 CLASSES = (*COMMANDS, UNKNOWN, SILENCE)
 UNKNOWN_ID, SILENCE_ID = len(COMMANDS), len(COMMANDS) + 1
 BIAS_GRID = np.round(np.arange(-0.4, 0.4001, 0.02), 2)
 # Recording conditions the synthetic validation clips are put through before the biases are fitted.
 VALIDATION_AUGMENT = AugmentConfig(bandlimit_prob=0.5, codec_prob=0.3)
-
-# Published top-1 accuracy on the official v2 12-class test set, for comparison only
-# (models trained on the real Speech Commands training speakers; not measured here).
-PUBLISHED = (
-    ("Warden 2018, baseline conv (Speech Commands paper)", 88.2),
-    ("Tang & Lin 2018, res15", 95.8),
-    ("Majumdar & Ginsburg 2020, MatchboxNet 3x2x64", 97.5),
-    ("Kim et al. 2021, BC-ResNet-8", 98.7),
-)
 
 
 @dataclass

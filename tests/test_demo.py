@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kws.bank import KeywordBank
 from kws.cli import main
@@ -11,6 +12,7 @@ from kws.demo import DEMO_DIR, KEYWORDS, make_demo_assets, run_demo
 from kws.embedder import load_embedder
 
 
+@pytest.mark.slow
 def test_demo_detects_unseen_keywords_of_unseen_speakers(tmp_path):
     embedder = load_embedder()
     result = run_demo(embedder, bank_path=tmp_path / "bank.json", minutes=2.0, seed=1)
@@ -37,6 +39,7 @@ def test_demo_command_prints_events_and_summary(capsys):
     assert "threshold" in out and "events:" in out and "summary:" in out
 
 
+@pytest.mark.slow
 def test_make_demo_assets_splits_enrolment_and_stream_clips(tiny_corpus, tmp_path):
     out = make_demo_assets(tiny_corpus, tmp_path / "demo", keywords=("cat", "bat"), distractors=("no",), enrol_clips=1)
     enrol = SpeechCommands(out, subset="training")

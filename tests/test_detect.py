@@ -219,7 +219,6 @@ def test_cli_detect_keeps_pending_clips_and_prints_the_summary_when_the_stream_f
     embedder, scene, random_checkpoint, tmp_path, capsys, monkeypatch
 ):
     import kws.cli.detect
-    from kws.audio import write_audio
     from kws.cli import main
     from kws.errors import DeviceError
 
@@ -268,3 +267,13 @@ def test_cli_detect_checks_its_input_before_loading_the_model(scene, tmp_path, c
                            (["--channels", "0"], "0 channels")):
         assert main(["detect", "-", "--bank", str(bank_path), *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_cli_and_benchmark_defaults_are_the_detector_config() -> None:
+    from kws.cli import build_parser
+    from kws.cli._common import detector_config_from_args
+
+    parser = build_parser()
+    assert detector_config_from_args(parser.parse_args(["detect", "--bank", "b.json"])) == DetectorConfig()
+    for bench in ("detect", "frontend"):
+        assert parser.parse_args(["bench", bench]).hop_ms == DetectorConfig().hop_ms

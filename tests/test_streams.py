@@ -10,7 +10,8 @@ import pytest
 from kws.audio import SAMPLE_RATE
 from kws.bank import Keyword, KeywordBank
 from kws.cli import main
-from kws.detect import DetectorConfig, Event
+from kws.detect import DetectorConfig
+from kws.events import Event
 from kws.embedder import load_embedder
 from kws.streams import TruthItem, build_stream, evaluate_stream, match_events
 

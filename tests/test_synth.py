@@ -130,6 +130,7 @@ def test_tiny_corpus_background_noise(tiny_corpus: Path) -> None:
     assert low_share["white_noise.wav"] < low_share["pink_noise.wav"] < low_share["brown_noise.wav"]
 
 
+@pytest.mark.slow
 def test_resume_is_deterministic_and_independent_of_workers(tmp_path: Path) -> None:
     cfg = SynthConfig(words=("go", "stop"), speakers=4, seed=1, noise_seconds=1.0, workers=1)
     first = synthesize(cfg, tmp_path / "a", progress=False)

@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from kws.errors import ConfigError, KwsError
-from kws.train import load_config, lr_factor, resolve_words, train
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from kws.errors import CheckpointError, ConfigError, KwsError
+from kws.train import lr_factor, train
+from kws.train_config import load_config, resolve_words
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = '["no", "seven"]'  # trained on yes, cat, bat, left
@@ -49,6 +55,7 @@ def trained(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_logs(trained: Path) -> None:
     rows = read_rows(trained)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
@@ -61,6 +68,7 @@ def test_short_run_learns_and_logs(trained: Path) -> None:
     assert len(csv_lines) == 5 and "fewshot_1" in csv_lines[0].split(",")
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(trained: Path) -> None:
     from kws.model import load_model
 
@@ -73,6 +81,7 @@ def test_checkpoints_load_with_weights_only(trained: Path) -> None:
     assert torch.load(trained / "last.pt", weights_only=True)["extra"]["epoch"] == 4
 
 
+@pytest.mark.slow
 def test_resume_continues_where_it_stopped(trained: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     cfg = load_config(None, tiny_overrides(tiny_corpus, out))
@@ -106,6 +115,7 @@ def test_resume_without_checkpoint_is_refused(tiny_corpus: Path, tmp_path: Path)
         train(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "empty")), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tiny_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     sets = tiny_overrides(tiny_corpus, out, epochs=1) + ["train.p=2", "train.k=2", "train.steps_per_epoch=2"]
@@ -210,6 +220,7 @@ def test_bench_train_compares_losses(capsys: pytest.CaptureFixture) -> None:
     assert "arcface" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_copy_of_run_is_not_clobbered(trained: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
@@ -246,6 +257,7 @@ def test_metric_loss_and_sampler_are_chosen_by_name(tmp_path: Path) -> None:
         load_config(None, ["loss.metric_weight=0", "loss.center=0", "loss.classifier=0"])
 
 
+@pytest.mark.slow
 def test_ablation_runner_end_to_end(
     tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,6 +302,7 @@ def test_ablation_runner_end_to_end(
     assert (out / "contrastive" / "last.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_unlabelled_speech_fills_the_oim_queue_and_only_oim_sees_it(tiny_corpus: Path, tmp_path: Path) -> None:
     from kws.losses import BatchHardTripletLoss, JointLoss, OIMLoss
 
@@ -315,3 +328,37 @@ def test_unlabelled_speech_fills_the_oim_queue_and_only_oim_sees_it(tiny_corpus:
     with pytest.raises(ConfigError, match="every word is a training or held-out word"):
         train(load_config(None, tiny_overrides(tiny_corpus, tmp_path / "x", 1) + [f'data.unlabelled_root="{tiny_corpus}"',
                                                                                   "train.unlabelled=3"]), progress=False)  # fmt: skip
+
+
+def test_print_config_shows_the_full_resolved_config(tmp_path: Path, capsys) -> None:
+    from kws.cli import main
+
+    recipe = REPO / "recipes" / "speech_commands" / "config.toml"
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(recipe), "--set", "train.epochs=3", "--out", str(out), "--print-config"]) == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(capsys.readouterr().out)
+    cfg = load_config(printed)
+    assert cfg == load_config(recipe, ["train.epochs=3", f'train.out_dir="{out}"'])
+    assert cfg.train.epochs == 3 and cfg.train.p == 64 and cfg.loss.center == 0.1  # override, recipe, default
+    assert not out.exists()  # printed, not trained
+
+
+@pytest.mark.parametrize("recipe", ["speech_commands", "speech_embedding"])
+def test_recipe_config_holds_only_what_differs_from_the_defaults(recipe: str) -> None:
+    from kws.train_config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    table = tomllib.loads((REPO / "recipes" / recipe / "config.toml").read_text())
+    same = [f"{s}.{k}" for s, keys in table.items() for k, v in keys.items() if v == defaults[s][k]]
+    assert not same, f"recipe restates defaults: {same}"
+
+
+def test_model_config_at_another_sample_rate_is_refused() -> None:
+    from kws.model import ModelConfig
+
+    d = ModelConfig().to_dict()
+    assert ModelConfig.from_dict(d) == ModelConfig()
+    d["frontend"]["sample_rate"] = 8000
+    with pytest.raises(CheckpointError, match="8000 Hz; kws works at 16000 Hz"):
+        ModelConfig.from_dict(d)

@@ -17,10 +17,11 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from kws.cli._common import add_model_arguments
+    from kws.detect import DetectorConfig
 
     add_model_arguments(parser)
     parser.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes of audio (default 10; try 60)")
-    parser.add_argument("--hop-ms", type=float, default=100.0)
+    parser.add_argument("--hop-ms", type=float, default=DetectorConfig.hop_ms, help="streaming hop (default: %(default)g)")
     parser.add_argument("--keywords", type=int, default=5, help="keywords in the synthetic bank (default 5)")
 
 

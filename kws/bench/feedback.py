@@ -46,19 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _impostors(embedder, corpus: Path, exclude: set[str], n: int, seed: int) -> np.ndarray:
     """Embeddings ``(n, dim)`` of random validation clips of words not in ``exclude``."""
-    from kws.enroll import EnrollConfig, embed_files
+    from kws.audio import TRIM_DB
+    from kws.impostors import embed_files
 
     lines = [l for l in (corpus / "validation_list.txt").read_text().split() if l.split("/")[0] not in exclude]
     # Validation clips of the other words: the keyword and its impostor stay unseen by calibration.
     rng = np.random.default_rng(seed)
     chosen = [corpus / lines[i] for i in sorted(rng.choice(len(lines), min(n, len(lines)), replace=False))]
-    return embed_files(embedder, chosen, EnrollConfig().trim_db, desc="impostors")
+    return embed_files(embedder, chosen, TRIM_DB, desc="impostors")
 
 
 def _run_stream(embedder, bank, audio, clip_dir: Path | None):
     """Detector events on ``audio`` (and event clips in ``clip_dir``)."""
     from kws.detect import Detector, DetectorConfig
-    from kws.feedback import EventRecorder
+    from kws.events import EventRecorder
 
     det = Detector(embedder, bank, DetectorConfig())
     rec = EventRecorder(clip_dir, embedder.window_samples, embedder.model_id) if clip_dir else None
@@ -93,7 +94,8 @@ def _pair(args, seed: int, embedder, corpus: Path, keyword: str, impostor: str, 
     from kws.audio import load_audio
     from kws.bank import KeywordBank
     from kws.enroll import enroll
-    from kws.feedback import FeedbackConfig, add_negative, read_sidecar
+    from kws.events import read_sidecar
+    from kws.feedback import FeedbackConfig, add_negative
     from kws.streams import build_stream
 
     window_s = embedder.window_samples / embedder.sample_rate

@@ -16,9 +16,12 @@ HELP = "log-mel frames/second on one CPU thread (batches and streaming chunks); 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from kws.detect import DetectorConfig
+
     parser.add_argument("--batch", type=int, default=128, metavar="N", help="clips per training batch (default: 128)")
-    parser.add_argument("--hop-ms", type=float, default=100.0, metavar="MS", help="streaming hop (default: 100)")
-    parser.add_argument("--n-mels", type=int, default=40, metavar="N", help="mel bands (default: 40)")
+    parser.add_argument("--hop-ms", type=float, default=DetectorConfig.hop_ms, metavar="MS",
+                        help="streaming hop (default: %(default)g)")
+    parser.add_argument("--n-mels", type=int, metavar="N", help="mel bands (default: the front-end's)")
     parser.add_argument("--seconds", type=float, default=3.0, metavar="S", help="time per measurement (default: 3)")
     parser.add_argument(
         "--augment-threads", type=int, default=1, metavar="N", help="threads for augmentation (default: 1)"
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> dict:
     from kws.features import FrontendConfig, LogMel
 
     torch.set_num_threads(1)
-    cfg = FrontendConfig(n_mels=args.n_mels)
+    cfg = FrontendConfig() if args.n_mels is None else FrontendConfig(n_mels=args.n_mels)
     frontend = LogMel(cfg).eval()
     g = torch.Generator().manual_seed(0)
     hop = int(args.hop_ms * cfg.sample_rate / 1000)

@@ -22,9 +22,10 @@ HELP = "training throughput in clips/s (default encoder and losses; bf16 on CUDA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", default="small", help="model size preset (default: small)")
-    parser.add_argument("--p", type=int, default=32, help="classes per batch (default: 32)")
-    parser.add_argument("--k", type=int, default=4, help="clips per class (default: 4)")
+    # Defaults come from the training config, read in run() (importing it here would import torch).
+    parser.add_argument("--size", help="model size preset (default: model.size of the training config)")
+    parser.add_argument("--p", type=int, help="classes per batch (default: train.p)")
+    parser.add_argument("--k", type=int, help="clips per class (default: train.k)")
     parser.add_argument("--classes", type=int, default=3000, help="classes of the classifier head and centers")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
@@ -45,10 +46,13 @@ def run(args: argparse.Namespace) -> dict:
     from kws.features import SpecAugment
     from kws.losses import METRIC_LOSSES
     from kws.model import KeywordModel, count_parameters
-    from kws.train import (
-        LossConfig, ModelSection, TrainConfig, TrainStep, build_loss, make_optimizer, model_config, optimize,
-    )  # fmt: skip
+    from kws.train import TrainStep, build_loss, make_optimizer, model_config, optimize
+    from kws.train_config import LossConfig, ModelSection, TrainConfig
 
+    defaults = TrainConfig()
+    args.size = defaults.model.size if args.size is None else args.size
+    args.p = defaults.train.p if args.p is None else args.p
+    args.k = defaults.train.k if args.k is None else args.k
     if args.p < 2 or args.k < 2 or args.steps < 1 or args.warmup < 0 or args.classes < args.p:
         raise KwsError("need --p >= 2, --k >= 2, --steps >= 1, --warmup >= 0 and --classes >= --p")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -59,9 +63,8 @@ def run(args: argparse.Namespace) -> dict:
         raise KwsError(f"--loss {', '.join(unknown)}: unknown; choose from {', '.join(METRIC_LOSSES)} or all")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda" and not args.no_bf16
-    defaults = TrainConfig()
     torch.manual_seed(0)
-    model = KeywordModel(model_config(ModelSection(args.size, defaults.model.embedding_dim))).to(device)
+    model = KeywordModel(model_config(ModelSection(size=args.size))).to(device)
     rng = np.random.default_rng(0)
     noise = [rng.standard_normal(16000 * 10).astype(np.float32) * 0.1]
     augmenter = Augmenter(defaults.augment, noise).to(device).train()

@@ -42,25 +42,35 @@ def embedder_from_args(args: argparse.Namespace) -> Embedder:
     return load_embedder(args.model, backend=backend, threads=args.threads)
 
 
+def add_device_arguments(parser: argparse.ArgumentParser, stdin: bool = False) -> None:
+    """``--device``, ``--rate`` and ``--channels``: the input device (:class:`kws.sources.MicrophoneSource`).
+
+    ``stdin``: the command also reads raw PCM on stdin, which ``--rate`` and ``--channels`` describe too.
+    """
+    parser.add_argument("--device", metavar="DEV", help="input device index or name part (see `kws devices`)")
+    pcm = "sample rate of raw PCM on stdin (default 16000), or " if stdin else ""
+    parser.add_argument("--rate", type=int, metavar="HZ",
+                        help=f"{pcm}the rate to open the device at (default: 16000 if it can, else its own)")
+    pcm = "channels of raw PCM on stdin (default 1), or " if stdin else ""
+    parser.add_argument("--channels", type=int, metavar="N",
+                        help=f"{pcm}the channels to open the device with (default: 1 if it can, else its own)")
+
+
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     """The streaming detector's settings (:class:`kws.detect.DetectorConfig`)."""
     from kws.detect import DetectorConfig
 
-    parser.add_argument("--hop-ms", type=float, default=100.0, help="time between scored windows (default 100)")
-    parser.add_argument(
-        "--refractory-ms", type=float, default=1500.0, help="rest after an event (default 1500)"
-    )
-    parser.add_argument("--smoothing", type=int, default=2, help="average scores over this many hops (default 2)")
-    parser.add_argument(
-        "--threshold-offset",
-        type=float,
-        default=DetectorConfig.threshold_offset,
-        help=f"added to every keyword's threshold for streams (default {DetectorConfig.threshold_offset})",
-    )
+    d = DetectorConfig()
+    parser.add_argument("--hop-ms", type=float, default=d.hop_ms, help="time between scored windows (default %(default)g)")
+    parser.add_argument("--refractory-ms", type=float, default=d.refractory_ms,
+                        help="rest after an event (default %(default)g)")
+    parser.add_argument("--smoothing", type=int, default=d.smoothing,
+                        help="average scores over this many hops (default %(default)d)")
+    parser.add_argument("--threshold-offset", type=float, default=d.threshold_offset,
+                        help="added to every keyword's threshold for streams (default %(default)g)")
     parser.add_argument("--no-vad", action="store_true", help="embed every window, even silent ones")
-    parser.add_argument(
-        "--vad-dbfs", type=float, default=-55.0, help="energy gate: skip windows quieter than this (default -55)"
-    )
+    parser.add_argument("--vad-dbfs", type=float, default=d.vad_floor_dbfs,
+                        help="energy gate: skip windows quieter than this (default %(default)g)")  # fmt: skip
 
 
 def detector_config_from_args(args: argparse.Namespace) -> "DetectorConfig":

@@ -7,8 +7,10 @@ import json
 import sys
 import time
 
-from kws.cli._common import add_detector_arguments, add_model_arguments, detector_config_from_args, embedder_from_args
-from kws.detect import EventClipConfig
+from kws.cli._common import (
+    add_detector_arguments, add_device_arguments, add_model_arguments, detector_config_from_args, embedder_from_args,
+)  # fmt: skip
+from kws.events import EventClipConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", nargs="?", metavar="SOURCE", help="audio file, '-' for raw PCM on stdin; default: microphone")
     p.add_argument("--bank", required=True, metavar="BANK", help="keyword bank (made with `kws enroll`)")
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
-    p.add_argument("--device", metavar="DEV", help="input device index or name part (see `kws devices`)")
-    p.add_argument("--rate", type=int, metavar="HZ", help="sample rate of raw PCM on stdin (default 16000) or to open the device at")
-    p.add_argument("--channels", type=int, metavar="N", help="channels of raw PCM on stdin (default 1) or to open the device with")
+    add_device_arguments(p, stdin=True)
     p.add_argument("--realtime", action="store_true", help="pace a file at real-time speed, like a live input")
     p.add_argument("--save-events", metavar="DIR", help="save the audio around each event (WAV + JSON sidecar) in DIR; "
                    "kws lists the files it saves in DIR/.kws-events.json and never deletes any other file")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector(embedder, bank, cfg)
     recorder = None
     if args.save_events:
-        from kws.feedback import EventRecorder
+        from kws.events import EventRecorder
 
         clip_cfg = EventClipConfig(args.event_preroll_ms, args.event_postroll_ms, args.save_events_max_mb)
         recorder = EventRecorder(args.save_events, embedder.window_samples, embedder.model_id, clip_cfg)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kws.cli._common import add_model_arguments, embedder_from_args
+from kws.cli._common import add_device_arguments, add_model_arguments, embedder_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--background", metavar="FILE", help="background stream (.npz) for --fa-per-hour (default: bundled)")
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
-    p.add_argument("--device", metavar="DEV", help="input device name or index (see `python -m sounddevice`)")
+    add_device_arguments(p)
     add_model_arguments(p, few_clips=True)
     p.set_defaults(func=_run)
 
@@ -63,15 +63,16 @@ def _level_meter(rms: float) -> None:
     print(f"\r  level [{'#' * bars}{' ' * (30 - bars)}] {db:6.1f} dBFS", end="", file=sys.stderr, flush=True)
 
 
-def _record(args: argparse.Namespace, sample_rate: int) -> tuple[list, list[str]]:
-    from kws.enroll import check_input_device, record_clip
+def _record(args: argparse.Namespace) -> tuple[list, list[str]]:
+    from kws.sources import check_format, find_device, record_clip
 
-    device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
-    check_input_device(device, sample_rate)
+    # A device that does not exist, or settings no device has, are refused before the first prompt.
+    check_format(args.rate, args.channels, "audio device")
+    find_device(args.device)
     clips = []
     for i in range(args.record):
         input(f"Clip {i + 1}/{args.record}: press Enter, then say {args.keyword!r} ")
-        clips.append(record_clip(args.seconds, sample_rate, device=device, on_level=_level_meter))
+        clips.append(record_clip(args.seconds, args.device, args.rate, args.channels, on_level=_level_meter))
         print(file=sys.stderr)
     return clips, [f"recording {i + 1}" for i in range(args.record)]
 
@@ -81,13 +82,16 @@ def _run(args: argparse.Namespace) -> int:
     from kws.bank import KeywordBank, keyword_name, locked_bank
     from kws.background import load_background
     from kws.confusables import ConfusableConfig
-    from kws.enroll import enroll, impostors_from_path
+    from kws.enroll import enroll
+    from kws.impostors import impostors_from_path
     from kws.errors import EnrollmentError
 
     if args.record is not None and args.clips:
         raise EnrollmentError("give clip files or --record N, not both")
     if args.record is None and not args.clips:
         raise EnrollmentError("give the keyword's clip files, or --record N to record them")
+    if args.record is None and (args.device, args.rate, args.channels) != (None, None, None):
+        raise EnrollmentError("--device, --rate and --channels apply to --record N only")
     name = keyword_name(args.keyword)
     bank_path = Path(args.bank)
     # The bank as it is now, to check early and to name similar keywords; it is read
@@ -101,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         bank = KeywordBank.load(bank_path, model_id=embedder.model_id)
 
     if args.record is not None:
-        clips, names = _record(args, embedder.sample_rate)
+        clips, names = _record(args)
     else:
         clips = [load_audio(c, embedder.sample_rate) for c in args.clips]
         names = [str(c) for c in args.clips]

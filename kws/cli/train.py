@@ -29,13 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (overrides train.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides train.device")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the full resolved config (defaults, then FILE, then the overrides) as TOML and exit")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    from kws.train import load_config, train
+    from kws.train import train
+    from kws.train_config import load_config
 
     overrides = list(args.overrides)
     if args.out:
@@ -43,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={_toml_string(args.device)}")
     cfg = load_config(args.config, overrides)
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"training into {cfg.train.out_dir}", flush=True)
     final = train(cfg, resume=args.resume, progress=not args.quiet, on_epoch=_print_epoch)

@@ -28,6 +28,12 @@ from torch import nn
 from kws.audio import AUDIO_SUFFIXES, SAMPLE_RATE, load_audio, resample
 from kws.errors import DataError
 
+__all__ = [
+    "AugmentConfig", "Augmenter", "ConditionsConfig", "MAX_IMAGE_ORDER", "MIN_NOISE_SECONDS", "MU", "RIR_MARGIN_M",
+    "TELEPHONE_BAND_HZ", "TELEPHONE_MU_LAW_LEVELS", "TELEPHONE_RATE", "augment_conditions", "codec_roundtrip",
+    "load_noise_folder", "make_rir_bank",
+]
+
 MIN_NOISE_SECONDS = 4.0
 MU = 255.0  # μ-law's μ, as in G.711 telephony
 
@@ -45,6 +51,8 @@ class AugmentConfig:
     gain_db: tuple[float, float] = (-12.0, 6.0)
     speed_prob: float = 0.3
     speed: tuple[float, float] = (0.9, 1.1)  # >1: faster (a shorter word), length kept
+    # Babble, band limits and codecs are off: aimed at real speech, each measured alone gained
+    # no more than the spread between seeds (recipes/speech_commands/RESULTS.md).
     # Other clips of the batch (other speakers, mostly other words) mixed in behind the example.
     babble_prob: float = 0.0
     babble_talkers: int = 2
@@ -58,7 +66,6 @@ class AugmentConfig:
     # μ-law quantisation to a random depth, as telephone codecs and cheap ADCs do.
     codec_prob: float = 0.0
     codec_bits: tuple[float, float] = (5.0, 9.0)
-    sample_rate: int = SAMPLE_RATE
 
 
 class Augmenter(nn.Module):
@@ -75,7 +82,7 @@ class Augmenter(nn.Module):
         super().__init__()
         self.cfg = cfg
         # Short noises are tiled to MIN_NOISE_SECONDS, so that any clip up to that length fits in one.
-        min_len = int(MIN_NOISE_SECONDS * cfg.sample_rate)
+        min_len = int(MIN_NOISE_SECONDS * SAMPLE_RATE)
         tiled = [np.resize(np.asarray(n, dtype=np.float32), max(len(n), min_len)) for n in noises if len(n)]
         lengths = [len(n) for n in tiled]
         bank = np.concatenate(tiled) if tiled else np.zeros(0, np.float32)
@@ -124,7 +131,7 @@ class Augmenter(nn.Module):
         cfg = self.cfg
         batch, n = x.shape
         speed = torch.where(self._coin(batch, cfg.speed_prob, g, x) > 0, self._uniform(batch, cfg.speed, g, x), 1.0)
-        max_shift = cfg.shift_ms * cfg.sample_rate / 1000
+        max_shift = cfg.shift_ms * SAMPLE_RATE / 1000
         shift = (self._uniform(batch, (-max_shift, max_shift), g, x) * self._coin(batch, cfg.shift_prob, g, x)).round()
         rows = torch.nonzero((speed != 1.0) | (shift != 0)).flatten()
         if rows.numel() == 0:
@@ -157,9 +164,9 @@ class Augmenter(nn.Module):
         if chosen.numel() == 0:
             return x
         m = chosen.numel()
-        ir_len = min(int(cfg.rt60[1] * cfg.sample_rate), n)
+        ir_len = min(int(cfg.rt60[1] * SAMPLE_RATE), n)
         rt60 = self._uniform(m, cfg.rt60, g, x)
-        t = torch.arange(ir_len, device=x.device, dtype=torch.float32) / cfg.sample_rate
+        t = torch.arange(ir_len, device=x.device, dtype=torch.float32) / SAMPLE_RATE
         decay = torch.exp(-math.log(1000.0) * t[None, :] / rt60[:, None])  # -60 dB at rt60
         ir = torch.randn(m, ir_len, generator=g, device=x.device) * decay * 0.1
         ir[:, 0] = 1.0  # direct path
@@ -200,7 +207,7 @@ class Augmenter(nn.Module):
         m = chosen.numel()
         low = self._uniform(m, cfg.highpass_hz, g, x)[:, None]
         high = self._uniform(m, cfg.lowpass_hz, g, x)[:, None]
-        f = torch.fft.rfftfreq(n, 1 / cfg.sample_rate).to(x.device)[None, :]
+        f = torch.fft.rfftfreq(n, 1 / SAMPLE_RATE).to(x.device)[None, :]
         y = torch.fft.irfft(torch.fft.rfft(x.index_select(0, chosen)) * _band_gain(f, low, high), n)
         return x.index_copy(0, chosen, y.to(x.dtype))
 
@@ -291,7 +298,6 @@ class ConditionsConfig:
     room_size_m: tuple[tuple[float, float, float], tuple[float, float, float]] = ((2.5, 2.5, 2.4), (10.0, 8.0, 4.0))
     rt60: tuple[float, float] = (0.15, 0.9)
     distance_m: tuple[float, float] = (0.3, 5.0)
-    sample_rate: int = SAMPLE_RATE
 
 
 TELEPHONE_BAND_HZ = (300.0, 3400.0)
@@ -328,7 +334,7 @@ def make_rir_bank(cfg: ConditionsConfig, seed: int = 0) -> list[np.ndarray]:
         else:
             continue  # no such pair in this room: draw another room
         room = pra.ShoeBox(
-            dims, fs=cfg.sample_rate, materials=pra.Material(absorption), max_order=min(order, MAX_IMAGE_ORDER),
+            dims, fs=SAMPLE_RATE, materials=pra.Material(absorption), max_order=min(order, MAX_IMAGE_ORDER),
             use_rand_ism=True, max_rand_disp=0.05,
         )  # fmt: skip
         room.add_source(src)
@@ -409,7 +415,7 @@ def augment_conditions(
         raise ValueError("room_prob > 0 needs room impulse responses: pass rirs=make_rir_bank(cfg)")
     if x.ndim == 2:
         return np.stack([augment_conditions(row, rng, cfg, rirs, noises) for row in x]) if len(x) else x
-    n, sr = len(x), cfg.sample_rate
+    n, sr = len(x), SAMPLE_RATE
     if rng.random() < cfg.room_prob:
         from scipy.signal import fftconvolve
 

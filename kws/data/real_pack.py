@@ -18,9 +18,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from kws.errors import DataError
+
+__all__ = [
+    "CLIPS_CSV", "COLUMNS", "PackClip", "PackSentence", "UNLABELLED_SENTENCE", "WORD_CONTEXTS", "heldout_speaker",
+    "noise_files", "read_pack", "read_sentences",
+]
 
 CLIPS_CSV = "clips.csv"
 WORD_CONTEXTS = ("isolated", "in sentence")
@@ -108,8 +112,3 @@ def read_sentences(
 def noise_files(root: str | Path) -> list[Path]:
     """The pack's recorded background-noise files."""
     return sorted((Path(root) / "noise").glob("*.ogg"))
-
-
-def words_and_speakers(clips: list[PackClip]) -> tuple[np.ndarray, np.ndarray]:
-    """Words ``(N,)`` and speakers ``(N,)`` of ``clips``, as string arrays."""
-    return np.array([c.word for c in clips], dtype=str), np.array([c.speaker for c in clips], dtype=str)

@@ -9,6 +9,8 @@ import torch
 
 from kws.errors import KwsError
 
+__all__ = ["HardClassSampler", "PKSampler", "SAMPLERS"]
+
 SAMPLERS = ("pk", "hard_class")
 
 

@@ -29,6 +29,11 @@ from kws.errors import DataError
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ARCHIVES", "BACKGROUND_DIR", "CLIP_SAMPLES", "Clip", "LIST_FILES", "SILENCE", "SUBSETS", "SpeechCommands",
+    "UNKNOWN", "background_noise", "download_speech_commands", "list_words", "speaker_of",
+]
+
 CLIP_SAMPLES = SAMPLE_RATE
 BACKGROUND_DIR = "_background_noise_"
 UNKNOWN = "_unknown_"

@@ -48,6 +48,15 @@ from kws.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ACCENT_VOICES", "AMPLITUDE_RANGE", "BABBLE_STREAMS", "BACKGROUND_DIR", "BUNDLED_VOCABS", "CLIP_SAMPLES",
+    "DEFAULT_ENGINES", "ENGINES", "ESPEAK", "Engine", "MAX_WORD_SAMPLES", "MBROLA_DIR", "NOISE_LEVEL", "NORMAL_SPEED",
+    "PEAK_LEVEL", "PIPER_VOICE_PACKAGES", "PITCH_RANGE", "RHVOICE_VOICES_DIR", "SPEED_RANGE", "SpeakerSpec",
+    "SynthConfig", "babble", "check_engines", "colored_noise", "corpus_readme", "engine_command", "english_voices",
+    "installed_engines", "load_vocab", "make_speakers", "resolve_engines", "speak", "split_speakers", "synthesize",
+    "validate_words", "voice_variants", "write_background_noise",
+]
+
 ESPEAK = "espeak-ng"
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s
 MAX_WORD_SAMPLES = int(0.95 * SAMPLE_RATE)  # leaves a little silence on both sides

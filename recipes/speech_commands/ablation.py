@@ -31,7 +31,8 @@ from typing import Any
 
 from kws.fileio import atomic_path, write_json
 from kws.losses import METRIC_LOSSES
-from kws.train import TrainConfig, load_config, resolve_words, train
+from kws.train import train
+from kws.train_config import TrainConfig, load_config, resolve_words
 
 log = logging.getLogger(__name__)
 

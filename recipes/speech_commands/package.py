@@ -20,7 +20,7 @@ from pathlib import Path
 from kws.data.speech_commands import list_words
 from kws.demo import make_demo_assets
 from kws.embedder import ASSETS, DEFAULT_CHECKPOINT, DEFAULT_ONNX, TorchEmbedder
-from kws.enroll import IMPOSTORS_PATH, build_impostor_set
+from kws.impostors import IMPOSTORS_PATH, build_impostor_set
 from kws.export import export_onnx, synthetic_clips
 from kws.model import KeywordModel, load_checkpoint, save_checkpoint
 

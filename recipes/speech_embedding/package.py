@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kws.data.speech_commands import list_words
 from kws.embedder import ASSETS, BUNDLED, load_embedder
-from kws.enroll import build_impostor_set
+from kws.impostors import build_impostor_set
 from kws.export import export_head, synthetic_clips
 from kws.model import load_checkpoint, load_model, save_checkpoint
 
