@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
-APT_PACKAGES := espeak-ng libportaudio2 alsa-utils
+APT_PACKAGES := espeak-ng libportaudio2 alsa-utils chromium
 # Optional speech engines of `kws synth --engines` (Debian's contrib and non-free sections).
 ENGINE_PACKAGES := libttspico-utils rhvoice rhvoice-english mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
 ENGINE_SOURCES := /etc/apt/sources.list.d/kws-contrib-non-free.sources
@@ -19,9 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# espeak-ng (synthetic corpus), PortAudio and ALSA (microphone path) come from apt.
+# espeak-ng (synthetic corpus), PortAudio and ALSA (microphone path), Chromium (the
+# `kws serve` page's end-to-end test, over the DevTools protocol) come from apt.
 system-deps:
-	@command -v espeak-ng >/dev/null && command -v aplay >/dev/null && ldconfig -p | grep -q libportaudio \
+	@command -v espeak-ng >/dev/null && command -v aplay >/dev/null && command -v chromium >/dev/null \
+	  && ldconfig -p | grep -q libportaudio \
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES))
 
 # SVOX Pico, RHVoice and MBROLA are in Debian's contrib and non-free sections: this target

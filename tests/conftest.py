@@ -36,3 +36,41 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     report = synthesize(cfg, root, progress=False)
     assert report["failed"] == 0, report["failures"]
     return root
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder():
+    """The bundled model on ONNX Runtime, one thread (what `kws serve` runs)."""
+    from kws.embedder import load_embedder
+
+    return load_embedder(backend="onnx", threads=1)
+
+
+@pytest.fixture(scope="session")
+def demo_bank_path(onnx_embedder, tmp_path_factory) -> Path:
+    """The demo's three keywords, enrolled from their bundled enrolment clips."""
+    import numpy as np
+
+    from kws.bank import KeywordBank
+    from kws.data.speech_commands import SpeechCommands
+    from kws.demo import DEMO_DIR, KEYWORDS
+    from kws.enroll import enroll
+
+    data = SpeechCommands(DEMO_DIR, subset="training", words=list(KEYWORDS))
+    bank = KeywordBank(onnx_embedder.model_id, onnx_embedder.dim)
+    for word in KEYWORDS:
+        idx = np.flatnonzero(data.labels == data.classes.index(word))
+        bank.add(enroll(onnx_embedder, word, [data.audio(int(i)) for i in idx], bank=bank).keyword)
+    path = tmp_path_factory.mktemp("serve") / "bank.json"
+    bank.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_stream() -> tuple:
+    """20 s of the demo keywords and distractors over noise (other speakers than the enrolment's), and its keyword truth."""
+    from kws.demo import DEMO_DIR, DISTRACTORS, KEYWORDS
+    from kws.streams import build_stream
+
+    audio, truth = build_stream(DEMO_DIR, list(KEYWORDS), list(DISTRACTORS), 20.0, seed=3)
+    return audio, [t for t in truth if t.keyword]

@@ -16,6 +16,8 @@ def benchmarks() -> dict[str, ModuleType]:
     """All benchmark modules, by ``NAME``."""
     found = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # helpers shared by benchmarks
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         found[module.NAME] = module
     return found

@@ -9,34 +9,33 @@ import time
 import numpy as np
 
 NAME = "detect"
-HELP = "streaming detection: RTF on one thread, per-hop latency, RSS, soak run"
-TARGETS = {"rtf": 0.05, "p99_ms": 20.0, "rss_mb": 400.0}
+HELP = "streaming detection: RTF, per-hop latency, RSS, soak run (--load N: with N cores kept busy)"
+# On a busy machine (--load) the real-time target is looser: other jobs take their share.
+TARGETS = {"rtf": 0.05, "rtf_loaded": 0.1, "p99_ms": 20.0, "rss_mb": 400.0}
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from kws.bench._machine import add_load_argument
     from kws.cli._common import add_model_arguments
     from kws.detect import DetectorConfig
 
-    add_model_arguments(parser)
+    add_model_arguments(parser, streaming=True)
+    add_load_argument(parser)
     parser.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes of audio (default 10; try 60)")
     parser.add_argument("--hop-ms", type=float, default=DetectorConfig.hop_ms, help="streaming hop (default: %(default)g)")
     parser.add_argument("--keywords", type=int, default=5, help="keywords in the synthetic bank (default 5)")
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def threads_of(args: argparse.Namespace) -> str:
+    return "engine default" if args.threads is None else str(args.threads)
 
 
 def _embedder(args: argparse.Namespace):
     from kws.embedder import DEFAULT_CHECKPOINT, TorchEmbedder, load_embedder
 
-    threads = args.threads or 1
+    threads = args.threads
     if args.model is None and args.backend != "onnx" and not DEFAULT_CHECKPOINT.is_file():
         import torch
 
@@ -59,7 +58,16 @@ def _stream(seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from kws.bench._machine import busy_cores
+
+    with busy_cores(args.load):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
+
+    from kws.bench._machine import rss_mb
 
     from kws.bank import Keyword, KeywordBank
     from kws.detect import Detector, DetectorConfig
@@ -72,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         bank.add(Keyword(f"kw{i}", c[None], threshold=0.99, samples=1))
 
     minute = _stream(60, rng)
-    figures: dict = {"model_id": embedder.model_id, "hop_ms": args.hop_ms}
+    figures: dict = {"model_id": embedder.model_id, "hop_ms": args.hop_ms, "threads": threads_of(args), "load": args.load}
     for vad in (False, True):
         det = Detector(embedder, bank, DetectorConfig(hop_ms=args.hop_ms, vad=vad))
         hop_times = []
@@ -91,12 +99,12 @@ def run(args: argparse.Namespace) -> dict:
         }
 
     det = Detector(embedder, bank, DetectorConfig(hop_ms=args.hop_ms, vad=False))
-    rss = [_rss_mb()]
+    rss = [rss_mb()]
     t0 = time.perf_counter()
     for _ in tqdm(range(int(np.ceil(args.minutes))), desc="soak", unit="min of audio"):
         for i in range(0, len(minute), 16000):
             det.process(minute[i : i + 16000])
-        rss.append(_rss_mb())
+        rss.append(rss_mb())
     soak_s = time.perf_counter() - t0
     figures["soak"] = {
         "minutes": int(np.ceil(args.minutes)),
@@ -107,8 +115,9 @@ def run(args: argparse.Namespace) -> dict:
     figures["rss_mb"] = max(rss)
 
     nv, v = figures["no_vad"], figures["vad"]
-    print(f"detector, hop {args.hop_ms:g} ms, one thread, {args.keywords} keywords")
-    print(f"  RTF              {nv['rtf']:.4f}   target <= {TARGETS['rtf']}   ratio {nv['rtf'] / TARGETS['rtf']:.2f}")
+    rtf_target = TARGETS["rtf_loaded" if args.load else "rtf"]
+    print(f"detector, hop {args.hop_ms:g} ms, {threads_of(args)} thread(s), {args.keywords} keywords, {args.load} core(s) kept busy")
+    print(f"  RTF              {nv['rtf']:.4f}   target <= {rtf_target}   ratio {nv['rtf'] / rtf_target:.2f}")
     print(f"  hop p50 / p99    {nv['hop_p50_ms']:.2f} / {nv['hop_p99_ms']:.2f} ms   target p99 <= {TARGETS['p99_ms']} ms   ratio {nv['hop_p99_ms'] / TARGETS['p99_ms']:.2f}")
     print(f"  RSS (max)        {figures['rss_mb']:.0f} MB   target <= {TARGETS['rss_mb']:.0f} MB   ratio {figures['rss_mb'] / TARGETS['rss_mb']:.2f}")
     print(f"  energy gate      {v['windows_embedded']}/{v['hops']} windows embedded on a stream with pauses; RTF {v['rtf']:.4f} vs {nv['rtf']:.4f}")

@@ -12,12 +12,15 @@ if TYPE_CHECKING:
     from kws.detect import DetectorConfig
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False, streaming: bool = False) -> None:
     """``--model``, ``--backend`` and ``--threads``: which embedder a command runs.
 
-    ``few_clips``: the command embeds a handful of clips, so the bundled model runs
-    on ONNX Runtime (same model id and embeddings): importing torch alone would take
-    longer than the whole command.
+    ``few_clips``: the bundled model runs on ONNX Runtime (same model id and
+    embeddings), for commands that embed a handful of clips (importing torch alone
+    would take longer than the whole command) and for ``kws serve`` (a long-running
+    process that need not hold torch in memory).
+    ``streaming``: the command embeds one small batch every hop, live; it runs on one
+    intra-op thread unless told otherwise.
     """
     parser.add_argument(
         "--model",
@@ -29,7 +32,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False
     parser.add_argument(
         "--backend", choices=BACKENDS, help=f"inference engine (default: onnx for {onnx_for}, else torch)"
     )
-    parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the engine's)")
+    # On a 2-core machine with both cores kept busy by other jobs (`kws bench detect
+    # --load 2`), the detector's real-time factor was 0.065 on one thread and 0.65 on
+    # two: the threads fight over the cores, and a hop's batch is too small to split.
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        default=1 if streaming else None,
+        help="inference threads (default: " + ("1, the fastest for live streams on a busy machine)" if streaming else "the engine's)"),
+    )
     parser.set_defaults(few_clips=few_clips)
 
 

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-events-max-mb", type=float, default=clip.max_mb,
                    help="size cap of the clips kws saved in DIR; its oldest go first (%(default)g)")  # fmt: skip
     add_detector_arguments(p)
-    add_model_arguments(p)
+    add_model_arguments(p, streaming=True)
     p.set_defaults(func=run)
 
 
