@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AUDIO_SUFFIXES", "CANCEL_MESSAGE", "CANCEL_RATIO", "SAMPLE_RATE", "TRIM_DB", "centre_speech", "channels_cancel",
-    "check_audio_path", "float_to_pcm16", "load_audio", "pad_or_crop", "pcm16_to_float", "resample", "to_mono",
-    "trim_silence", "warn_if_truncated", "write_audio",
+    "check_audio_path", "float_to_pcm16", "load_audio", "loudest_rms", "pad_or_crop", "pcm16_to_float", "resample",
+    "to_mono", "trim_silence", "warn_if_truncated", "write_audio",
 ]
 
 SAMPLE_RATE = 16000
@@ -204,3 +204,14 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = S
     subtype = None if Path(path).suffix.lower() == ".ogg" else "PCM_16"
     with atomic_path(path) as tmp:
         sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype=subtype)
+
+
+def loudest_rms(x: np.ndarray, window: int) -> float:
+    """RMS of the loudest ``window``-sample stretch (10 ms hops), robust to clip length."""
+    hop = max(window // 10, 1)
+    n = len(x) // hop
+    if n == 0:
+        return float(np.sqrt(np.mean(x**2))) if len(x) else 0.0
+    energy = np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1)
+    k = min(10, n)
+    return float(np.sqrt(np.convolve(energy, np.ones(k) / k, mode="valid").max()))

@@ -29,7 +29,7 @@ from kws.errors import BankError
 from kws.fileio import file_lock, write_json
 
 __all__ = [
-    "BANK_FORMAT", "BANK_VERSION", "DEFAULT_NEGATIVE_RULE", "Entry", "Keyword", "KeywordBank", "NEGATIVE_RULES",
+    "BANK_FORMAT", "BANK_VERSION", "CONFUSABLE_SOURCE", "DEFAULT_NEGATIVE_RULE", "Entry", "Keyword", "KeywordBank", "NEGATIVE_RULES",
     "READABLE_VERSIONS", "SUPPRESSED_SCORE", "UNIT_NORM_TOLERANCE", "apply_negatives", "keyword_name", "locked_bank",
 ]
 
@@ -43,6 +43,8 @@ NEGATIVE_RULES = ("suppress", "raise")
 DEFAULT_NEGATIVE_RULE = "suppress"
 # Score of a suppressed window: the lowest cosine, so that it can never fire.
 SUPPRESSED_SCORE = -1.0
+# Source of the negative entries enrolment adds for a keyword's confusable words (kws.confusables).
+CONFUSABLE_SOURCE = "confusable: "
 
 
 # Stored vectors are rounded to 7 digits; a norm further from 1 than this was edited by hand.
@@ -190,6 +192,12 @@ class Keyword:
         return np.concatenate(neg) if neg else None
 
     @property
+    def feedback_negatives(self) -> np.ndarray | None:
+        """:attr:`negatives` less the confusable words enrolment added (:data:`CONFUSABLE_SOURCE`)."""
+        neg = [e.embeddings for e in self.history if e.kind == "negative" and not e.source.startswith(CONFUSABLE_SOURCE)]
+        return np.concatenate(neg) if neg else None
+
+    @property
     def all_positives(self) -> np.ndarray | None:
         """``(n, dim)``: enrolment positives then positive entries (``None`` without enrolment positives)."""
         if self.positives is None:
@@ -197,10 +205,11 @@ class Keyword:
         extra = [e.embeddings for e in self.history if e.kind == "positive"]
         return np.concatenate([self.positives, *extra]) if extra else self.positives
 
-    def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """``(batch,)`` score of ``(batch, dim)`` unit-norm embeddings: best center, negatives applied."""
+    def score(self, embeddings: np.ndarray, feedback_only: bool = False) -> np.ndarray:
+        """``(batch,)`` score of ``(batch, dim)`` unit-norm embeddings: best center, negatives applied
+        (``feedback_only``: only the :attr:`feedback_negatives`)."""
         scores = (embeddings @ self.centers.T).max(axis=1).astype(np.float32)
-        negatives = self.negatives
+        negatives = self.feedback_negatives if feedback_only else self.negatives
         if self.negative_rule != "suppress" or negatives is None:
             return scores
         positives = self.all_positives

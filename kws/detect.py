@@ -27,6 +27,7 @@ from kws.bank import KeywordBank
 from kws.embedder import Embedder
 from kws.errors import BankError, KwsError
 from kws.events import Event
+from kws.scoring import fire_threshold
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,13 @@ class Trigger:
         self.refractory_s = refractory_s
         self.reset()
 
+    @classmethod
+    def for_bank(cls, bank: KeywordBank, cfg: DetectorConfig, offset: float | None = None) -> "Trigger":
+        """The trigger a detector with ``cfg`` runs over ``bank``; ``offset`` replaces
+        ``cfg.threshold_offset`` (a stream evaluation sweeps it)."""
+        offset = cfg.threshold_offset if offset is None else offset
+        return cls(bank.names, fire_threshold(bank.thresholds, offset), cfg.smoothing, cfg.refractory_ms / 1000)
+
     def reset(self) -> None:
         self._history = np.full((self.smoothing, len(self.names)), GATED_SCORE, dtype=np.float32)
         self._steps = 0
@@ -153,9 +161,7 @@ class Detector:
         self.cfg = cfg
         self.hop = cfg.hop_samples()
         self.path = embedder.stream(self.hop)
-        self.trigger = Trigger(
-            bank.names, bank.thresholds + cfg.threshold_offset, cfg.smoothing, cfg.refractory_ms / 1000
-        )
+        self.trigger = Trigger.for_bank(bank, cfg)
         # Mean square of a full-scale-relative RMS at the floor, times window length.
         self._vad_energy = embedder.window_samples * 10 ** (cfg.vad_floor_dbfs / 10)
         self.reset()
@@ -174,6 +180,11 @@ class Detector:
         ``None`` marks a hop whose window the energy gate found too quiet to embed.
         Samples that do not complete a hop are kept for the next call.
         """
+        for time, emb in self.hop_embeddings(samples):
+            yield time, None if emb is None else self.bank.score(emb)[0]
+
+    def hop_embeddings(self, samples: np.ndarray) -> Iterator[tuple[float, np.ndarray | None]]:
+        """As :meth:`hop_scores`, but yields each hop's window embedding ``(1, D)`` (or ``None``)."""
         samples = np.asarray(samples)
         if samples.ndim != 1:
             raise KwsError(f"the detector takes mono audio (samples,), got shape {samples.shape}")
@@ -193,7 +204,7 @@ class Detector:
                 yield time, None
                 continue
             self.stats.embedded += 1
-            yield time, self.bank.score(self.path.embed())[0]
+            yield time, self.path.embed()
         self._pending = pending[start:].copy()
 
     def process(self, samples: np.ndarray) -> list[Event]:

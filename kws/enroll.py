@@ -5,25 +5,47 @@ long for the model's window), trims and centres them, embeds them, and takes the
 renormalised mean of the normalised embeddings as the keyword's center (or
 several centers, by a spherical k-means split, for varied samples).
 
-The detection threshold is calibrated, not guessed (see :func:`calibrate`):
+The detection threshold is calibrated, not guessed (see :func:`kws.scoring.calibrate`):
 from the clips' leave-one-out similarities (how well a new utterance of the word
-is expected to score) and from impostor scores (speech that is not the keyword).
+is expected to score) and from impostor scores (speech that is not the keyword),
+or, with a false-alarm budget, on running speech (:mod:`kws.background`). The
+keyword's confusable words are kept as its negatives (:mod:`kws.confusables`).
+How a keyword scores and is calibrated lives in :mod:`kws.scoring`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from kws.audio import TRIM_DB, pad_or_crop, trim_silence
-from kws.bank import Keyword, KeywordBank, keyword_name
+from kws.audio import TRIM_DB, loudest_rms, pad_or_crop, trim_silence
+from kws.background import Background, BudgetCalibration, apply_budget, calibrate_to_budget, load_background
+from kws.bank import CONFUSABLE_SOURCE, Entry, Keyword, KeywordBank, keyword_name
+from kws.confusables import ConfusableConfig, Neighbour, confusable_embeddings
+from kws.detect import DetectorConfig
 from kws.embedder import Embedder
 from kws.errors import EnrollmentError
+from kws.fileio import timestamp
 from kws.impostors import load_impostors
-from kws.metrics import normalize, threshold_at_far
+from kws.metrics import normalize
+from kws.scoring import (
+    KMEANS_ITERS,
+    TARGET_QUANTILE,
+    Calibration,
+    FeedbackConfig,
+    calibrate,
+    fire_threshold,
+    kmeans_assign,
+    leave_one_out_scores,
+    make_centers,
+    nearest_keyword,
+    recenter,
+    suppressed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,58 +93,13 @@ class EnrollConfig:
     outlier_warn: float = 0.15
     outlier_refuse: float = 0.35
     similar_limit: float = 0.85
-    target_quantile: float = 0.25
+    target_quantile: float = TARGET_QUANTILE
     augment_copies: int = 4
-    kmeans_iters: int = 10
+    kmeans_iters: int = KMEANS_ITERS
     seed: int = 0
     # The shortest of 275 real Speech Commands test words lasts 0.26 s at trim_db.
     min_speech_s: float = 0.15
     max_expected_far: float = 0.1
-
-
-@dataclass
-class Calibration:
-    """How a threshold was chosen.
-
-    Attributes:
-        threshold: the chosen threshold, ``min(far_threshold, target_cap)``.
-        far_threshold: the lowest threshold whose false-accept rate on the
-            impostors is at most ``target_far``.
-        target_cap: the ``target_quantile`` of the leave-one-out similarities
-            (``None`` with a single clip).
-        target_far: the false-accept rate asked for.
-        expected_far: the false-accept rate at ``threshold`` on the impostors.
-        expected_frr: the fraction of leave-one-out similarities below ``threshold``.
-        target_scores: ``(n_clips,)`` leave-one-out similarities.
-        impostors: how many impostor embeddings were scored.
-        limited_by: ``"far"`` (the impostors set it) or ``"targets"`` (lowered
-            so that most enrolment clips still pass; the FAR target is then missed).
-    """
-
-    threshold: float
-    far_threshold: float
-    target_cap: float | None
-    target_far: float
-    expected_far: float
-    expected_frr: float
-    target_scores: np.ndarray
-    impostors: int
-    limited_by: str
-
-    def to_json(self) -> dict:
-        return {
-            "rule": "threshold = min(lowest threshold with FAR <= target_far on impostors, "
-            "target_quantile of leave-one-out similarities)",
-            "threshold": round(self.threshold, 6),
-            "far_threshold": round(self.far_threshold, 6),
-            "target_cap": None if self.target_cap is None else round(self.target_cap, 6),
-            "target_far": self.target_far,
-            "expected_far": round(self.expected_far, 6),
-            "expected_frr": round(self.expected_frr, 6),
-            "target_scores": [round(float(s), 6) for s in self.target_scores],
-            "impostors": self.impostors,
-            "limited_by": self.limited_by,
-        }
 
 
 @dataclass
@@ -134,12 +111,17 @@ class EnrollResult:
         calibration: how its threshold was chosen (also stored in ``keyword.info``).
         warnings: things the user should know (clipping, an odd clip, a similar keyword ...).
         nearest: the most similar other keyword in the bank and its cosine, if any.
+        confusables: the confusable words kept as negatives, each with its highest
+            cosine (over voices) to the keyword's centers.
+        budget: how the threshold met a false-alarm budget on running speech, if one was asked.
     """
 
     keyword: Keyword
     calibration: Calibration
     warnings: list[str] = field(default_factory=list)
     nearest: tuple[str, float] | None = None
+    confusables: list[tuple[Neighbour, float]] = field(default_factory=list)
+    budget: BudgetCalibration | None = None
 
     @property
     def threshold(self) -> float:
@@ -147,17 +129,6 @@ class EnrollResult:
 
 
 # ---------------------------------------------------------------------------- clip checks
-
-
-def _loudest_rms(x: np.ndarray, window: int) -> float:
-    """RMS of the loudest ``window``-sample stretch (10 ms hops), robust to clip length."""
-    hop = max(window // 10, 1)
-    n = len(x) // hop
-    if n == 0:
-        return float(np.sqrt(np.mean(x**2))) if len(x) else 0.0
-    energy = np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1)
-    k = min(10, n)
-    return float(np.sqrt(np.convolve(energy, np.ones(k) / k, mode="valid").max()))
 
 
 def prepare_clips(
@@ -188,7 +159,7 @@ def prepare_clips(
             raise EnrollmentError(f"{name}: expected non-empty mono audio, got shape {x.shape}")
         if not np.all(np.isfinite(x)):
             raise EnrollmentError(f"{name}: audio contains NaN or infinite samples")
-        level = _loudest_rms(x, sample_rate // 10)
+        level = loudest_rms(x, sample_rate // 10)
         if level < cfg.silence_rms:
             raise EnrollmentError(
                 f"{name}: is silent (loudest 100 ms at {20 * np.log10(max(level, 1e-10)):.0f} dBFS); "
@@ -262,100 +233,6 @@ def augment_clips(prepared: np.ndarray, copies: int, sample_rate: int, seed: int
 # ---------------------------------------------------------------------------- centers and scores
 
 
-def _kmeans_assign(clip_emb: np.ndarray, k: int, iters: int) -> np.ndarray:
-    """Spherical k-means on ``(n, D)`` unit vectors → ``(n,)`` cluster index (farthest-first seeds)."""
-    seeds = [int(np.argmax(clip_emb @ normalize(clip_emb.mean(axis=0))))]
-    while len(seeds) < k:
-        seeds.append(int(np.argmin((clip_emb @ clip_emb[seeds].T).max(axis=1))))
-    centers = clip_emb[seeds]
-    for _ in range(iters):
-        assign = np.argmax(clip_emb @ centers.T, axis=1)
-        centers = np.stack(
-            [normalize(clip_emb[assign == c].mean(axis=0)) if np.any(assign == c) else centers[c] for c in range(k)]
-        )
-    return np.argmax(clip_emb @ centers.T, axis=1)
-
-
-def _centers(emb: np.ndarray, assign: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Renormalised mean of ``emb`` ``(n, m, D)`` per cluster, over kept clips; empty clusters dropped."""
-    dim = emb.shape[-1]
-    return np.stack([normalize(emb[(assign == c) & keep].reshape(-1, dim).mean(axis=0)) for c in np.unique(assign[keep])])
-
-
-def leave_one_out_scores(emb: np.ndarray, assign: np.ndarray) -> np.ndarray:
-    """Each clip's score against the centers made without it.
-
-    Args:
-        emb: ``(n, m, D)``: per clip, its own embedding first, then those of its
-            augmented copies (``m = 1`` without augmentation).
-        assign: ``(n,)`` cluster of each clip.
-    Returns:
-        ``(n,)`` best cosine of each clip's own embedding to the others' centers
-        (augmented copies of a clip never score it).
-    """
-    n = len(emb)
-    scores = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        keep = np.arange(n) != i
-        scores[i] = float((_centers(emb, assign, keep) @ emb[i, 0]).max())
-    return scores
-
-
-# ---------------------------------------------------------------------------- calibration
-
-
-def calibrate(
-    target_scores: np.ndarray, impostor_scores: np.ndarray, target_far: float, target_quantile: float = 0.25
-) -> Calibration:
-    """Choose a threshold from target and impostor scores.
-
-    The rule: take the lowest threshold whose false-accept rate on the impostor
-    scores is at most ``target_far``; but never go above the ``target_quantile``
-    of the target (leave-one-out) scores, so that most genuine utterances still
-    pass. When that cap binds, the FAR target is missed and ``expected_far``
-    says by how much. With no target scores (one clip) only the impostors decide.
-
-    Args:
-        target_scores: ``(n,)`` scores of genuine utterances (may be empty).
-        impostor_scores: ``(m,)`` scores of other speech; ``m >= 1``.
-    """
-    impostor_scores = np.asarray(impostor_scores, dtype=np.float64)
-    target_scores = np.asarray(target_scores, dtype=np.float64)
-    if len(impostor_scores) == 0:
-        raise EnrollmentError("calibration needs impostor speech; none was given")
-    far_t = threshold_at_far(impostor_scores, target_far)
-    cap = float(np.quantile(target_scores, target_quantile)) if len(target_scores) else None
-    threshold, limited_by = far_t, "far"
-    if cap is not None and cap < far_t:
-        threshold, limited_by = cap, "targets"
-    return Calibration(
-        threshold=float(threshold),
-        far_threshold=float(far_t),
-        target_cap=cap,
-        target_far=float(target_far),
-        expected_far=float(np.mean(impostor_scores >= threshold)),
-        expected_frr=float(np.mean(target_scores < threshold)) if len(target_scores) else float("nan"),
-        target_scores=target_scores.astype(np.float32),
-        impostors=len(impostor_scores),
-        limited_by=limited_by,
-    )
-
-
-# ---------------------------------------------------------------------------- enrolment
-
-
-def nearest_keyword(bank: KeywordBank, centers: np.ndarray, exclude: str | None = None) -> tuple[str, float] | None:
-    """The bank keyword (other than ``exclude``) whose centers come closest to ``centers`` ``(k, D)``."""
-    best = None
-    for kw in bank.keywords.values():
-        if kw.name == exclude:
-            continue
-        sim = float((centers @ kw.centers.T).max())
-        if best is None or sim > best[1]:
-            best = (kw.name, sim)
-    return best
-
-
 def embed_clips(
     embedder: Embedder,
     clips: Sequence[np.ndarray],
@@ -392,6 +269,10 @@ def enroll(
     clip_names: Sequence[str] | None = None,
     config: EnrollConfig | None = None,
     force: bool = False,
+    confusables: ConfusableConfig | None = None,
+    fa_per_hour: float | None = None,
+    background: Background | None = None,
+    detector: DetectorConfig = DetectorConfig(),
 ) -> EnrollResult:
     """Enrol keyword ``name`` from 1–10 clips.
 
@@ -407,6 +288,12 @@ def enroll(
         bank: existing keywords, to warn about similar ones (not modified).
         clip_names: names of the clips in messages (file names).
         force: enrol even when the calibration is hopeless (see ``EnrollConfig.max_expected_far``).
+        confusables: find the keyword's phonetic neighbours, speak them with espeak-ng and
+            keep them as negatives, one feedback entry per word (see :mod:`kws.confusables`);
+            ``None``: none.
+        fa_per_hour: set the threshold so that a detector with ``detector``'s settings fires at
+            most this often per hour on ``background`` speech (``None``: the bundled background
+            of the model), instead of from isolated impostor clips (see :mod:`kws.background`).
     Returns:
         the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
     Raises:
@@ -433,8 +320,8 @@ def enroll(
     check_speech_length(clips, embedder.sample_rate, names, cfg)
     n = len(emb)
     clip_emb = normalize(emb.mean(axis=1))
-    assign = _kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
-    kw_centers = _centers(emb, assign, np.ones(n, dtype=bool))
+    assign = kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
+    kw_centers = make_centers(emb, assign, np.ones(n, dtype=bool))
     target = leave_one_out_scores(emb, assign) if n > 1 else np.zeros(0, dtype=np.float32)
 
     if n >= 3 and centers == 1:
@@ -457,9 +344,7 @@ def enroll(
             f"{name!r} is very similar to the enrolled keyword {nearest[0]!r} (cosine {nearest[1]:.3f}); "
             "they may be taken for each other: enrol more samples of both, or choose a longer phrase"
         )
-    for w in warnings:
-        log.warning("%s", w)
-    info = {"calibration": cal.to_json(), "augment": augment, "clip_checks": warnings}
+    info = {"calibration": cal.to_json(), "augment": augment, "clip_checks": list(warnings)}
     # Each clip's own embedding is kept so that feedback can re-make the centers with more clips.
     keyword = Keyword(
         name=name,
@@ -469,7 +354,70 @@ def enroll(
         info=info,
         positives=emb[:, 0].astype(np.float32),
     )
-    return EnrollResult(keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest)
+    added: list[tuple[Neighbour, float]] = []
+    if confusables is not None:
+        found = confusable_embeddings(embedder, name, confusables, cfg.trim_db)
+        if found is None:
+            warnings.append(
+                f"espeak-ng cannot say {name!r} as written (digits, symbols or another script): enrolled "
+                "without confusable words; name the keyword in letters to get them"
+            )
+        else:
+            added = _add_confusables(keyword, *found)
+    budget = None
+    if fa_per_hour is not None:
+        background = background if background is not None else load_background(embedder)
+        fallback = float(fire_threshold(keyword.threshold, detector.threshold_offset))
+        budget = calibrate_to_budget(
+            keyword, background, fa_per_hour, target, detector, cfg.target_quantile, fallback
+        )
+        apply_budget(keyword, budget, detector)
+        # Confusable entries leave the threshold as it is: undoing one must keep this one.
+        for entry in keyword.history:
+            entry.before = json.loads(json.dumps(keyword.state_json()))
+        if not budget.met:
+            warnings.append(
+                f"{name!r} cannot meet {fa_per_hour:g} false alarms per hour without missing more than "
+                f"{100 * cfg.target_quantile:.0f}% of its enrolment clips: background speech fires it "
+                f"{budget.expected_fa_per_hour:.1f} times per hour at its threshold, the best budget reachable; "
+                "enrol more, clearer clips, or choose a longer keyword"
+            )
+    for w in warnings:
+        log.warning("%s", w)
+    return EnrollResult(
+        keyword=keyword, calibration=cal, warnings=warnings, nearest=nearest, confusables=added, budget=budget
+    )
+
+
+def _add_confusables(keyword: Keyword, neighbours: list[Neighbour], emb: np.ndarray) -> list[tuple[Neighbour, float]]:
+    """Keep each neighbour's embeddings ``emb`` ``(n_words, n_voices, D)`` as a negative entry of
+    ``keyword`` (in place); returns the neighbours kept with their closeness to the keyword.
+
+    The threshold stays as calibrated, now and when feedback re-calibrates it
+    (:func:`kws.scoring.recalibrate` leaves confusable words out): calibrating with them
+    lowers it, since the impostors nearest the keyword are then suppressed, and on streams
+    that cost more false alarms than they saved (``recipes/false_alarms/README.md``).
+    A neighbour that would suppress one of the keyword's own enrolment clips (it sounds,
+    to this model, like the keyword itself) is left out.
+    """
+    kept: list[tuple[Neighbour, float]] = []
+    for nb, e in zip(neighbours, emb):
+        _, loo, aligned = recenter(keyword, FeedbackConfig())
+        if aligned is not None and len(loo) and suppressed(loo, aligned, e).any():
+            log.info("confusable %r of %r left out: it sounds like the keyword's own clips", nb.word, keyword.name)
+            continue
+        keyword.history.append(
+            Entry(
+                id=len(keyword.history) + 1,
+                kind="negative",
+                source=f"{CONFUSABLE_SOURCE}{nb.word} ({nb.kind})",
+                added=timestamp(),
+                embeddings=e,
+                before=json.loads(json.dumps(keyword.state_json())),
+            )
+        )
+        kept.append((nb, float((e @ keyword.centers.T).max())))
+    return kept
 
 
 def _check_calibration(name: str, cal: Calibration, cfg: EnrollConfig, force: bool) -> None:

@@ -3,7 +3,7 @@
 * :func:`add_negative` ("that was not the keyword") stores a clip's embedding as
   a negative example of a keyword; :func:`add_positive` ("that was it") adds a
   further positive and re-makes the keyword's centers. Both re-calibrate the
-  threshold with :func:`kws.enroll.calibrate`, the rule used at enrolment.
+  threshold with :func:`kws.scoring.recalibrate`, the rule used at enrolment.
 * :func:`undo` takes back the latest change exactly (each entry remembers the
   keyword as it was before).
 
@@ -24,7 +24,6 @@ window.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -32,25 +31,26 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.audio import centre_speech, load_audio
-from kws.bank import DEFAULT_NEGATIVE_RULE, NEGATIVE_RULES, Entry, Keyword, KeywordBank, apply_negatives
+from kws.audio import centre_speech, load_audio, loudest_rms
+from kws.background import keep_budget, load_background
+from kws.bank import DEFAULT_NEGATIVE_RULE, NEGATIVE_RULES, Entry, Keyword, KeywordBank
 from kws.detect import DetectorConfig
 from kws.embedder import Embedder
-from kws.enroll import (
-    Calibration,
-    EnrollConfig,
-    _centers,
-    _kmeans_assign,
-    _loudest_rms,
-    calibrate,
-    leave_one_out_scores,
-    nearest_keyword,
-)
+from kws.enroll import EnrollConfig
 from kws.errors import AudioError, BankError, EnrollmentError
 from kws.events import read_sidecar
 from kws.fileio import timestamp
 from kws.impostors import load_impostors
 from kws.metrics import normalize
+from kws.scoring import (
+    Calibration,
+    FeedbackConfig,
+    fire_threshold,
+    nearest_keyword,
+    recalibrate,
+    recenter,
+    suppressed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _clip_windows(
         audio, side = np.asarray(clip, dtype=np.float32), None
     else:
         audio, side = load_audio(clip, embedder.sample_rate), read_sidecar(clip)
-    level = _loudest_rms(audio, embedder.sample_rate // 10)
+    level = loudest_rms(audio, embedder.sample_rate // 10)
     if level < EnrollConfig.silence_rms:
         name = "the clip" if isinstance(clip, np.ndarray) else str(clip)
         raise EnrollmentError(
@@ -115,14 +115,14 @@ def _clip_windows(
         best = int(np.argmax(scores))
         a, main = starts[best], emb[best : best + 1]
         how = f"best window at {a / embedder.sample_rate:.2f} s"
-        fires_at = keyword.threshold + detector.threshold_offset
+        fires_at = fire_threshold(keyword.threshold, detector.threshold_offset)
     else:
         a, b = (round(side[k] * embedder.sample_rate) for k in ("window_start_s", "window_end_s"))
         if not 0 <= a < b <= len(audio):
             raise AudioError(f"{clip}: the sidecar's window {a}-{b} lies outside the clip ({len(audio)} samples)")
         main = embedder(audio[a:b][None])
         how = f"the window that fired ({side['window_start_s']:.2f}-{side['window_end_s']:.2f} s)"
-        fires_at = float(side.get("threshold", keyword.threshold + detector.threshold_offset))
+        fires_at = float(side.get("threshold", fire_threshold(keyword.threshold, detector.threshold_offset)))
     if not further:
         return np.array([a]), main, how, audio
     if side is not None:  # the clip's other windows are needed only now
@@ -174,25 +174,6 @@ def _enrolment_recordings(embedder: Embedder, keyword: Keyword, audio: np.ndarra
 # ---------------------------------------------------------------------------- feedback
 
 
-@dataclass(frozen=True)
-class FeedbackConfig:
-    """How feedback re-calibrates a keyword.
-
-    Attributes:
-        negative_rule: ``"suppress"`` or ``"raise"`` (see the module doc);
-            ``None`` keeps the keyword's own rule.
-        raise_margin: with ``"raise"``, the threshold goes this far above the
-            highest negative's score.
-        target_quantile: as at enrolment (:class:`kws.enroll.EnrollConfig`).
-        kmeans_iters: as at enrolment, when positives re-make several centers.
-    """
-
-    negative_rule: str | None = None
-    raise_margin: float = 0.02
-    target_quantile: float = EnrollConfig.target_quantile
-    kmeans_iters: int = EnrollConfig.kmeans_iters
-
-
 @dataclass
 class FeedbackResult:
     """What one feedback call changed.
@@ -215,88 +196,6 @@ class FeedbackResult:
     threshold_after: float
     calibration: Calibration
     nearest: tuple[str, float] | None
-
-
-def _enrolled_state(keyword: Keyword) -> dict:
-    """The keyword as stored before any feedback (JSON data)."""
-    return keyword.history[0].before if keyword.history else keyword.state_json()
-
-
-def _recenter(keyword: Keyword, cfg: FeedbackConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Centers ``(k, dim)``, raw leave-one-out scores ``(n,)`` and their embeddings ``(n, dim)`` (or ``None``).
-
-    Without positive feedback these are the enrolment's own (augmented centers included);
-    with it, the centers are re-made from all positives as enrolment makes them.
-    """
-    enrolled = _enrolled_state(keyword)
-    positives = keyword.all_positives
-    if not any(e.kind == "positive" for e in keyword.history):
-        centers = np.asarray(enrolled["centers"], dtype=np.float32)
-        target = np.asarray(enrolled["info"].get("calibration", {}).get("target_scores", []), dtype=np.float32)
-        aligned = positives if positives is not None and len(positives) == len(target) else None
-        return centers, target, aligned
-    assert positives is not None  # add_positive refuses keywords without positives
-    k = min(len(enrolled["centers"]), len(positives))
-    emb = positives[:, None]
-    assign = _kmeans_assign(positives, k, cfg.kmeans_iters) if k > 1 else np.zeros(len(positives), dtype=int)
-    centers = _centers(emb, assign, np.ones(len(positives), dtype=bool)).astype(np.float32)
-    target = leave_one_out_scores(emb, assign) if len(positives) > 1 else np.zeros(0, np.float32)
-    return centers, target, positives
-
-
-def _suppressed(target: np.ndarray, target_emb: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    """``(n,)`` bool: the enrolment clips (leave-one-out scores ``target``, embeddings
-    ``target_emb`` ``(n, dim)``) that ``negatives`` ``(m, dim)`` suppress, each clip's
-    nearest *other* clip standing in for its own, as leave-one-out scores it."""
-    others = target_emb @ target_emb.T
-    np.fill_diagonal(others, -np.inf)
-    nearest = others.max(axis=1) if len(others) > 1 else None
-    return apply_negatives(target, (target_emb @ negatives.T).max(axis=1), nearest) != target
-
-
-def recalibrate(keyword: Keyword, impostors: np.ndarray, config: FeedbackConfig = FeedbackConfig()) -> Calibration:
-    """Re-make ``keyword``'s centers and threshold from its positives and negatives, in place.
-
-    The threshold comes from :func:`kws.enroll.calibrate` on the leave-one-out
-    and impostor scores as the keyword now scores them (negatives applied under
-    ``"suppress"``); under ``"raise"`` it is then lifted above the negatives' scores.
-
-    Args:
-        impostors: ``(M, dim)`` unit-norm embeddings of other speech.
-    """
-    enrolled_cal = _enrolled_state(keyword)["info"].get("calibration", {})
-    target_far = float(enrolled_cal.get("target_far", 0.01))
-    centers, target, target_emb = _recenter(keyword, config)
-    keyword.centers = centers
-    negatives = keyword.negatives
-    suppress = keyword.negative_rule == "suppress" and negatives is not None
-    if suppress and target_emb is not None:
-        # A suppressed enrolment clip cannot pass at any threshold: leaving it in would only
-        # drag the target-quantile cap (and so the threshold) down to the suppressed score.
-        kept = ~_suppressed(target, target_emb, negatives)
-        if not kept.all():
-            log.warning("%d of %d enrolment clips of %r are nearer a negative than the keyword",
-                        int((~kept).sum()), len(kept), keyword.name)
-        target = target[kept]
-    impostor_scores = keyword.score(impostors)  # negatives applied when the rule is "suppress"
-    cal = calibrate(target, impostor_scores, target_far, config.target_quantile)
-    if keyword.negative_rule == "raise" and negatives is not None:
-        above = float((negatives @ centers.T).max()) + config.raise_margin
-        if above > cal.threshold:
-            cal = dataclasses.replace(
-                cal,
-                threshold=above,
-                expected_far=float(np.mean(impostor_scores >= above)),
-                expected_frr=float(np.mean(target < above)) if len(target) else float("nan"),
-                limited_by="negatives",
-            )
-    keyword.threshold = cal.threshold
-    keyword.info = {
-        **_enrolled_state(keyword)["info"],
-        "calibration": cal.to_json(),
-        "feedback": {"negative_rule": keyword.negative_rule, "negatives": 0 if negatives is None else len(negatives)},
-    }
-    return cal
 
 
 def _add(
@@ -326,10 +225,10 @@ def _add(
     emb = normalize(emb).astype(np.float32)
     similarity = float((kw.centers @ emb[0]).max())
     if kind == "negative":
-        _, loo, aligned = _recenter(kw, config)
+        _, loo, aligned = recenter(kw, config)
         if aligned is not None:
             # The keyword itself, for this bank, is what would silence one of its own clips.
-            itself = np.array([_suppressed(loo, aligned, e[None]).any() for e in emb])
+            itself = np.array([suppressed(loo, aligned, e[None]).any() for e in emb])
             why = "nearer to one of its enrolment clips than that clip is to the keyword and the other clips"
         else:  # a bank from before enrolment clips were kept: compare with their typical score
             typical = float(np.median(loo)) if len(loo) else np.inf
@@ -374,6 +273,9 @@ def _add(
     if kind == "positive":
         kw.samples += 1
     cal = recalibrate(kw, impostors, config)
+    # A keyword enrolled to a false-alarm budget keeps it (re-measured with the change).
+    if "budget" in kw.info:
+        keep_budget(kw, load_background(embedder), cal.target_scores)
     nearest = nearest_keyword(bank, kw.centers, exclude=name)
     log.info("%s %s: threshold %.3f -> %.3f", kind, name, threshold_before, kw.threshold)
     return FeedbackResult(name, entry, how, similarity, threshold_before, kw.threshold, cal, nearest)

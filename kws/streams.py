@@ -1,10 +1,15 @@
-"""Stream evaluation: long synthetic streams with ground truth, and recall / false alarms / latency.
+"""Stream evaluation: long streams with ground truth, and recall / false alarms / latency.
 
 :func:`build_stream` strings clips of a Speech Commands-layout corpus (keywords
-and other words) together with random gaps over background noise.
-:func:`evaluate_stream` runs the streaming detector once to get every hop's
-scores, then replays only the trigger (smoothing, thresholds, refractory) for
-each threshold offset of the sweep, which is cheap.
+and other words) together with random gaps over background noise;
+:func:`build_sentence_stream` strings together the real-speech pack's whole
+sentences (keywords inside spontaneous telephone speech, and read sentences with
+no keyword). :func:`embed_stream` runs the streaming detector's embedder once
+over the stream and keeps every hop's embedding (:class:`StreamHops`, which can
+be saved), so that any bank of the same model is scored without embedding again;
+:func:`evaluate_hops` then replays only the trigger (smoothing, thresholds,
+refractory) for each threshold offset of the sweep, for all keywords together and
+for each keyword alone (its DET curve).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kws.audio import SAMPLE_RATE, trim_silence
+from kws.audio import SAMPLE_RATE, load_audio, trim_silence
 from kws.bank import KeywordBank
 from kws.detect import Detector, DetectorConfig, Trigger
 from kws.events import Event
@@ -25,10 +30,13 @@ from kws.embedder import Embedder
 from kws.errors import DataError
 from kws.fileio import atomic_path, write_json
 
+DEFAULT_OFFSETS = tuple(np.round(np.arange(-0.1, 0.31, 0.02), 3))
+
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "TruthItem", "build_stream", "evaluate_stream", "hop_scores", "match_events", "plot_report", "write_report",
+    "DEFAULT_OFFSETS", "StreamHops", "TruthItem", "build_sentence_stream", "build_stream", "embed_stream",
+    "evaluate_hops", "evaluate_stream", "match_events", "plot_report", "write_report",
 ]
 
 
@@ -97,20 +105,114 @@ def build_stream(
     return np.clip(audio, -1.0, 1.0), truth
 
 
-def hop_scores(
-    embedder: Embedder, bank: KeywordBank, audio: np.ndarray, cfg: DetectorConfig = DetectorConfig()
-) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """Every hop's time ``(hops,)`` and raw scores (``None`` where the energy gate skipped it)."""
+def build_sentence_stream(
+    pack_root: str | os.PathLike,
+    split: str = "heldout",
+    duration_s: float | None = None,
+    seed: int = 0,
+    gap_s: tuple[float, float] = (0.3, 1.0),
+) -> tuple[np.ndarray, list[TruthItem]]:
+    """A stream of the real-speech pack's sentences, in random order with short silent gaps.
+
+    Every sentence of ``split``'s speakers that has a keyword inside it (the pack's
+    ``wuw2_sentences/``) is placed once; sentences with no keyword (its
+    ``librispeech_utterances/``), of ``split``'s speakers too, are added until the
+    stream lasts ``duration_s`` (``None``: all of them). The other speakers' sentences
+    are left for calibration (:mod:`kws.background`).
+
+    Returns:
+        ``(samples,)`` float32 audio and the truth: one keyword item per labelled
+        sentence, at the word's labelled time.
+    """
+    from kws.data.real_pack import read_sentences
+
+    keyed = read_sentences(pack_root, split)
+    if not keyed:
+        raise DataError(f"{pack_root}: no sentences with a labelled keyword for {split} speakers")
+    rng = np.random.default_rng(seed)
+    background = read_sentences(pack_root, split, labelled=False)
+    background = [background[i] for i in rng.permutation(len(background))]
+    chosen = list(keyed)
+    pieces = [load_audio(s.path, SAMPLE_RATE) for s in keyed]
+    total = sum(len(p) for p in pieces) / SAMPLE_RATE
+    for s in background:
+        if duration_s is not None and total >= duration_s:
+            break
+        chosen.append(s)
+        pieces.append(load_audio(s.path, SAMPLE_RATE))
+        total += len(pieces[-1]) / SAMPLE_RATE
+    order = rng.permutation(len(chosen))
+    parts, truth, pos = [], [], 0
+    for i in order:
+        gap = np.zeros(int(rng.uniform(*gap_s) * SAMPLE_RATE), dtype=np.float32)
+        parts += [gap, pieces[i]]
+        pos += len(gap)
+        s = chosen[i]
+        if s.word:
+            truth.append(TruthItem(s.word, pos / SAMPLE_RATE + s.start, pos / SAMPLE_RATE + s.end, True))
+        pos += len(pieces[i])
+    return np.concatenate(parts).astype(np.float32), truth
+
+
+@dataclass
+class StreamHops:
+    """Every hop of a stream, embedded once.
+
+    Attributes:
+        times: ``(hops,)`` seconds from the stream start to the end of each hop's window.
+        embeddings: ``(hops, D)`` window embeddings; NaN rows where the energy gate skipped the hop.
+        model_id: the model that made them (a bank of another model cannot score them).
+        window_s: the model's window, in seconds.
+        source: how the stream was built (so that a saved copy is not reused for another stream).
+    """
+
+    times: np.ndarray
+    embeddings: np.ndarray
+    model_id: str
+    window_s: float
+    source: str = ""
+
+    def scores(self, bank: KeywordBank) -> list[np.ndarray | None]:
+        """Each hop's raw scores ``(n_keywords,)`` against ``bank`` (``None`` where gated)."""
+        bank.check_model(self.model_id)
+        kept = ~np.isnan(self.embeddings[:, 0])
+        out: list[np.ndarray | None] = [None] * len(self.times)
+        for i, row in zip(np.flatnonzero(kept), bank.score(self.embeddings[kept])):
+            out[i] = row
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, times=self.times, embeddings=self.embeddings, model_id=np.array(self.model_id),
+                     window_s=np.array(self.window_s), source=np.array(self.source))  # fmt: skip
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "StreamHops":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["times"], z["embeddings"], str(z["model_id"]), float(z["window_s"]), str(z["source"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{path}: not a saved stream of embedded hops ({exc}); delete it to embed again") from exc
+
+
+def embed_stream(
+    embedder: Embedder, bank: KeywordBank, audio: np.ndarray, cfg: DetectorConfig = DetectorConfig(), source: str = ""
+) -> StreamHops:
+    """Run the streaming detector's embedder over ``audio`` ``(samples,)`` (``bank`` only checks the model)."""
     from tqdm import tqdm
 
     detector = Detector(embedder, bank, cfg)
-    times, scores = [], []
+    times, emb = [], []
+    gated = np.full((1, embedder.dim), np.nan, dtype=np.float32)
     step = detector.hop * 100
-    for i in tqdm(range(0, len(audio), step), desc="scoring", unit="chunk", leave=False):
-        for t, s in detector.hop_scores(audio[i : i + step]):
+    for i in tqdm(range(0, len(audio), step), desc="embedding", unit="chunk", leave=False):
+        for t, e in detector.hop_embeddings(audio[i : i + step]):
             times.append(t)
-            scores.append(s)
-    return np.asarray(times), scores
+            emb.append(gated if e is None else e)
+    return StreamHops(
+        np.asarray(times), np.concatenate(emb).astype(np.float32), embedder.model_id,
+        embedder.window_samples / SAMPLE_RATE, source,
+    )  # fmt: skip
 
 
 def match_events(events: list[Event], truth: list[TruthItem], window_s: float) -> tuple[list[float], int]:
@@ -133,76 +235,112 @@ def match_events(events: list[Event], truth: list[TruthItem], window_s: float) -
     return latencies, false_alarms
 
 
+def _replay(
+    bank: KeywordBank, times: np.ndarray, scores: list[np.ndarray | None], targets: list[TruthItem],
+    window_s: float, duration_h: float, offset: float, cfg: DetectorConfig,
+) -> dict:  # fmt: skip
+    """One point of the sweep: the trigger at ``offset`` over the hop scores, matched to the truth."""
+    trigger = Trigger.for_bank(bank, cfg, offset=offset)
+    events = [e for e in (trigger.step(t, s) for t, s in zip(times, scores)) if e is not None]
+    latencies, fa = match_events(events, targets, window_s)
+    lat = np.asarray(latencies)
+    return {
+        "offset": float(offset),
+        "recall": len(lat) / len(targets) if targets else float("nan"),
+        "false_alarms": fa,
+        "fa_per_hour": fa / duration_h,
+        "latency_mean_s": float(lat.mean()) if len(lat) else None,
+        "latency_median_s": float(np.median(lat)) if len(lat) else None,
+        "latency_p90_s": float(np.percentile(lat, 90)) if len(lat) else None,
+    }
+
+
+def evaluate_hops(
+    bank: KeywordBank,
+    hops: StreamHops,
+    truth: list[TruthItem],
+    duration_s: float,
+    offsets: Sequence[float] = DEFAULT_OFFSETS,
+    cfg: DetectorConfig = DetectorConfig(),
+) -> dict:
+    """Recall, false alarms per hour and latency at each threshold offset, from embedded hops.
+
+    Each offset of the sweep is added to the bank's thresholds *instead of*
+    ``cfg.threshold_offset`` (the detector's default is one point of the sweep).
+    ``per_keyword`` replays each keyword alone (a bank of that keyword only): its
+    miss rate against its own false alarms per hour is its DET curve.
+
+    Returns a plain-data report: ``{"duration_s", "keywords", "points": [{offset,
+    recall, false_alarms, fa_per_hour, latency_mean_s, latency_median_s,
+    latency_p90_s}, ...], "per_keyword": {name: [point, ...]}, "config"}``.
+    """
+    scores = hops.scores(bank)
+    duration_h = duration_s / 3600
+    targets = [t for t in truth if t.keyword and t.word in bank]
+    points = [_replay(bank, hops.times, scores, targets, hops.window_s, duration_h, o, cfg) for o in offsets]
+    per_keyword = {}
+    for k, name in enumerate(bank.names):
+        alone = KeywordBank(bank.model_id, bank.dim)
+        alone.add(bank[name])
+        col = [None if s is None else s[k : k + 1] for s in scores]
+        mine = [t for t in targets if t.word == name]
+        per_keyword[name] = [
+            {"occurrences": len(mine), **_replay(alone, hops.times, col, mine, hops.window_s, duration_h, o, cfg)}
+            for o in offsets
+        ]
+    return {
+        "duration_s": duration_s,
+        "keywords": bank.names,
+        "keyword_occurrences": len(targets),
+        "words_placed": len(truth),
+        "windows_embedded": int(np.sum(~np.isnan(hops.embeddings[:, 0]))),
+        "hops": len(hops.times),
+        "config": asdict(cfg),
+        "points": points,
+        "per_keyword": per_keyword,
+    }
+
+
 def evaluate_stream(
     embedder: Embedder,
     bank: KeywordBank,
     audio: np.ndarray,
     truth: list[TruthItem],
-    offsets: Sequence[float] = tuple(np.round(np.arange(-0.1, 0.31, 0.02), 3)),
+    offsets: Sequence[float] = DEFAULT_OFFSETS,
     cfg: DetectorConfig = DetectorConfig(),
 ) -> dict:
-    """Recall, false alarms per hour and latency at each threshold offset.
-
-    Each offset of the sweep is added to the bank's thresholds *instead of*
-    ``cfg.threshold_offset`` (the detector's default is one point of the sweep).
-
-    Returns a plain-data report: ``{"duration_s", "keywords", "points": [{offset,
-    recall, false_alarms, fa_per_hour, latency_mean_s, latency_median_s,
-    latency_p90_s}, ...], "config"}``.
-    """
-    times, scores = hop_scores(embedder, bank, audio, cfg)
-    duration_h = len(audio) / SAMPLE_RATE / 3600
-    targets = [t for t in truth if t.keyword and t.word in bank]
-    window_s = embedder.window_samples / SAMPLE_RATE
-    points = []
-    for off in offsets:
-        trigger = Trigger(bank.names, bank.thresholds + off, cfg.smoothing, cfg.refractory_ms / 1000)
-        events = [e for e in (trigger.step(t, s) for t, s in zip(times, scores)) if e is not None]
-        latencies, fa = match_events(events, targets, window_s)
-        lat = np.asarray(latencies)
-        points.append(
-            {
-                "offset": float(off),
-                "recall": len(lat) / len(targets) if targets else float("nan"),
-                "false_alarms": fa,
-                "fa_per_hour": fa / duration_h,
-                "latency_mean_s": float(lat.mean()) if len(lat) else None,
-                "latency_median_s": float(np.median(lat)) if len(lat) else None,
-                "latency_p90_s": float(np.percentile(lat, 90)) if len(lat) else None,
-            }
-        )
-    return {
-        "duration_s": len(audio) / SAMPLE_RATE,
-        "keywords": bank.names,
-        "keyword_occurrences": len(targets),
-        "words_placed": len(truth),
-        "windows_embedded": sum(s is not None for s in scores),
-        "hops": len(scores),
-        "config": asdict(cfg),
-        "points": points,
-    }
+    """:func:`evaluate_hops` on ``audio`` ``(samples,)``, embedded by :func:`embed_stream`."""
+    return evaluate_hops(bank, embed_stream(embedder, bank, audio, cfg), truth, len(audio) / SAMPLE_RATE, offsets, cfg)
 
 
 def plot_report(report: dict, path: str | os.PathLike) -> None:
-    """Recall vs false alarms per hour, and latency vs threshold offset, as a PNG (atomic)."""
+    """Recall vs false alarms per hour, each keyword's DET curve, and latency vs threshold offset,
+    as a PNG (atomic)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pts = report["points"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
     ax1.plot([p["fa_per_hour"] for p in pts], [p["recall"] for p in pts], marker="o")
     for p in pts[:: max(1, len(pts) // 5)]:
         ax1.annotate(f"{p['offset']:+.2f}", (p["fa_per_hour"], p["recall"]), fontsize=7)
-    ax1.set(xlabel="false alarms per hour", ylabel="recall", title="recall vs false alarms (threshold offset)")
+    ax1.set(xlabel="false alarms per hour", ylabel="recall", title="all keywords (threshold offset)")
     ax1.grid(True, alpha=0.3)
-    with_lat = [p for p in pts if p["latency_median_s"] is not None]
-    ax2.plot([p["offset"] for p in with_lat], [p["latency_median_s"] for p in with_lat], marker="o", label="median")
-    ax2.plot([p["offset"] for p in with_lat], [p["latency_p90_s"] for p in with_lat], marker=".", label="p90")
-    ax2.set(xlabel="threshold offset", ylabel="latency after keyword end (s)", title="detection latency")
-    ax2.legend()
+    for name, kpts in report.get("per_keyword", {}).items():
+        ax2.plot([p["fa_per_hour"] for p in kpts], [1 - p["recall"] for p in kpts], marker=".", label=name)
+    # Zero false alarms must stay on the plot: linear near 0, logarithmic beyond 1 per hour.
+    ax2.set_xscale("symlog", linthresh=1.0)
+    ax2.set(xlabel="false alarms per hour", ylabel="miss rate", title="DET per keyword (alone)")
+    ax2.legend(fontsize=7)
     ax2.grid(True, alpha=0.3)
+    with_lat = [p for p in pts if p["latency_median_s"] is not None]
+    ax3.plot([p["offset"] for p in with_lat], [p["latency_median_s"] for p in with_lat], marker="o", label="median")
+    ax3.plot([p["offset"] for p in with_lat], [p["latency_p90_s"] for p in with_lat], marker=".", label="p90")
+    ax3.set(xlabel="threshold offset", ylabel="latency after keyword end (s)", title="detection latency")
+    ax3.legend()
+    ax3.grid(True, alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)

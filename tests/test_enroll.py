@@ -12,12 +12,12 @@ from kws.bank import KeywordBank
 from kws.embedder import Embedder
 from kws.enroll import (
     augment_clips,
-    calibrate,
     enroll,
     prepare_clips,
 )
 from kws.impostors import embed_impostor_folder, load_impostors
 from kws.errors import EnrollmentError
+from kws.scoring import calibrate
 
 
 class BandEmbedder(Embedder):

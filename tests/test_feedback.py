@@ -322,17 +322,17 @@ def test_malformed_feedback_entries_give_bank_errors(tmp_path, damage, message):
 
 
 def test_a_negative_suppresses_the_enrolment_clips_it_is_nearer_to_than_their_own_neighbours():
-    from kws.feedback import _suppressed
+    from kws.scoring import suppressed
     from kws.metrics import normalize
 
     clips = normalize(np.array([[1.0, 0.2, 0.0, 0.0], [1.0, -0.2, 0.0, 0.0], [1.0, 0.0, 0.2, 0.0]], np.float32))
     loo = np.array([0.97, 0.97, 0.98], np.float32)  # each clip's score against the others' center
     # Nearer to clip 0 (cos 0.998) than clip 0 is to the others (0.92 / 0.96) or to their center: clip 0 is lost.
     twin = normalize(np.array([[1.0, 0.25, 0.0, 0.05]], np.float32))
-    assert _suppressed(loo, clips, twin).tolist() == [True, False, False]
+    assert suppressed(loo, clips, twin).tolist() == [True, False, False]
     # Like the keyword (cos 0.95-0.98 to every clip) but nearer to none of them than they are to each other.
     near = normalize(np.array([[1.0, 0.0, 0.0, 0.25]], np.float32))
-    assert not _suppressed(loo, clips, near).any()
+    assert not suppressed(loo, clips, near).any()
 
 
 def test_event_folder_cap_deletes_only_the_clips_kws_saved(tmp_path):

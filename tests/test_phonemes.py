@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kws.errors import DataError
-from kws.phonemes import edit_distance, minimal_pairs, phonemes
+from kws.phonemes import edit_distance, minimal_pairs, phonemes, phonemes_of
 
 
 def test_phonemes_are_split_and_stress_free() -> None:
@@ -38,3 +38,10 @@ def test_minimal_pairs_among_words() -> None:
     assert not any("seven" in p for p in found)
     assert all(d == 1 for _, _, d in pairs)
     assert any(d == 2 for _, _, d in minimal_pairs(["bat", "cab"], max_distance=2))
+
+
+def test_phonemes_of_many_words_in_one_call_match_one_call_each() -> None:
+    words = ["three", "tree", "free", "seven", "thinkengine"]
+    assert phonemes_of(words) == [phonemes(w) for w in words]
+    with pytest.raises(DataError, match="empty"):
+        phonemes_of(["cat", " "])

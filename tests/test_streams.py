@@ -82,6 +82,14 @@ def test_threshold_sweep_trades_recall_for_false_alarms(tiny_corpus, stream, ran
     alarms = [p["false_alarms"] for p in points]
     assert recalls == sorted(recalls, reverse=True) and alarms == sorted(alarms, reverse=True)
     assert 0 < report["windows_embedded"] <= report["hops"]
+    # Each keyword alone: its own occurrences, and never more false alarms than all keywords together
+    # make at the same offset (alone, no other keyword's event makes it rest).
+    per = report["per_keyword"]
+    assert sorted(per) == sorted(KEYWORDS)
+    assert sum(per[k][0]["occurrences"] for k in per) == report["keyword_occurrences"]
+    for k in per:
+        rec = [p["recall"] for p in per[k]]
+        assert rec == sorted(rec, reverse=True)
 
 
 def test_stream_eval_cli_writes_json_and_plot(tiny_corpus, random_checkpoint, tmp_path, capsys):
@@ -93,12 +101,43 @@ def test_stream_eval_cli_writes_json_and_plot(tiny_corpus, random_checkpoint, tm
         bank.add(Keyword(word, (v / np.linalg.norm(v))[None], threshold=0.5, samples=3))
     bank.save(tmp_path / "bank.json")
     out = tmp_path / "report"
-    code = main([
+    args = [
         "stream-eval", str(tiny_corpus), "--bank", str(tmp_path / "bank.json"), "--minutes", "0.3",
-        "--model", str(random_checkpoint), "--out", str(out),
-    ])  # fmt: skip
-    assert code == 0
+        "--model", str(random_checkpoint), "--out", str(out), "--hops", str(tmp_path / "hops.npz"),
+    ]  # fmt: skip
+    assert main(args) == 0
     report = json.loads((out / "stream_eval.json").read_text())
     assert report["keywords"] == KEYWORDS and report["points"]
     assert (out / "stream_eval.png").stat().st_size > 1000
     assert "keyword occurrences" in capsys.readouterr().out
+    # The saved hops give the same report again; a different stream refuses them.
+    assert main(args) == 0
+    assert json.loads((out / "stream_eval.json").read_text()) == report
+    assert main(args[:5] + ["0.4"] + args[6:]) != 0
+    assert "another stream" in capsys.readouterr().err
+
+
+def test_sentence_stream_places_each_keyword_at_its_labelled_time(tmp_path):
+    from kws.audio import write_audio
+    from kws.streams import build_sentence_stream
+
+    rows = ["path,source,word,speaker,gender,dialect,channel,context,licence"]
+    rng = np.random.default_rng(0)
+    for i, (word, start) in enumerate([("voyager", 1.0), ("operator", 0.5), ("", None), ("", None)]):
+        audio = 0.001 * rng.standard_normal(3 * SAMPLE_RATE).astype(np.float32)
+        if word:  # a loud burst where the label says the word is
+            audio[int(start * SAMPLE_RATE) : int((start + 0.5) * SAMPLE_RATE)] = 0.5
+        path = f"s/{i}.wav"
+        (tmp_path / "s").mkdir(exist_ok=True)
+        write_audio(tmp_path / path, audio, SAMPLE_RATE)
+        context = f"whole sentence, word at {start}-{start + 0.5} s" if word else "sentence (no transcript)"
+        rows.append(f'{path},x,{word},spk{i},,,,"{context}",')
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    audio, truth = build_sentence_stream(tmp_path, "all", seed=1)
+    assert sorted(t.word for t in truth) == ["operator", "voyager"]
+    assert len(audio) > 12 * SAMPLE_RATE  # all four sentences and the gaps
+    for t in truth:
+        span = audio[int(t.start * SAMPLE_RATE) + 10 : int(t.end * SAMPLE_RATE) - 10]
+        assert np.all(span == pytest.approx(0.5))
+    short, _ = build_sentence_stream(tmp_path, "all", duration_s=1.0, seed=1)
+    assert len(short) < 9 * SAMPLE_RATE  # the keyword sentences only

@@ -34,6 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--centers", type=int, default=1, metavar="K", help="centers for varied samples (1)")
     p.add_argument("--augment", action="store_true", help="add lightly augmented copies of the clips")
+    p.add_argument(
+        "--no-confusables",
+        action="store_true",
+        help="do not add the keyword's confusable words (phonetic neighbours spoken by espeak-ng) as negatives",
+    )
+    p.add_argument(
+        "--fa-per-hour",
+        type=float,
+        metavar="N",
+        help="calibrate on running speech instead: the threshold at which the keyword fires at most N times per "
+        "hour of the model's bundled background speech (with the detector's default settings); prints the "
+        "recall it expects and warns, with the best budget reachable, when N cannot be met",
+    )
+    p.add_argument("--background", metavar="FILE", help="background stream (.npz) for --fa-per-hour (default: bundled)")
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
     add_device_arguments(p)
@@ -66,6 +80,8 @@ def _record(args: argparse.Namespace) -> tuple[list, list[str]]:
 def _run(args: argparse.Namespace) -> int:
     from kws.audio import load_audio
     from kws.bank import KeywordBank, keyword_name, locked_bank
+    from kws.background import load_background
+    from kws.confusables import ConfusableConfig
     from kws.enroll import enroll
     from kws.impostors import impostors_from_path
     from kws.errors import EnrollmentError
@@ -94,6 +110,9 @@ def _run(args: argparse.Namespace) -> int:
         clips = [load_audio(c, embedder.sample_rate) for c in args.clips]
         names = [str(c) for c in args.clips]
     impostors = impostors_from_path(embedder, args.impostors, exclude=name)
+    background = None
+    if args.fa_per_hour is not None:
+        background = load_background(embedder, args.background)
     result = enroll(
         embedder,
         name,
@@ -105,6 +124,9 @@ def _run(args: argparse.Namespace) -> int:
         bank=bank,
         clip_names=names,
         force=args.force,
+        confusables=None if args.no_confusables else ConfusableConfig(),
+        fa_per_hour=args.fa_per_hour,
+        background=background,
     )
     with locked_bank(bank_path, model_id=embedder.model_id, dim=embedder.dim) as current:
         if name in current and not args.replace:
@@ -113,16 +135,29 @@ def _run(args: argparse.Namespace) -> int:
 
     cal = result.calibration
     print(f"enrolled {name!r} from {result.keyword.samples} clip(s) into {bank_path}")
-    set_by = "impostors" if cal.limited_by == "far" else "enrolment clips"
-    print(f"  threshold            {cal.threshold:.3f}  (set by {set_by})")
-    print(
-        f"  expected false-accept {100 * cal.expected_far:.2f}%  "
-        f"(target {100 * cal.target_far:.2f}%, {cal.impostors} impostor clips)"
-    )
-    if len(cal.target_scores):
-        print(f"  enrolment clips below threshold {100 * cal.expected_frr:.0f}%  (leave-one-out)")
+    if result.budget is not None:
+        b = result.budget
+        print(f"  threshold            {result.threshold:.3f}  (fires at {b.fire_threshold:.3f} with the default offset)")
+        print(
+            f"  expected false alarms {b.expected_fa_per_hour:.2f} per hour  (budget {b.fa_per_hour:g}; "
+            f"{60 * b.background_hours:.0f} min of background speech)"
+        )
+        if b.expected_recall == b.expected_recall:  # NaN with one clip: nothing to expect from
+            print(f"  expected recall      {100 * b.expected_recall:.0f}%  (enrolment clips, leave-one-out)")
+    else:
+        set_by = "impostors" if cal.limited_by == "far" else "enrolment clips"
+        print(f"  threshold            {cal.threshold:.3f}  (set by {set_by})")
+        print(
+            f"  expected false-accept {100 * cal.expected_far:.2f}%  "
+            f"(target {100 * cal.target_far:.2f}%, {cal.impostors} impostor clips)"
+        )
+        if len(cal.target_scores):
+            print(f"  enrolment clips below threshold {100 * cal.expected_frr:.0f}%  (leave-one-out)")
     if result.nearest is not None:
         print(f"  nearest other keyword {result.nearest[0]!r}  cosine {result.nearest[1]:.3f}")
+    if result.confusables:
+        print(f"  confusable words kept as negatives ({len(result.confusables)}; cosine to {name!r}, spoken by espeak-ng):")
+        print("    " + ", ".join(f"{n.word} {sim:.2f}" for n, sim in result.confusables))
     for w in result.warnings:
         print(f"  warning: {w}")
     return 0

@@ -36,7 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     from kws.audio import check_audio_path
     from kws.bank import KeywordBank, keyword_name, locked_bank
     from kws.impostors import impostors_from_path
-    from kws.feedback import FeedbackConfig, add_negative, add_positive
+    from kws.feedback import add_negative, add_positive
+    from kws.scoring import FeedbackConfig
 
     keyword = keyword_name(args.negative or args.positive)
     KeywordBank.load(args.bank)[keyword]  # clear errors for an unknown keyword or clip before any work

@@ -3,7 +3,9 @@ through its ``clips.csv``.
 
 Every row names the clip's path, source, word, speaker, channel, context and licence.
 Word clips are the rows with a word whose context is ``isolated`` or ``in sentence``
-(a word cut out of running speech). Speakers are kept apart between the training
+(a word cut out of running speech). Sentences (:func:`read_sentences`) are the rows
+of whole recordings: ``whole sentence, word at S-E s`` (a keyword inside spontaneous
+speech, at its labelled time) and ``sentence (no transcript)``. Speakers are kept apart between the training
 and held-out splits by a stable hash of the speaker id, so a split never changes
 when rows are added.
 """
@@ -12,16 +14,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 
 from kws.errors import DataError
 
-__all__ = ["CLIPS_CSV", "COLUMNS", "PackClip", "WORD_CONTEXTS", "heldout_speaker", "noise_files", "read_pack"]
+__all__ = [
+    "CLIPS_CSV", "COLUMNS", "PackClip", "PackSentence", "UNLABELLED_SENTENCE", "WORD_CONTEXTS", "heldout_speaker",
+    "noise_files", "read_pack", "read_sentences",
+]
 
 CLIPS_CSV = "clips.csv"
 WORD_CONTEXTS = ("isolated", "in sentence")
+_WORD_AT = re.compile(r"whole sentence, word at ([0-9.]+)-([0-9.]+) s")
+UNLABELLED_SENTENCE = "sentence (no transcript)"
 COLUMNS = ("path", "source", "word", "speaker", "channel", "context", "licence")
 
 
@@ -40,6 +48,33 @@ def heldout_speaker(speaker: str, fraction: float) -> bool:
     return h / 2**32 < fraction
 
 
+@dataclass(frozen=True)
+class PackSentence:
+    """A whole recording: ``word`` spoken at ``[start, end]`` s inside it, or no word (``""``, ``None``)."""
+
+    path: Path
+    word: str
+    speaker: str
+    start: float | None
+    end: float | None
+
+
+def _rows(root: Path, split: str, heldout_fraction: float) -> list[dict[str, str]]:
+    """The rows of ``root``'s ``clips.csv`` whose speaker is in ``split``."""
+    if split not in ("training", "heldout", "all"):
+        raise DataError(f"unknown split {split!r}; choose training, heldout or all")
+    table = root / CLIPS_CSV
+    if not table.is_file():
+        raise DataError(f"{root}: not a real-speech pack (no {CLIPS_CSV})")
+    with table.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{table}: missing column(s) {', '.join(missing)}")
+        rows = list(reader)
+    return [r for r in rows if split == "all" or heldout_speaker(r["speaker"], heldout_fraction) == (split == "heldout")]
+
+
 def read_pack(root: str | Path, split: str = "all", heldout_fraction: float = 0.15) -> list[PackClip]:
     """The word clips of the pack at ``root``.
 
@@ -50,26 +85,28 @@ def read_pack(root: str | Path, split: str = "all", heldout_fraction: float = 0.
     Raises:
         DataError: no ``clips.csv``, a malformed one, or an unknown split.
     """
-    if split not in ("training", "heldout", "all"):
-        raise DataError(f"unknown split {split!r}; choose training, heldout or all")
     root = Path(root)
-    table = root / CLIPS_CSV
-    if not table.is_file():
-        raise DataError(f"{root}: not a real-speech pack (no {CLIPS_CSV})")
-    with table.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{table}: missing column(s) {', '.join(missing)}")
-        rows = list(reader)
-    clips = []
-    for row in rows:
-        if not row["word"] or row["context"] not in WORD_CONTEXTS:
-            continue
-        if split != "all" and heldout_speaker(row["speaker"], heldout_fraction) != (split == "heldout"):
-            continue
-        clips.append(PackClip(root / row["path"], row["word"].lower(), row["speaker"], row["source"], row["context"]))
-    return clips
+    return [
+        PackClip(root / r["path"], r["word"].lower(), r["speaker"], r["source"], r["context"])
+        for r in _rows(root, split, heldout_fraction)
+        if r["word"] and r["context"] in WORD_CONTEXTS
+    ]
+
+
+def read_sentences(
+    root: str | Path, split: str = "all", heldout_fraction: float = 0.15, labelled: bool = True
+) -> list[PackSentence]:
+    """The pack's whole sentences: with a labelled keyword inside (``labelled``), else those
+    without a transcript (real running speech with no keyword). Arguments as :func:`read_pack`."""
+    root = Path(root)
+    out = []
+    for r in _rows(root, split, heldout_fraction):
+        m = _WORD_AT.fullmatch(r["context"])
+        if labelled and m and r["word"]:
+            out.append(PackSentence(root / r["path"], r["word"].lower(), r["speaker"], float(m[1]), float(m[2])))
+        elif not labelled and r["context"] == UNLABELLED_SENTENCE:
+            out.append(PackSentence(root / r["path"], "", r["speaker"], None, None))
+    return out
 
 
 def noise_files(root: str | Path) -> list[Path]:

@@ -136,7 +136,7 @@ class Stream:
         self.bank = bank
         self.channels = channels
         self.resampler = StreamResampler(rate)
-        self.trigger = Trigger(bank.names, bank.thresholds + cfg.threshold_offset, cfg.smoothing, cfg.refractory_ms / 1000)
+        self.trigger = Trigger.for_bank(bank, cfg)
         self.window = np.zeros(engine.embedder.window_samples, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
         self.hops = 0

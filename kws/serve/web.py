@@ -33,6 +33,7 @@ from kws.bank import KeywordBank
 from kws.events import EventClipConfig
 from kws.enroll import MAX_CLIPS, enroll
 from kws.errors import KwsError
+from kws.scoring import fire_threshold
 from kws.serve.engine import BankStore, BatchEngine, Stream
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class WebApp:
                 "keywords": [
                     {
                         "name": kw.name,
-                        "threshold": round(kw.threshold + self.engine.cfg.threshold_offset, 4),
+                        "threshold": round(float(fire_threshold(kw.threshold, self.engine.cfg.threshold_offset)), 4),
                         "samples": kw.samples,
                         "negatives": sum(e.kind == "negative" for e in kw.history),
                         "feedback": len(kw.history),
