@@ -97,6 +97,7 @@ class EventRecorder:
         model_id: str,
         config: EventClipConfig = EventClipConfig(),
         sample_rate: int = SAMPLE_RATE,
+        hop_ms: float | None = None,
     ) -> None:
         config.validate()
         self.folder = Path(folder)
@@ -105,6 +106,9 @@ class EventRecorder:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.window = window_samples
         self.model_id = model_id
+        # The detector's hop, kept in each sidecar: feedback scans a clip's windows at the
+        # hop the user detected with (the threshold it fired at is in the event itself).
+        self.hop_ms = hop_ms
         self.cfg = config
         self.sr = sample_rate
         self.pre = round(config.preroll_ms * sample_rate / 1000)
@@ -171,6 +175,7 @@ class EventRecorder:
                 "window_end_s": round((self.pre + self.window) / self.sr, 4),
                 "sample_rate": self.sr,
                 "model_id": self.model_id,
+                **({} if self.hop_ms is None else {"hop_ms": self.hop_ms}),
                 "saved": timestamp(),
             },
         )
@@ -263,6 +268,8 @@ def read_sidecar(path: str | Path) -> dict | None:
         raise AudioError(f"{side}: event sidecar lacks the window's position (window_start_s, window_end_s); {hint}")
     if "threshold" in d and not _is_number(d["threshold"]):
         raise AudioError(f"{side}: event sidecar's threshold {d['threshold']!r} is not a number; {hint}")
+    if "hop_ms" in d and not (_is_number(d["hop_ms"]) and 0 < d["hop_ms"] <= 1000):
+        raise AudioError(f"{side}: event sidecar's hop_ms {d['hop_ms']!r} is not a hop of 0-1000 ms; {hint}")
     return d
 
 

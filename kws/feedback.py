@@ -24,6 +24,8 @@ window.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 from dataclasses import dataclass
@@ -108,6 +110,8 @@ def _clip_windows(
             f"{name} is silent (loudest 100 ms at {20 * np.log10(max(level, 1e-10)):.0f} dBFS): it holds "
             "nothing to learn from"
         )
+    if side is not None and "hop_ms" in side:
+        detector = dataclasses.replace(detector, hop_ms=float(side["hop_ms"]))
     hop = detector.hop_samples(embedder.sample_rate)
     if side is None:
         starts, emb = _windows(embedder, audio, hop)

@@ -55,7 +55,7 @@ def _stream(words: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[tuple
 
 def _run(embedder, bank, audio, folder=None, config=EventClipConfig()):
     det = Detector(embedder, bank, DetectorConfig(smoothing=1, refractory_ms=2000, threshold_offset=0.0))
-    rec = EventRecorder(folder, embedder.window_samples, embedder.model_id, config) if folder else None
+    rec = EventRecorder(folder, embedder.window_samples, embedder.model_id, config, hop_ms=100.0) if folder else None
     events, rng, i = [], np.random.default_rng(3), 0
     while i < len(audio):  # chunks of odd sizes, not aligned to hops
         chunk = audio[i : i + int(rng.integers(500, 6000))]
@@ -401,3 +401,31 @@ def test_feedback_takes_the_name_as_tidied_and_events_need_a_folder(embedder, en
     (tmp_path / "file").write_text("x")
     with pytest.raises(AudioError, match="not a folder"):
         EventRecorder(tmp_path / "file", SR, "m")
+
+
+def test_feedback_scans_a_clip_at_the_hop_it_was_detected_with(embedder, enrolled, tmp_path):
+    import json
+
+    from kws.feedback import clip_windows
+
+    audio, truth = _stream([("down", _word(*DOWN, seed=12)), ("up", _word(*UP, seed=13))])
+    kw = enrolled["up"]
+    kw.threshold = float(kw.score(embedder(_word(*DOWN)[None]))[0]) - 0.02
+    events, rec = _run(embedder, enrolled, audio, tmp_path)
+    clip = rec.written[0]
+    counts = {}
+    for hop_ms in (100.0, 20.0):
+        side = json.loads(clip.with_suffix(".json").read_text())
+        side["hop_ms"] = hop_ms
+        clip.with_suffix(".json").write_text(json.dumps(side))
+        counts[hop_ms] = len(clip_windows(embedder, kw, clip)[0])
+    # Five times as many windows are scanned at 20 ms: more of them reach the threshold it fired at.
+    assert counts[20.0] > counts[100.0] >= 1
+
+
+def test_event_clips_record_the_detector_hop(embedder, enrolled, tmp_path):
+    from kws.events import read_sidecar
+
+    audio, _ = _stream([("down", _word(*DOWN, seed=12)), ("up", _word(*UP, seed=13))])
+    _, rec = _run(embedder, enrolled, audio, tmp_path)
+    assert rec.written and all(read_sidecar(c)["hop_ms"] == 100.0 for c in rec.written)

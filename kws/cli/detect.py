@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         from kws.events import EventRecorder
 
         clip_cfg = EventClipConfig(args.event_preroll_ms, args.event_postroll_ms, args.save_events_max_mb)
-        recorder = EventRecorder(args.save_events, embedder.window_samples, embedder.model_id, clip_cfg)
+        recorder = EventRecorder(
+            args.save_events, embedder.window_samples, embedder.model_id, clip_cfg, hop_ms=cfg.hop_ms
+        )
     started = time.monotonic()
     interrupted = failed = False
     try:
