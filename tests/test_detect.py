@@ -277,3 +277,15 @@ def test_cli_and_benchmark_defaults_are_the_detector_config() -> None:
     assert detector_config_from_args(parser.parse_args(["detect", "--bank", "b.json"])) == DetectorConfig()
     for bench in ("detect", "frontend"):
         assert parser.parse_args(["bench", bench]).hop_ms == DetectorConfig().hop_ms
+
+
+def test_bench_soak_keeps_event_clips_under_the_cap_and_the_users_files(tmp_path):
+    from kws.cli import main
+
+    out, folder = tmp_path / "bench.json", tmp_path / "events"
+    assert main(["bench", "detect", "--backend", "onnx", "--threads", "1", "--minutes", "1", "--save-events",
+                 str(folder), "--save-events-max-mb", "0.4", "--json", str(out)]) == 0  # fmt: skip
+    ev = json.loads(out.read_text())["save_events"]
+    assert ev["events"] >= 10  # the bench's bank fires at every noise burst
+    assert 0 < ev["max_kws_mb"] <= 0.4 and ev["user_files_kept"] and ev["files_kws_did_not_write"] == []
+    assert (folder / "meeting.wav").is_file() and (folder / "meeting.json").is_file()

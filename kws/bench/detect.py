@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes of audio (default 10; try 60)")
     parser.add_argument("--hop-ms", type=float, default=DetectorConfig.hop_ms, help="streaming hop (default: %(default)g)")
     parser.add_argument("--keywords", type=int, default=5, help="keywords in the synthetic bank (default 5)")
+    parser.add_argument(
+        "--save-events",
+        metavar="DIR",
+        help="soak with event clips saved to DIR under --save-events-max-mb (the bank then fires about every "
+        "1.5 s; a user's own meeting.wav + meeting.json is put in DIR first and must survive)",
+    )
+    parser.add_argument("--save-events-max-mb", type=float, default=20.0, help="the folder's cap (default 20)")
 
 
 def threads_of(args: argparse.Namespace) -> str:
@@ -98,13 +106,29 @@ def _measure(args: argparse.Namespace) -> dict:
             "hops": det.stats.hops,
         }
 
+    recorder = folder = None
+    if args.save_events:
+        from kws.events import EventClipConfig, EventRecorder
+
+        folder = _folder_with_user_files(args.save_events)
+        # A keyword that is the stream's own noise bursts fires at every burst (every 4 s).
+        bank = KeywordBank(embedder.model_id, embedder.dim)
+        bank.add(Keyword("burst", embedder(minute[None, : embedder.window_samples]), threshold=0.7, samples=1))
+        recorder = EventRecorder(folder, embedder.window_samples, embedder.model_id,
+                                 EventClipConfig(max_mb=args.save_events_max_mb), hop_ms=args.hop_ms)  # fmt: skip
     det = Detector(embedder, bank, DetectorConfig(hop_ms=args.hop_ms, vad=False))
-    rss = [rss_mb()]
+    rss, folder_mb, foreign = [rss_mb()], [], set()
     t0 = time.perf_counter()
     for _ in tqdm(range(int(np.ceil(args.minutes))), desc="soak", unit="min of audio"):
         for i in range(0, len(minute), 16000):
-            det.process(minute[i : i + 16000])
+            events = det.process(minute[i : i + 16000])
+            if recorder is not None:
+                recorder.feed(minute[i : i + 16000], events)
         rss.append(rss_mb())
+        if folder is not None:
+            mb, unlisted = _kws_files(folder)
+            folder_mb.append(round(mb, 2))
+            foreign |= unlisted
     soak_s = time.perf_counter() - t0
     figures["soak"] = {
         "minutes": int(np.ceil(args.minutes)),
@@ -113,6 +137,13 @@ def _measure(args: argparse.Namespace) -> dict:
         "rss_growth_mb": rss[-1] - rss[1] if len(rss) > 1 else 0.0,
     }
     figures["rss_mb"] = max(rss)
+    if folder is not None:
+        recorder.close()
+        kept = (folder / USER_CLIP).is_file() and (folder / USER_CLIP).with_suffix(".json").is_file()
+        figures["save_events"] = {
+            "cap_mb": args.save_events_max_mb, "kws_mb_per_minute": folder_mb, "max_kws_mb": max(folder_mb),
+            "events": det.stats.events, "user_files_kept": kept, "files_kws_did_not_write": sorted(foreign),
+        }  # fmt: skip
 
     nv, v = figures["no_vad"], figures["vad"]
     rtf_target = TARGETS["rtf_loaded" if args.load else "rtf"]
@@ -122,4 +153,37 @@ def _measure(args: argparse.Namespace) -> dict:
     print(f"  RSS (max)        {figures['rss_mb']:.0f} MB   target <= {TARGETS['rss_mb']:.0f} MB   ratio {figures['rss_mb'] / TARGETS['rss_mb']:.2f}")
     print(f"  energy gate      {v['windows_embedded']}/{v['hops']} windows embedded on a stream with pauses; RTF {v['rtf']:.4f} vs {nv['rtf']:.4f}")
     print(f"  soak             {figures['soak']['minutes']} min of audio, RTF {figures['soak']['rtf']:.4f}, RSS per minute {figures['soak']['rss_mb_per_minute']} MB (growth {figures['soak']['rss_growth_mb']:+.1f} MB)")
+    if folder is not None:
+        ev = figures["save_events"]
+        print(f"  event clips      {ev['events']} events; kws's clips at most {ev['max_kws_mb']:.1f} MB (cap {ev['cap_mb']:g} MB, "
+              f"ratio {ev['max_kws_mb'] / ev['cap_mb']:.2f}); the user's meeting.wav/.json "
+              f"{'kept' if ev['user_files_kept'] else 'DELETED'}; files kws did not write: {ev['files_kws_did_not_write'] or 'none'}")
     return figures
+
+
+USER_CLIP = "meeting.wav"
+
+
+def _folder_with_user_files(path: str):
+    """The events folder, with a user's own ``meeting.wav`` + ``meeting.json`` in it (which kws must never delete)."""
+    from kws.audio import write_audio
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_audio(folder / USER_CLIP, np.zeros(16000 * 5, np.float32))
+    (folder / USER_CLIP).with_suffix(".json").write_text('{"title": "my meeting"}')
+    return folder
+
+
+def _kws_files(folder) -> tuple[float, set[str]]:
+    """MiB (the cap's unit) of the clips kws lists in the folder's manifest, and the names of files neither listed nor the user's."""
+    import json
+
+    from kws.events import EVENT_MANIFEST
+
+    manifest = folder / EVENT_MANIFEST
+    listed = set(json.loads(manifest.read_text())["clips"]) if manifest.is_file() else set()
+    listed |= {str(Path(n).with_suffix(".json")) for n in listed}
+    mb = sum((folder / n).stat().st_size for n in listed if (folder / n).is_file()) / 2**20
+    known = listed | {USER_CLIP, "meeting.json", EVENT_MANIFEST} | {p.name for p in folder.glob(".*lock")}
+    return mb, {p.name for p in folder.iterdir() if p.name not in known}
