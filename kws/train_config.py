@@ -65,6 +65,7 @@ class DataConfig:
     cache_dir: str = "data/stem_cache"
     copies: int = 2
     max_speakers: int = 0
+    context: float = 0.0  # share of augmented copies placed after another word, as in a stream
 
 
 @dataclass
@@ -208,6 +209,7 @@ class TrainConfig:
             (self.model.head_frames >= 1 and self.model.head_channels >= 1 and self.model.head_layers >= 0,
              "model.head_frames and model.head_channels must be >= 1, model.head_layers >= 0"),
             (self.data.copies >= 1, "data.copies must be at least 1"),
+            (0 <= self.data.context <= 1, "data.context must be in [0, 1]"),
             (0 <= self.data.real_heldout_fraction < 1, "data.real_heldout_fraction must be in [0, 1)"),
             (self.model.size in PRESETS, f"model.size must be one of {sorted(PRESETS)}"),
             (self.model.embedding_dim >= 2, "model.embedding_dim must be at least 2"),

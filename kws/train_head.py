@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CACHE_FORMAT", "FrameSet", "cached", "measure", "place", "stem_frames", "train_head"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: clips shuffled across chunks, context copies
 
 
 @dataclass
@@ -83,26 +83,44 @@ def _augment(x: np.ndarray, rng: np.random.Generator, noises: Sequence[np.ndarra
     return x / peak * 0.99 if peak > 0.99 else x
 
 
+def in_context(x: np.ndarray, before: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
+    """``x`` ending 0–250 ms before the window's end, with the speech ``before`` it (0.05–0.3 s
+    earlier, at −6…+6 dB of its level) cut at the window's start: a keyword as a stream
+    holds it when it has just been said, after other words."""
+    out = np.zeros(window, dtype=np.float32)
+    end = window - int(rng.uniform(0, 0.25) * 16000)
+    start = max(0, end - len(x))
+    out[start:end] = x[len(x) - (end - start) :]
+    stop = start - int(rng.uniform(0.05, 0.3) * 16000)
+    if stop > 0 and len(before):
+        gain = np.sqrt((np.mean(x**2) + 1e-10) / (np.mean(before**2) + 1e-10)) * 10 ** (rng.uniform(-6, 6) / 20)
+        piece = before[-stop:] * gain
+        out[stop - len(piece) : stop] = piece
+    return out
+
+
 _WORKER_STEM = None
 
 
-def _stem_worker(task: tuple[list[str | np.ndarray], int, int, int, list[str]]) -> np.ndarray:
+def _stem_worker(task: tuple[list[str | np.ndarray], int, int, int, list[str], float]) -> np.ndarray:
     """Stem frames ``(n, copies, T, 96)`` float16 of one chunk of clips (files or arrays)."""
     from kws.stems.speech_embedding import SpeechEmbeddingStem, samples_for
 
     global _WORKER_STEM
     if _WORKER_STEM is None:
         _WORKER_STEM = SpeechEmbeddingStem(threads=1)
-    clips, frames, copies, seed, noise_paths = task
+    clips, frames, copies, seed, noise_paths, context = task
     window = samples_for(frames)
     noises = [load_audio(p) for p in noise_paths]
     rng = np.random.default_rng(seed)
+    speech = [trim_silence(load_audio(c) if isinstance(c, str) else np.asarray(c, dtype=np.float32)) for c in clips]
     waves = []
-    for clip in clips:
-        x = load_audio(clip) if isinstance(clip, str) else np.asarray(clip, dtype=np.float32)
-        x = trim_silence(x)
+    for i, x in enumerate(speech):
         waves.append(place(x, window, None))
-        waves += [_augment(place(x, window, rng), rng, noises) for _ in range(copies - 1)]
+        for _ in range(copies - 1):
+            # The chunk's clips are in random order: the next one is most likely another word.
+            y = in_context(x, speech[(i + 1) % len(speech)], window, rng) if rng.random() < context else place(x, window, rng)
+            waves.append(_augment(y, rng, noises))
     out = _WORKER_STEM(np.stack(waves))
     return out.reshape(len(clips), copies, frames, -1).astype(np.float16)
 
@@ -116,13 +134,20 @@ def stem_frames(
     workers: int = 2,
     progress: bool = True,
     desc: str = "stem frames",
+    context: float = 0.0,
 ) -> np.ndarray:
-    """Stem frames ``(N, copies, T, 96)`` float16 of clips (paths or 1-D 16 kHz arrays), in worker processes."""
+    """Stem frames ``(N, copies, T, 96)`` float16 of clips (paths or 1-D 16 kHz arrays), in worker processes.
+
+    ``context``: the share of augmented copies placed by :func:`in_context` after another clip.
+    """
     from tqdm import tqdm
 
     chunk = 64
+    order = np.random.default_rng(seed).permutation(len(clips))
+    shuffled = [clips[i] for i in order]
     tasks = [
-        (list(clips[i : i + chunk]), frames, copies, seed + i, list(noise_paths)) for i in range(0, len(clips), chunk)
+        (shuffled[i : i + chunk], frames, copies, seed + i, list(noise_paths), context)
+        for i in range(0, len(clips), chunk)
     ]
     if not tasks:
         return np.zeros((0, copies, frames, 96), dtype=np.float16)
@@ -132,7 +157,9 @@ def stem_frames(
         with ProcessPoolExecutor(max_workers=workers) as pool:
             parts = list(tqdm(pool.map(_stem_worker, tasks), total=len(tasks), desc=desc, unit="chunk",
                               disable=not progress))  # fmt: skip
-    return np.concatenate(parts)
+    out = np.empty_like(np.concatenate(parts))
+    out[order] = np.concatenate(parts)
+    return out
 
 
 def cached(path: Path, key: dict[str, Any], build: Callable[[], FrameSet]) -> FrameSet:
@@ -167,7 +194,7 @@ def _checksum(frames: np.ndarray) -> str:
 
 
 def _synthetic_set(cfg: Any, subset: str, words: list[str] | None, heldout: list[str], frames: int, copies: int,
-                   noise_paths: list[str], progress: bool) -> FrameSet:  # fmt: skip
+                   noise_paths: list[str], progress: bool, context: float = 0.0) -> FrameSet:  # fmt: skip
     from kws.data.speech_commands import SpeechCommands
 
     ds = SpeechCommands(cfg.data.root, subset, words=words, heldout_words=heldout)
@@ -178,17 +205,18 @@ def _synthetic_set(cfg: Any, subset: str, words: list[str] | None, heldout: list
     paths = [str(ds.clips[i].path) for i in keep]
     key = {"source": "synthetic", "root": str(Path(cfg.data.root).resolve()), "subset": subset,
            "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(), "frames": frames, "copies": copies,
-           "stem": _stem_id()}  # fmt: skip
+           "context": context, "stem": _stem_id()}  # fmt: skip
 
     def build() -> FrameSet:
         fr = stem_frames(paths, frames, copies, seed=cfg.train.seed, noise_paths=noise_paths, progress=progress,
-                         desc=f"stem frames: synthetic {subset}")  # fmt: skip
+                         desc=f"stem frames: synthetic {subset}", context=context)  # fmt: skip
         return FrameSet(fr, np.array([ds.clips[i].word for i in keep], dtype=str), ds.speakers[keep].astype(str))
 
     return cached(Path(cfg.data.cache_dir) / f"synthetic-{subset}-{key['files'][:12]}.npz", key, build)
 
 
-def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[str], progress: bool) -> FrameSet:
+def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[str], progress: bool,
+              context: float = 0.0) -> FrameSet:  # fmt: skip
     from kws.data.real_pack import read_pack
 
     clips = read_pack(cfg.data.real_pack, split, cfg.data.real_heldout_fraction)
@@ -197,10 +225,10 @@ def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[
     paths = [str(c.path) for c in clips]
     key = {"source": "real_pack", "root": str(Path(cfg.data.real_pack).resolve()), "split": split,
            "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(), "frames": frames, "copies": copies,
-           "stem": _stem_id()}  # fmt: skip
+           "context": context, "stem": _stem_id()}  # fmt: skip
 
     def build() -> FrameSet:
-        fr = stem_frames(paths, frames, copies, seed=cfg.train.seed + 1, noise_paths=noise_paths,
+        fr = stem_frames(paths, frames, copies, seed=cfg.train.seed + 1, noise_paths=noise_paths, context=context,
                          progress=progress, desc=f"stem frames: real pack {split}")  # fmt: skip
         return FrameSet(fr, np.array([c.word for c in clips], dtype=str), np.array([c.speaker for c in clips], dtype=str))
 
@@ -272,11 +300,13 @@ def train_head(
     words, heldout = resolve_words(cfg.data)
     train_sets, eval_sets = [], {}
     if cfg.data.root:
-        train_sets.append(_synthetic_set(cfg, "training", words, heldout, frames, copies, noise_paths, progress))
+        train_sets.append(
+            _synthetic_set(cfg, "training", words, heldout, frames, copies, noise_paths, progress, cfg.data.context)
+        )
         if heldout:
             eval_sets["synthetic"] = _synthetic_set(cfg, "testing", heldout, [], frames, 1, [], progress)
     if cfg.data.real_pack:
-        train_sets.append(_pack_set(cfg, "training", frames, copies, noise_paths, progress))
+        train_sets.append(_pack_set(cfg, "training", frames, copies, noise_paths, progress, cfg.data.context))
         eval_sets["real"] = _pack_set(cfg, "heldout", frames, 1, [], progress)
     if not train_sets:
         raise ConfigError("no training data: set data.root (a synthetic corpus) and/or data.real_pack")

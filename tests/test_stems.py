@@ -257,3 +257,17 @@ def test_composed_export_runs_without_the_stem_package(head_checkpoint, tmp_path
     whole = load_embedder(tmp_path / "whole.onnx", threads=1)
     assert whole.model_id == model.model_id() and whole.batch_size == 1
     assert np.abs(whole(clips) - expected).max() <= 1e-4
+
+
+def test_in_context_puts_the_word_at_the_end_after_other_speech():
+    from kws.train_head import in_context
+
+    rng = np.random.default_rng(0)
+    word, before = np.full(8000, 0.1, np.float32), np.full(20000, 0.3, np.float32)
+    for _ in range(20):
+        out = in_context(word, before, 27872, rng)
+        at = np.flatnonzero(np.isclose(out, 0.1))
+        assert len(at) == 8000 and 27872 - 4000 <= at[-1] + 1 <= 27872  # ends 0-250 ms before the end
+        other = np.flatnonzero(~np.isclose(out, 0.1) & (out != 0))
+        assert len(other) and other[-1] < at[0] - 0.05 * SR + 1  # the other speech ends before the word starts
+        assert np.allclose(np.sqrt(np.mean(out[other] ** 2)) / 0.1, 1, atol=1.0)  # at about the word's level
