@@ -61,12 +61,8 @@ class DetectorConfig:
     # before anything can fire again (measured on the demo stream: 1000 ms let
     # the tail of "tree" fire "three" a second after "tree" fired).
     refractory_ms: float = 1500.0
-    # Enrolment calibrates thresholds on whole, centred clips; a stream also
-    # shows the encoder partial and shifted words, which score higher against
-    # similar keywords. This margin was chosen on streams of validation-split
-    # speakers (recipes/speech_commands/RESULTS.md): 0.18 moved the bundled
-    # model from 228 to 6 false alarms per hour at a recall of 0.93.
-    threshold_offset: float = 0.18
+    # The scratch model's stream offset (Embedder.stream_offset); the CLI uses each model's own.
+    threshold_offset: float = Embedder.stream_offset
     vad: bool = True
     vad_floor_dbfs: float = -55.0
 

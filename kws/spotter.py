@@ -48,7 +48,7 @@ class Spotter:
         bank: a keyword bank file to start from (it must belong to ``model``), a
             :class:`~kws.bank.KeywordBank`, or ``None`` for an empty bank.
         detector: the streaming settings (hop, smoothing, refractory time, threshold
-            offset, energy gate).
+            offset, energy gate); ``None``: the defaults, with the model's own stream offset.
         backend, threads: passed to :func:`kws.load_embedder` (``None``: ONNX Runtime
             for the bundled model, as the CLI does for a few clips).
     """
@@ -57,7 +57,7 @@ class Spotter:
         self,
         model: str | os.PathLike | None = None,
         bank: str | os.PathLike | KeywordBank | None = None,
-        detector: DetectorConfig = DetectorConfig(),
+        detector: DetectorConfig | None = None,
         backend: str | None = None,
         threads: int | None = None,
     ) -> None:
@@ -70,6 +70,8 @@ class Spotter:
             self.bank = bank
         else:
             self.bank = KeywordBank.load(bank, model_id=self.embedder.model_id)
+        if detector is None:
+            detector = DetectorConfig(threshold_offset=self.embedder.stream_offset)
         detector.validate()
         self.detector = detector
 

@@ -289,3 +289,15 @@ def test_bench_soak_keeps_event_clips_under_the_cap_and_the_users_files(tmp_path
     assert ev["events"] >= 10  # the bench's bank fires at every noise burst
     assert 0 < ev["max_kws_mb"] <= 0.4 and ev["user_files_kept"] and ev["files_kws_did_not_write"] == []
     assert (folder / "meeting.wav").is_file() and (folder / "meeting.json").is_file()
+
+
+def test_the_stream_offset_is_the_models_own_unless_given() -> None:
+    from kws.cli import build_parser
+    from kws.cli._common import detector_config_from_args
+    from kws.embedder import StemEmbedder, TorchEmbedder
+
+    parser = build_parser()
+    own = detector_config_from_args(parser.parse_args(["detect", "--bank", "b.json"]), StemEmbedder)
+    assert own.threshold_offset == StemEmbedder.stream_offset != TorchEmbedder.stream_offset
+    given = parser.parse_args(["detect", "--bank", "b.json", "--threshold-offset", "0.3"])
+    assert detector_config_from_args(given, StemEmbedder).threshold_offset == 0.3

@@ -78,21 +78,26 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rest after an event (default %(default)g)")
     parser.add_argument("--smoothing", type=int, default=d.smoothing,
                         help="average scores over this many hops (default %(default)d)")
-    parser.add_argument("--threshold-offset", type=float, default=d.threshold_offset,
-                        help="added to every keyword's threshold for streams (default %(default)g)")
+    parser.add_argument("--threshold-offset", type=float,
+                        help="added to every keyword's threshold for streams (default: the model's own, "
+                        "+0.18 for scratch, -0.02 for speech-embedding)")
     parser.add_argument("--no-vad", action="store_true", help="embed every window, even silent ones")
     parser.add_argument("--vad-dbfs", type=float, default=d.vad_floor_dbfs,
                         help="energy gate: skip windows quieter than this (default %(default)g)")  # fmt: skip
 
 
-def detector_config_from_args(args: argparse.Namespace) -> "DetectorConfig":
+def detector_config_from_args(args: argparse.Namespace, embedder: Embedder | None = None) -> "DetectorConfig":
+    """The detector's settings; without ``--threshold-offset``, ``embedder``'s own stream offset."""
     from kws.detect import DetectorConfig
 
+    offset = args.threshold_offset
+    if offset is None:
+        offset = embedder.stream_offset if embedder is not None else DetectorConfig.threshold_offset
     return DetectorConfig(
         hop_ms=args.hop_ms,
         smoothing=args.smoothing,
         refractory_ms=args.refractory_ms,
-        threshold_offset=args.threshold_offset,
+        threshold_offset=offset,
         vad=not args.no_vad,
         vad_floor_dbfs=args.vad_dbfs,
     )

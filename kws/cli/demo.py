@@ -32,10 +32,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     embedder = embedder_from_args(args)
     print(f"model {embedder.model_id} ({type(embedder).__name__}, {embedder.dim}-d embeddings)")
-    result = run_demo(
-        embedder, bank_path=args.bank, minutes=args.minutes, seed=args.seed, cfg=detector_config_from_args(args)
-    )
-    offset = args.threshold_offset
+    cfg = detector_config_from_args(args, embedder)
+    result = run_demo(embedder, bank_path=args.bank, minutes=args.minutes, seed=args.seed, cfg=cfg)
+    offset = cfg.threshold_offset
     print(f"\nenrolled (3 clips each; in a stream each threshold is raised by {offset:+.2f}):")
     for r in result.enrolled:
         near = f", nearest {r.nearest[0]!r} at cosine {r.nearest[1]:.2f}" if r.nearest else ""

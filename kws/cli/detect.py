@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     KeywordBank.load(args.bank)
     source = _source(args)
     embedder = embedder_from_args(args)
+    cfg = detector_config_from_args(args, embedder)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
     detector = Detector(embedder, bank, cfg)
     recorder = None

@@ -44,16 +44,17 @@ def run(args: argparse.Namespace) -> int:
     from kws.serve import KwsServer, ServeConfig, WyomingLimits
     from kws.serve.server import is_loopback
 
+    embedder = embedder_from_args(args)
     cfg = ServeConfig(
         wyoming_host=args.wyoming_host,
         wyoming_port=args.port,
         web_host=args.host,
         web_port=None if args.no_web else args.http_port,
         token=args.token,
-        detector=detector_config_from_args(args),
+        detector=detector_config_from_args(args, embedder),
         limits=WyomingLimits(max_connections=args.max_connections),
     )
-    server = KwsServer(embedder_from_args(args), args.bank, cfg)
+    server = KwsServer(embedder, args.bank, cfg)
 
     async def main() -> None:
         await server.start()

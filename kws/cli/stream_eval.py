@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     embedder = embedder_from_args(args)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
-    cfg = detector_config_from_args(args)
+    cfg = detector_config_from_args(args, embedder)
     if args.sentences:
         seconds = None if args.minutes is None else args.minutes * 60
         audio, truth = build_sentence_stream(args.corpus, args.speakers, seconds, seed=args.seed)
