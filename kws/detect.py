@@ -72,6 +72,11 @@ class DetectorConfig:
             raise KwsError(f"hop of {self.hop_ms} ms is not a whole number of samples at {sample_rate} Hz")
         return hop
 
+    def gated(self, window: np.ndarray) -> bool:
+        """Whether the energy gate skips ``window`` ``(samples,)``: its RMS is below ``vad_floor_dbfs``."""
+        # Mean square of a full-scale-relative RMS at the floor, times window length.
+        return self.vad and float(np.dot(window, window)) < len(window) * 10 ** (self.vad_floor_dbfs / 10)
+
     def validate(self) -> None:
         if self.smoothing < 1:
             raise KwsError(f"smoothing must be at least 1 hop, got {self.smoothing}")
@@ -158,8 +163,6 @@ class Detector:
         self.hop = cfg.hop_samples()
         self.path = embedder.stream(self.hop)
         self.trigger = Trigger.for_bank(bank, cfg)
-        # Mean square of a full-scale-relative RMS at the floor, times window length.
-        self._vad_energy = embedder.window_samples * 10 ** (cfg.vad_floor_dbfs / 10)
         self.reset()
 
     def reset(self) -> None:
@@ -196,7 +199,7 @@ class Detector:
             self.stats.samples += self.hop
             self.stats.hops += 1
             time = self.stats.samples / SAMPLE_RATE
-            if self.cfg.vad and float(np.dot(self._window, self._window)) < self._vad_energy:
+            if self.cfg.gated(self._window):
                 yield time, None
                 continue
             self.stats.embedded += 1

@@ -173,7 +173,7 @@ class Stream:
             self.window = np.concatenate([self.window[hop:], pending[start : start + hop]])
             start += hop
             self.hops += 1
-            gated = self.engine.cfg.vad and float(np.dot(self.window, self.window)) < self.engine.vad_energy
+            gated = self.engine.cfg.gated(self.window)
             self.due.append(_Hop(self.hops * hop / SAMPLE_RATE, None if gated else self.window, now))
         self._pending = pending[start:]
         if self.due:
@@ -285,7 +285,6 @@ class BatchEngine:
         self.tick_s = tick_ms / 1000
         self.max_batch = max_batch
         self._tick_start = 0.0
-        self.vad_energy = embedder.window_samples * 10 ** (cfg.vad_floor_dbfs / 10)
         self.streams: set[Stream] = set()
         self.stats = EngineStats()
         self._wake = asyncio.Event()
