@@ -202,17 +202,9 @@ def _synthetic_set(cfg: Any, subset: str, words: list[str] | None, heldout: list
     if cfg.data.max_speakers and subset == "training":
         chosen = sorted(set(ds.speakers.tolist()))[: cfg.data.max_speakers]
         keep = np.flatnonzero(np.isin(ds.speakers, chosen))
-    paths = [str(ds.clips[i].path) for i in keep]
-    key = {"source": "synthetic", "root": str(Path(cfg.data.root).resolve()), "subset": subset,
-           "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(), "frames": frames, "copies": copies,
-           "context": context, "stem": _stem_id()}  # fmt: skip
-
-    def build() -> FrameSet:
-        fr = stem_frames(paths, frames, copies, seed=cfg.train.seed, noise_paths=noise_paths, progress=progress,
-                         desc=f"stem frames: synthetic {subset}", context=context)  # fmt: skip
-        return FrameSet(fr, np.array([ds.clips[i].word for i in keep], dtype=str), ds.speakers[keep].astype(str))
-
-    return cached(Path(cfg.data.cache_dir) / f"synthetic-{subset}-{key['files'][:12]}.npz", key, build)
+    clips = [ds.clips[i] for i in keep]
+    return _cached_set(cfg, f"synthetic-{subset}", cfg.data.root, clips, frames, copies, cfg.train.seed, noise_paths,
+                       context, progress)  # fmt: skip
 
 
 def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[str], progress: bool,
@@ -222,17 +214,24 @@ def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[
     clips = read_pack(cfg.data.real_pack, split, cfg.data.real_heldout_fraction)
     if not clips:
         raise DataError(f"{cfg.data.real_pack}: no {split} word clips")
+    return _cached_set(cfg, f"pack-{split}", cfg.data.real_pack, clips, frames, copies, cfg.train.seed + 1,
+                       noise_paths, context, progress)  # fmt: skip
+
+
+def _cached_set(cfg: Any, name: str, root: str, clips: Sequence[Any], frames: int, copies: int, seed: int,
+                noise_paths: list[str], context: float, progress: bool) -> FrameSet:  # fmt: skip
+    """Stem frames of ``clips`` (each with ``path``, ``word`` and ``speaker``), cached in
+    ``cfg.data.cache_dir`` as ``<name>-<digest of the files>.npz``."""
     paths = [str(c.path) for c in clips]
-    key = {"source": "real_pack", "root": str(Path(cfg.data.real_pack).resolve()), "split": split,
-           "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(), "frames": frames, "copies": copies,
-           "context": context, "stem": _stem_id()}  # fmt: skip
+    key = {"set": name, "root": str(Path(root).resolve()), "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+           "frames": frames, "copies": copies, "context": context, "stem": _stem_id()}  # fmt: skip
 
     def build() -> FrameSet:
-        fr = stem_frames(paths, frames, copies, seed=cfg.train.seed + 1, noise_paths=noise_paths, context=context,
-                         progress=progress, desc=f"stem frames: real pack {split}")  # fmt: skip
+        fr = stem_frames(paths, frames, copies, seed=seed, noise_paths=noise_paths, context=context,
+                         progress=progress, desc=f"stem frames: {name}")  # fmt: skip
         return FrameSet(fr, np.array([c.word for c in clips], dtype=str), np.array([c.speaker for c in clips], dtype=str))
 
-    return cached(Path(cfg.data.cache_dir) / f"pack-{split}-{key['files'][:12]}.npz", key, build)
+    return cached(Path(cfg.data.cache_dir) / f"{name}-{key['files'][:12]}.npz", key, build)
 
 
 def _stem_id() -> str:
