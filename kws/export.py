@@ -156,10 +156,10 @@ def _check_clips(clips: np.ndarray, window: int) -> np.ndarray:
     return clips
 
 
-def _torch_export(model: KeywordModel, path: Path, opset: int) -> None:
-    # Two dummy rows so that nothing specialises on batch 1; both axes are dynamic
-    # because the encoder pools attentively over any number of frames.
-    dummy = torch.zeros(2, model.cfg.window_samples)
+def _torch_export(
+    model: torch.nn.Module, path: Path, opset: int, dummy: torch.Tensor, input_name: str, dynamic_axes: dict | None
+) -> None:
+    """``model`` with one input ``input_name`` (shaped like ``dummy``) and the output ``embedding``, to ONNX."""
     extra = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         # The TorchScript exporter needs no onnxscript and gives a plain Conv graph.
@@ -173,9 +173,9 @@ def _torch_export(model: KeywordModel, path: Path, opset: int) -> None:
             model,
             (dummy,),
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=[input_name],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes=dynamic_axes,
             opset_version=opset,
             do_constant_folding=True,
             **extra,
@@ -214,7 +214,11 @@ def export_onnx(
     with torch.inference_mode():
         reference = model(torch.from_numpy(clips)).numpy()
     with atomic_path(path) as tmp:
-        _torch_export(model, tmp, opset)
+        # Two dummy rows so that nothing specialises on batch 1; both axes are dynamic
+        # because the encoder pools attentively over any number of frames.
+        dummy = torch.zeros(2, model.cfg.window_samples)
+        axes = {INPUT_NAME: {0: "batch", 1: "samples"}, OUTPUT_NAME: {0: "batch"}}
+        _torch_export(model, tmp, opset, dummy, INPUT_NAME, axes)
         _write_metadata(tmp, onnx_metadata(model))
         got = OnnxEmbedder(tmp)._embed(clips)
         diff = float(np.abs(got - reference).max())
@@ -316,16 +320,9 @@ def export_head(model: HeadModel, path: str | Path, clips: np.ndarray, opset: in
     clips = _check_clips(clips, model.cfg.window_samples)
     reference = StemEmbedder(torch_head(model), model.cfg.head.frames, model.dim, model.model_id())
     frames = reference.stem(clips)
-    extra = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with atomic_path(path) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model, (torch.from_numpy(frames[:2].copy()),), str(tmp),
-                input_names=[HEAD_INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={HEAD_INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, **extra,
-            )  # fmt: skip
+        axes = {HEAD_INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+        _torch_export(model, tmp, opset, torch.from_numpy(frames[:2].copy()), HEAD_INPUT_NAME, axes)
         _write_metadata(tmp, head_metadata(model))
         got = head_embedder(tmp, open_session(tmp))._embed(clips)
         diff = float(np.abs(got - reference.head(frames)).max())
@@ -360,11 +357,7 @@ def export_composed(model: HeadModel, path: str | Path, clips: np.ndarray, toler
     opset = 13  # the stem's graphs are opset 13: every part of the composed graph must be
     with tempfile.TemporaryDirectory() as tmpdir:
         head_path = Path(tmpdir) / "head.onnx"
-        extra = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (torch.zeros(1, frames, se.DIM),), str(head_path), input_names=[HEAD_INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True, **extra)  # fmt: skip
+        _torch_export(model, head_path, opset, torch.zeros(1, frames, se.DIM), HEAD_INPUT_NAME, None)
         head = compose.add_prefix(onnx.load(str(head_path)), "head/")
     mel_path, stem_path = se.model_files()
     mel = compose.add_prefix(onnx.load(str(mel_path)), "mel/")
