@@ -115,10 +115,13 @@ class TorchEmbedder(Embedder):
         return WaveformWindow(self)
 
 
-def torch_head(model) -> Callable[[np.ndarray], np.ndarray]:
-    """A :class:`~kws.model.HeadModel` as a numpy function, stem frames → embeddings."""
+def torch_head(model, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A :class:`~kws.model.HeadModel` as a numpy function, stem frames → embeddings
+    (on ``threads`` intra-op threads; ``None``: PyTorch's default)."""
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     model.eval()
 
     def run(frames: np.ndarray) -> np.ndarray:
@@ -164,11 +167,8 @@ def load_embedder(
 
     model = load_model(path)
     if isinstance(model, HeadModel):
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        return StemEmbedder(torch_head(model), model.cfg.head.frames, model.dim, model.model_id(), threads=threads)
+        head = torch_head(model, threads)
+        return StemEmbedder(head, model.cfg.head.frames, model.dim, model.model_id(), threads=threads)
     return TorchEmbedder(model, threads=threads)
 
 
