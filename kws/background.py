@@ -192,7 +192,7 @@ def calibrate_to_budget(
     return BudgetCalibration(fa_per_hour, fire, events / background.hours, recall, met, background.hours)
 
 
-def apply_budget(keyword: Keyword, budget: BudgetCalibration, detector: DetectorConfig = DetectorConfig()) -> None:
+def apply_budget(keyword: Keyword, budget: BudgetCalibration, detector: DetectorConfig) -> None:
     """Set ``keyword``'s threshold (in place) so that a detector with ``detector``'s offset fires at
     the budget's threshold, and record the budget in its info."""
     # The inverse of kws.scoring.fire_threshold.
@@ -201,7 +201,7 @@ def apply_budget(keyword: Keyword, budget: BudgetCalibration, detector: Detector
 
 
 def keep_budget(
-    keyword: Keyword, background: Background, target_scores: np.ndarray, detector: DetectorConfig = DetectorConfig()
+    keyword: Keyword, background: Background, target_scores: np.ndarray, detector: DetectorConfig
 ) -> BudgetCalibration | None:
     """After feedback re-calibrated ``keyword`` (in place), set its threshold again by the budget
     it was enrolled with (its info's ``budget``); ``None`` (and nothing done) if it has none.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -50,7 +50,8 @@ class DetectorConfig:
         refractory_ms: after an event no keyword fires for this long (and the keyword
             that fired waits until its score has fallen below threshold).
         threshold_offset: added to every keyword's threshold (> 0: fewer false
-            alarms, < 0: more recall).
+            alarms, < 0: more recall); ``None``: the model's own
+            (:attr:`kws.embedder.Embedder.stream_offset`), set by :meth:`for_model`.
         vad: skip embedding windows whose energy is below ``vad_floor_dbfs``.
         vad_floor_dbfs: RMS of the whole window, in dB relative to full scale.
     """
@@ -61,10 +62,13 @@ class DetectorConfig:
     # before anything can fire again (measured on the demo stream: 1000 ms let
     # the tail of "tree" fire "three" a second after "tree" fired).
     refractory_ms: float = 1500.0
-    # The scratch model's stream offset (Embedder.stream_offset); the CLI uses each model's own.
-    threshold_offset: float = Embedder.stream_offset
+    threshold_offset: float | None = None
     vad: bool = True
     vad_floor_dbfs: float = -55.0
+
+    def for_model(self, embedder: Embedder) -> DetectorConfig:
+        """These settings for ``embedder``: its own stream offset where none is set."""
+        return self if self.threshold_offset is not None else replace(self, threshold_offset=embedder.stream_offset)
 
     def hop_samples(self, sample_rate: int = SAMPLE_RATE) -> int:
         hop = round(self.hop_ms * sample_rate / 1000)
@@ -106,6 +110,8 @@ class Trigger:
         """The trigger a detector with ``cfg`` runs over ``bank``; ``offset`` replaces
         ``cfg.threshold_offset`` (a stream evaluation sweeps it)."""
         offset = cfg.threshold_offset if offset is None else offset
+        if offset is None:
+            raise KwsError("the detector settings have no threshold offset: take DetectorConfig.for_model(embedder)")
         return cls(bank.names, fire_threshold(bank.thresholds, offset), cfg.smoothing, cfg.refractory_ms / 1000)
 
     def reset(self) -> None:
@@ -157,6 +163,7 @@ class Detector:
         cfg.validate()
         if embedder.sample_rate != SAMPLE_RATE:
             raise KwsError(f"the embedder runs at {embedder.sample_rate} Hz; the detector needs {SAMPLE_RATE} Hz")
+        cfg = cfg.for_model(embedder)
         self.embedder = embedder
         self.bank = bank
         self.cfg = cfg

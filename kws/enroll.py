@@ -367,6 +367,7 @@ def enroll(
     budget = None
     if fa_per_hour is not None:
         background = background if background is not None else load_background(embedder)
+        detector = detector.for_model(embedder)
         fallback = float(fire_threshold(keyword.threshold, detector.threshold_offset))
         budget = calibrate_to_budget(
             keyword, background, fa_per_hour, target, detector, cfg.target_quantile, fallback

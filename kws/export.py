@@ -29,7 +29,6 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kws import __version__
 from kws.audio import AUDIO_SUFFIXES, SAMPLE_RATE, load_audio, pad_or_crop
-from kws.embedder import DEFAULT_CHECKPOINT
 from kws.errors import CheckpointError, ExportError, KwsError
 from kws.fileio import atomic_path
 from kws.model import HeadModel, KeywordModel, load_model
@@ -90,16 +89,12 @@ def int8_path(path: str | Path) -> Path:
 
 def load_source_model(checkpoint: str | Path | None = None) -> KeywordModel | HeadModel:
     """The model to export: ``checkpoint`` (a path or a bundled model's name), or the bundled default."""
-    from kws.embedder import BUNDLED
+    from kws.embedder import BUNDLED, DEFAULT_MODEL
 
-    if checkpoint is not None and str(checkpoint) in BUNDLED:
-        checkpoint = BUNDLED[str(checkpoint)][0]
-    if checkpoint is None:
-        if not DEFAULT_CHECKPOINT.is_file():
-            raise CheckpointError(
-                f"the bundled default model is missing ({DEFAULT_CHECKPOINT}); pass --checkpoint PATH"
-            )
-        checkpoint = DEFAULT_CHECKPOINT
+    if checkpoint is None or str(checkpoint) in BUNDLED:
+        checkpoint = BUNDLED[str(checkpoint or DEFAULT_MODEL)][0]
+        if not checkpoint.is_file():
+            raise CheckpointError(f"the bundled model file {checkpoint} is missing; pass --checkpoint PATH")
     return load_model(checkpoint)
 
 
@@ -318,7 +313,7 @@ def export_head(model: HeadModel, path: str | Path, clips: np.ndarray, opset: in
 
     model = model.eval()
     clips = _check_clips(clips, model.cfg.window_samples)
-    reference = StemEmbedder(torch_head(model), model.cfg.head.frames, model.dim, model.model_id())
+    reference = StemEmbedder(torch_head(model), model.cfg.head.frames, model.dim, model.model_id(), backend="torch")
     frames = reference.stem(clips)
     with atomic_path(path) as tmp:
         axes = {HEAD_INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
@@ -352,7 +347,7 @@ def export_composed(model: HeadModel, path: str | Path, clips: np.ndarray, toler
     model = model.eval()
     clips = _check_clips(clips, model.cfg.window_samples)
     frames, window = model.cfg.head.frames, model.cfg.window_samples
-    reference = StemEmbedder(torch_head(model), frames, model.dim, model.model_id())
+    reference = StemEmbedder(torch_head(model), frames, model.dim, model.model_id(), backend="torch")
     expected = reference(clips)
     opset = 13  # the stem's graphs are opset 13: every part of the composed graph must be
     with tempfile.TemporaryDirectory() as tmpdir:

@@ -89,7 +89,7 @@ def clip_windows(
     other rows (only with ``further``) are the clip's further windows, one every
     detector hop, whose score for ``keyword`` (its centers, negatives ignored)
     reaches the threshold it fires at: the sidecar's for an event clip, else the
-    keyword's threshold plus the detector's default offset.
+    keyword's threshold plus the detector's offset (the model's own unless ``detector`` sets one).
     """
     _, emb, how, _ = _clip_windows(embedder, keyword, clip, further, detector)
     return emb, how
@@ -99,6 +99,7 @@ def _clip_windows(
     embedder: Embedder, keyword: Keyword, clip: str | Path | np.ndarray, further: bool, detector: DetectorConfig
 ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
     """:func:`clip_windows`, plus the windows' starts ``(n,)`` (samples) and the clip's audio ``(samples,)``."""
+    detector = detector.for_model(embedder)
     if isinstance(clip, np.ndarray):
         audio, side = np.asarray(clip, dtype=np.float32), None
     else:
@@ -279,7 +280,7 @@ def _add(
     cal = recalibrate(kw, impostors, config)
     # A keyword enrolled to a false-alarm budget keeps it (re-measured with the change).
     if "budget" in kw.info:
-        keep_budget(kw, load_background(embedder), cal.target_scores)
+        keep_budget(kw, load_background(embedder), cal.target_scores, DetectorConfig().for_model(embedder))
     nearest = nearest_keyword(bank, kw.centers, exclude=name)
     log.info("%s %s: threshold %.3f -> %.3f", kind, name, threshold_before, kw.threshold)
     return FeedbackResult(name, entry, how, similarity, threshold_before, kw.threshold, cal, nearest)

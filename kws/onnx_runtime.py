@@ -140,6 +140,8 @@ class OnnxEmbedder(Embedder):
             (input/output names, dtypes, ranks, metadata).
     """
 
+    backend = "onnx"
+
     def __init__(self, path: str | Path, threads: int | None = None, session=None) -> None:
         self.path = Path(path)
         self.session = session if session is not None else open_session(path, threads)

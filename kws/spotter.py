@@ -70,8 +70,7 @@ class Spotter:
             self.bank = bank
         else:
             self.bank = KeywordBank.load(bank, model_id=self.embedder.model_id)
-        if detector is None:
-            detector = DetectorConfig(threshold_offset=self.embedder.stream_offset)
+        detector = (detector or DetectorConfig()).for_model(self.embedder)
         detector.validate()
         self.detector = detector
 

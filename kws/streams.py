@@ -60,11 +60,12 @@ def build_stream(
     keyword_share: float = 0.4,
     gap_s: tuple[float, float] = (0.3, 2.0),
     noise_dbfs: float = -45.0,
+    speakers: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[TruthItem]]:
     """A stream of ``duration_s`` seconds: clips among gaps over background noise.
 
     Each placed clip is a keyword with probability ``keyword_share``, else a
-    distractor word. Noise comes from the corpus' ``_background_noise_`` files
+    distractor word; ``speakers``, if given, are the only voices in it. Noise comes from the corpus' ``_background_noise_`` files
     (white noise if it has none), scaled to ``noise_dbfs`` RMS.
 
     Returns:
@@ -75,7 +76,7 @@ def build_stream(
     keywords, distractor_words = list(keywords), list(distractor_words)
     if not keywords:
         raise DataError("build_stream needs at least one keyword")
-    data = SpeechCommands(corpus_root, subset=subset, words=keywords + distractor_words)
+    data = SpeechCommands(corpus_root, subset=subset, words=keywords + distractor_words, speakers=speakers)
     by_word = {w: [i for i, c in enumerate(data.clips) if c.word == w] for w in data.classes}
     empty = [w for w, idx in by_word.items() if not idx]
     if empty:
@@ -310,6 +311,7 @@ def evaluate_stream(
     cfg: DetectorConfig = DetectorConfig(),
 ) -> dict:
     """:func:`evaluate_hops` on ``audio`` ``(samples,)``, embedded by :func:`embed_stream`."""
+    cfg = cfg.for_model(embedder)
     return evaluate_hops(bank, embed_stream(embedder, bank, audio, cfg), truth, len(audio) / SAMPLE_RATE, offsets, cfg)
 
 

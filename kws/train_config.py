@@ -48,6 +48,9 @@ class DataConfig:
     """
 
     root: str = "data/synth"
+    # More synthetic corpora in the same layout (e.g. other speech engines), read with the same
+    # words and splits; over a pretrained stem only. Labels are shared by word across corpora.
+    extra_roots: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     words_vocab: str = ""
     heldout_words: list[str] = field(default_factory=list)
@@ -66,6 +69,7 @@ class DataConfig:
     copies: int = 2
     max_speakers: int = 0
     context: float = 0.0  # share of augmented copies placed after another word, as in a stream
+    conditions: bool = False  # augmented copies also through simulated rooms, channels and codecs
 
 
 @dataclass
@@ -238,6 +242,8 @@ class TrainConfig:
             (min(self.eval.episodes, self.eval.queries, self.eval.eer_episodes) >= 1, "eval episodes and queries must be >= 1"),
             (self.eval.ref_per_word >= 1 and self.eval.batch_size >= 1, "eval.ref_per_word and eval.batch_size must be >= 1"),
             (self.eval.every >= 1, "eval.every must be at least 1"),
+            (self.model.stem != "scratch" or not (self.data.extra_roots or self.data.real_pack or self.data.conditions),
+             "data.extra_roots, data.real_pack and data.conditions are for a head over a stem (model.stem)"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:

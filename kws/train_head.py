@@ -2,7 +2,8 @@
 
 The stem never changes, so each training clip goes through it once: a few copies
 of every clip (copy 0 centred and clean; the others at a random place in the
-window, at a random level, under real noise) are turned into stem frames and
+window, at a random level, under real noise, optionally through simulated rooms,
+band limits and codecs) are turned into stem frames and
 cached on disk as float16, with a checksum. An epoch then only runs the head,
 which takes seconds on a CPU. Batches are P words × K clips drawn from every
 source at once (the synthetic corpus and the real-speech pack share labels by
@@ -69,10 +70,18 @@ def place(clip: np.ndarray, window: int, rng: np.random.Generator | None) -> np.
     return out
 
 
-def _augment(x: np.ndarray, rng: np.random.Generator, noises: Sequence[np.ndarray]) -> np.ndarray:
-    """A random level (−20…+3 dB around the clip's) and, on 3 clips in 4, real noise at 0–30 dB SNR."""
+def _augment(
+    x: np.ndarray, rng: np.random.Generator, noises: Sequence[np.ndarray], rirs: Sequence[np.ndarray] = ()
+) -> np.ndarray:
+    """A random level (−20…+3 dB around the clip's) and, on 3 clips in 4, real noise at 0–30 dB SNR;
+    with ``rirs``, recording conditions instead of that noise: a room, noise, a telephone or
+    laptop channel, a codec (:func:`kws.data.augment.augment_conditions`, its default odds)."""
     x = x * 10 ** (rng.uniform(-20, 3) / 20)
-    if noises and rng.random() < 0.75:
+    if len(rirs):
+        from kws.data.augment import ConditionsConfig, augment_conditions
+
+        x = augment_conditions(x, rng, ConditionsConfig(), rirs, noises)
+    elif noises and rng.random() < 0.75:
         noise = noises[int(rng.integers(len(noises)))]
         start = int(rng.integers(0, max(1, len(noise) - len(x))))
         n = np.resize(noise[start : start + len(x)], len(x))
@@ -99,20 +108,39 @@ def in_context(x: np.ndarray, before: np.ndarray, window: int, rng: np.random.Ge
     return out
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """One worker task of :func:`stem_frames`."""
+
+    clips: list[str | np.ndarray]
+    frames: int
+    copies: int
+    seed: int
+    noise_paths: list[str]
+    context: float
+    conditions: bool
+
+
 _WORKER_STEM = None
+_WORKER_RIRS: list[np.ndarray] = []
 
 
-def _stem_worker(task: tuple[list[str | np.ndarray], int, int, int, list[str], float]) -> np.ndarray:
+def _stem_worker(task: _Chunk) -> np.ndarray:
     """Stem frames ``(n, copies, T, 96)`` float16 of one chunk of clips (files or arrays)."""
     from kws.stems.speech_embedding import SpeechEmbeddingStem, samples_for
 
     global _WORKER_STEM
     if _WORKER_STEM is None:
         _WORKER_STEM = SpeechEmbeddingStem(threads=1)
-    clips, frames, copies, seed, noise_paths, context = task
+    if task.conditions and not _WORKER_RIRS:
+        from kws.data.augment import ConditionsConfig, make_rir_bank
+
+        _WORKER_RIRS.extend(make_rir_bank(ConditionsConfig()))
+    rirs = _WORKER_RIRS if task.conditions else []
+    clips, frames, copies, context = task.clips, task.frames, task.copies, task.context
     window = samples_for(frames)
-    noises = [load_audio(p) for p in noise_paths]
-    rng = np.random.default_rng(seed)
+    noises = [load_audio(p) for p in task.noise_paths]
+    rng = np.random.default_rng(task.seed)
     speech = [trim_silence(load_audio(c) if isinstance(c, str) else np.asarray(c, dtype=np.float32)) for c in clips]
     waves = []
     for i, x in enumerate(speech):
@@ -120,7 +148,7 @@ def _stem_worker(task: tuple[list[str | np.ndarray], int, int, int, list[str], f
         for _ in range(copies - 1):
             # The chunk's clips are in random order: the next one is most likely another word.
             y = in_context(x, speech[(i + 1) % len(speech)], window, rng) if rng.random() < context else place(x, window, rng)
-            waves.append(_augment(y, rng, noises))
+            waves.append(_augment(y, rng, noises, rirs))
     out = _WORKER_STEM(np.stack(waves))
     return out.reshape(len(clips), copies, frames, -1).astype(np.float16)
 
@@ -135,10 +163,12 @@ def stem_frames(
     progress: bool = True,
     desc: str = "stem frames",
     context: float = 0.0,
+    conditions: bool = False,
 ) -> np.ndarray:
     """Stem frames ``(N, copies, T, 96)`` float16 of clips (paths or 1-D 16 kHz arrays), in worker processes.
 
     ``context``: the share of augmented copies placed by :func:`in_context` after another clip.
+    ``conditions``: augmented copies go through simulated rooms, channels and codecs too.
     """
     from tqdm import tqdm
 
@@ -146,7 +176,7 @@ def stem_frames(
     order = np.random.default_rng(seed).permutation(len(clips))
     shuffled = [clips[i] for i in order]
     tasks = [
-        (shuffled[i : i + chunk], frames, copies, seed + i, list(noise_paths), context)
+        _Chunk(shuffled[i : i + chunk], frames, copies, seed + i, list(noise_paths), context, conditions)
         for i in range(0, len(clips), chunk)
     ]
     if not tasks:
@@ -193,45 +223,52 @@ def _checksum(frames: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
 
 
-def _synthetic_set(cfg: Any, subset: str, words: list[str] | None, heldout: list[str], frames: int, copies: int,
-                   noise_paths: list[str], progress: bool, context: float = 0.0) -> FrameSet:  # fmt: skip
+def _synthetic_set(cfg: Any, root: str, subset: str, words: list[str] | None, heldout: list[str], frames: int,
+                   copies: int, noise_paths: list[str], progress: bool) -> FrameSet:  # fmt: skip
     from kws.data.speech_commands import SpeechCommands
 
-    ds = SpeechCommands(cfg.data.root, subset, words=words, heldout_words=heldout)
+    ds = SpeechCommands(root, subset, words=words, heldout_words=heldout)
     keep = np.arange(len(ds))
     if cfg.data.max_speakers and subset == "training":
         chosen = sorted(set(ds.speakers.tolist()))[: cfg.data.max_speakers]
         keep = np.flatnonzero(np.isin(ds.speakers, chosen))
     clips = [ds.clips[i] for i in keep]
-    return _cached_set(cfg, f"synthetic-{subset}", cfg.data.root, clips, frames, copies, cfg.train.seed, noise_paths,
-                       context, progress)  # fmt: skip
+    return _cached_set(cfg, f"synthetic-{subset}", root, clips, frames, copies, cfg.train.seed, noise_paths, progress)
 
 
-def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[str], progress: bool,
-              context: float = 0.0) -> FrameSet:  # fmt: skip
+def _pack_set(cfg: Any, split: str, frames: int, copies: int, noise_paths: list[str], progress: bool) -> FrameSet:
     from kws.data.real_pack import read_pack
 
     clips = read_pack(cfg.data.real_pack, split, cfg.data.real_heldout_fraction)
     if not clips:
         raise DataError(f"{cfg.data.real_pack}: no {split} word clips")
     return _cached_set(cfg, f"pack-{split}", cfg.data.real_pack, clips, frames, copies, cfg.train.seed + 1,
-                       noise_paths, context, progress)  # fmt: skip
+                       noise_paths, progress)  # fmt: skip
 
 
 def _cached_set(cfg: Any, name: str, root: str, clips: Sequence[Any], frames: int, copies: int, seed: int,
-                noise_paths: list[str], context: float, progress: bool) -> FrameSet:  # fmt: skip
+                noise_paths: list[str], progress: bool) -> FrameSet:  # fmt: skip
     """Stem frames of ``clips`` (each with ``path``, ``word`` and ``speaker``), cached in
-    ``cfg.data.cache_dir`` as ``<name>-<digest of the files>.npz``."""
+    ``cfg.data.cache_dir`` as ``<name>-<digest of the files>.npz``; augmented copies (``copies`` > 1)
+    as ``cfg.data.context`` and ``cfg.data.conditions`` say."""
     paths = [str(c.path) for c in clips]
+    context = cfg.data.context if copies > 1 else 0.0
+    conditions = cfg.data.conditions and copies > 1
     key = {"set": name, "root": str(Path(root).resolve()), "files": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
            "frames": frames, "copies": copies, "context": context, "stem": _stem_id()}  # fmt: skip
+    if conditions:  # only when on, so that caches made before the option existed stay valid
+        key["conditions"] = True
+    # Plain copies keep the name they always had; copies made another way get names of their
+    # own, so that switching an option back and forth does not rebuild the cache each time.
+    plain = not (context or conditions)
+    digest = key["files"] if plain else hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def build() -> FrameSet:
         fr = stem_frames(paths, frames, copies, seed=seed, noise_paths=noise_paths, context=context,
-                         progress=progress, desc=f"stem frames: {name}")  # fmt: skip
+                         conditions=conditions, progress=progress, desc=f"stem frames: {name}")  # fmt: skip
         return FrameSet(fr, np.array([c.word for c in clips], dtype=str), np.array([c.speaker for c in clips], dtype=str))
 
-    return cached(Path(cfg.data.cache_dir) / f"{name}-{key['files'][:12]}.npz", key, build)
+    return cached(Path(cfg.data.cache_dir) / f"{name}-{digest[:12]}.npz", key, build)
 
 
 def _stem_id() -> str:
@@ -299,13 +336,12 @@ def train_head(
     words, heldout = resolve_words(cfg.data)
     train_sets, eval_sets = [], {}
     if cfg.data.root:
-        train_sets.append(
-            _synthetic_set(cfg, "training", words, heldout, frames, copies, noise_paths, progress, cfg.data.context)
-        )
+        for root in [cfg.data.root, *cfg.data.extra_roots]:
+            train_sets.append(_synthetic_set(cfg, root, "training", words, heldout, frames, copies, noise_paths, progress))
         if heldout:
-            eval_sets["synthetic"] = _synthetic_set(cfg, "testing", heldout, [], frames, 1, [], progress)
+            eval_sets["synthetic"] = _synthetic_set(cfg, cfg.data.root, "testing", heldout, [], frames, 1, [], progress)
     if cfg.data.real_pack:
-        train_sets.append(_pack_set(cfg, "training", frames, copies, noise_paths, progress, cfg.data.context))
+        train_sets.append(_pack_set(cfg, "training", frames, copies, noise_paths, progress))
         eval_sets["real"] = _pack_set(cfg, "heldout", frames, 1, [], progress)
     if not train_sets:
         raise ConfigError("no training data: set data.root (a synthetic corpus) and/or data.real_pack")

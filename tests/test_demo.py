@@ -9,12 +9,13 @@ from kws.bank import KeywordBank
 from kws.cli import main
 from kws.data.speech_commands import SpeechCommands
 from kws.demo import DEMO_DIR, KEYWORDS, make_demo_assets, run_demo
-from kws.embedder import load_embedder
+from kws.embedder import BUNDLED, load_embedder
 
 
 @pytest.mark.slow
-def test_demo_detects_unseen_keywords_of_unseen_speakers(tmp_path):
-    embedder = load_embedder()
+@pytest.mark.parametrize("model", sorted(BUNDLED))
+def test_demo_detects_unseen_keywords_of_unseen_speakers(tmp_path, model):
+    embedder = load_embedder(model)
     result = run_demo(embedder, bank_path=tmp_path / "bank.json", minutes=2.0, seed=1)
     occurrences = result.hits + result.misses
     assert occurrences >= 15
@@ -26,8 +27,15 @@ def test_demo_detects_unseen_keywords_of_unseen_speakers(tmp_path):
     assert bank.names == list(KEYWORDS)
 
 
-def test_bundled_onnx_model_is_the_bundled_checkpoint():
-    torch_emb, onnx_emb = load_embedder(), load_embedder(backend="onnx")
+def test_default_model_is_the_head_over_the_speech_stem():
+    default = load_embedder(backend="onnx")
+    assert default.model_id == load_embedder("speech-embedding", backend="onnx").model_id
+    assert default.model_id != load_embedder("scratch", backend="onnx").model_id
+
+
+@pytest.mark.parametrize("model", sorted(BUNDLED))
+def test_bundled_onnx_model_is_the_bundled_checkpoint(model):
+    torch_emb, onnx_emb = load_embedder(model), load_embedder(model, backend="onnx")
     assert onnx_emb.model_id == torch_emb.model_id
     clips = SpeechCommands(DEMO_DIR, subset="testing").load_all(progress=False)[:16]
     assert np.abs(onnx_emb(clips) - torch_emb(clips)).max() < 1e-4

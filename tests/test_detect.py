@@ -283,10 +283,10 @@ def test_bench_soak_keeps_event_clips_under_the_cap_and_the_users_files(tmp_path
     from kws.cli import main
 
     out, folder = tmp_path / "bench.json", tmp_path / "events"
-    assert main(["bench", "detect", "--backend", "onnx", "--threads", "1", "--minutes", "1", "--save-events",
-                 str(folder), "--save-events-max-mb", "0.4", "--json", str(out)]) == 0  # fmt: skip
+    assert main(["bench", "detect", "--model", "scratch", "--backend", "onnx", "--threads", "1", "--minutes", "1",
+                 "--save-events", str(folder), "--save-events-max-mb", "0.4", "--json", str(out)]) == 0  # fmt: skip
     ev = json.loads(out.read_text())["save_events"]
-    assert ev["events"] >= 10  # the bench's bank fires at every noise burst
+    assert ev["events"] >= 10  # the bench's bank fires at nearly every noise burst with this model
     assert 0 < ev["max_kws_mb"] <= 0.4 and ev["user_files_kept"] and ev["files_kws_did_not_write"] == []
     assert (folder / "meeting.wav").is_file() and (folder / "meeting.json").is_file()
 

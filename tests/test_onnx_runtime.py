@@ -214,7 +214,8 @@ def test_few_clip_commands_run_the_bundled_model_on_onnx_runtime(random_checkpoi
         add_model_arguments(parser, few_clips=few_clips)
         return parser.parse_args([*argv, "--threads", "1"])
 
-    assert isinstance(embedder_from_args(args(True)), OnnxEmbedder)
-    assert isinstance(embedder_from_args(args(False)), TorchEmbedder)  # detection and evaluation: as asked
-    assert isinstance(embedder_from_args(args(True, "--backend", "torch")), TorchEmbedder)  # an explicit choice wins
+    assert embedder_from_args(args(True)).backend == "onnx"
+    assert isinstance(embedder_from_args(args(True, "--model", "scratch")), OnnxEmbedder)
+    assert embedder_from_args(args(False)).backend == "torch"  # detection and evaluation: as asked
+    assert embedder_from_args(args(True, "--backend", "torch")).backend == "torch"  # an explicit choice wins
     assert isinstance(embedder_from_args(args(True, "--model", str(random_checkpoint))), TorchEmbedder)  # a .pt stays

@@ -35,7 +35,11 @@ def _detector_events(onnx_embedder, demo_bank_path, audio):
 
 
 def test_batched_streams_give_the_detectors_events(onnx_embedder, demo_bank_path, demo_stream):
-    """Three streams at once through one engine: each gets exactly what its own Detector finds."""
+    """Three streams at once through one engine: each gets what its own Detector finds.
+
+    The engine embeds whole windows; the detector of a model over a stem computes stem
+    frames incrementally, which agrees to ~1e-4 (tests/test_stems.py): an event may move
+    by one hop where a score grazes its threshold."""
     audio, truth = demo_stream
     want = _detector_events(onnx_embedder, demo_bank_path, audio)
     assert len(want) >= 0.7 * len(truth) and want, (want, truth)
@@ -64,7 +68,10 @@ def test_batched_streams_give_the_detectors_events(onnx_embedder, demo_bank_path
         return got, engine.stats
 
     got, stats = asyncio.run(main())
-    assert all(g == want for g in got), (got, want)
+    hop = DetectorConfig().hop_ms / 1000
+    for g in got:
+        assert [k for k, _ in g] == [k for k, _ in want], (g, want)
+        assert all(abs(t - u) <= hop + 1e-6 for (_, t), (_, u) in zip(g, want)), (g, want)
     # Batching: fewer model calls than embedded windows.
     assert stats.batches < stats.embedded / 2, stats.to_json()
 
@@ -111,7 +118,9 @@ def test_wyoming_describe_detect_and_not_detected(onnx_embedder, demo_bank_path,
     assert [k for k, _ in got] == [k for k, _ in want]
     # Resampled 44.1 kHz stereo fires within one hop of the 16 kHz detector.
     assert all(abs(t - tw) <= 0.1 + 1e-6 for (_, t), (_, tw) in zip(got, want)), (got, want)
-    assert [(d.name, d.timestamp / 1000) for d in marvin_only] == [w for w in want if w[0] == "marvin"]
+    marvin = [(d.name, d.timestamp / 1000) for d in marvin_only]
+    want_marvin = [w for w in want if w[0] == "marvin"]
+    assert len(marvin) == len(want_marvin) and all(abs(t - tw) <= 0.1 + 1e-6 for (_, t), (_, tw) in zip(marvin, want_marvin))
     assert quiet == "not-detected"
 
 

@@ -240,6 +240,43 @@ def test_head_trains_on_a_pack_and_writes_a_run(tmp_path):
     assert model.head.project.weight.abs().sum() > 0  # training moved the residual off zero
 
 
+@pytest.mark.slow
+def test_head_trains_on_several_corpora_under_recording_conditions(tiny_corpus, tmp_path):
+    import shutil
+
+    from kws.train import train
+    from kws.train_config import load_config
+
+    other = shutil.copytree(tiny_corpus, tmp_path / "other_engine")
+    cache = tmp_path / "cache"
+    cfg = load_config(None, [
+        f'data.root="{tiny_corpus}"', f'data.extra_roots=["{other}"]', "data.conditions=true",
+        f'data.cache_dir="{cache}"', 'model.stem="speech-embedding"', "model.head_frames=4", "train.p=4", "train.k=2",
+        "train.epochs=1", "train.steps_per_epoch=2", f'train.out_dir="{tmp_path / "run"}"',
+    ])  # fmt: skip
+    rows = []
+    train(cfg, progress=False, on_epoch=rows.append)
+    assert np.isfinite(rows[-1]["loss"])
+    keys = []
+    for path in sorted(cache.iterdir()):
+        with np.load(path) as z:
+            keys.append(json.loads(str(z["key"])))
+            frames = z["frames"].astype(np.float32)
+        assert frames.shape[1] == 2 and np.abs(frames[:, 0] - frames[:, 1]).max() > 0.1
+    # One cache per corpus, both with the augmented copies through recording conditions.
+    assert sorted(k["root"] for k in keys) == sorted([str(tiny_corpus.resolve()), str(other.resolve())])
+    assert all(k.get("conditions") for k in keys)
+
+
+def test_scratch_model_refuses_options_of_a_head_over_a_stem():
+    from kws.errors import ConfigError
+    from kws.train_config import load_config
+
+    for option in ('data.extra_roots=["x"]', "data.conditions=true", 'data.real_pack="x"'):
+        with pytest.raises(ConfigError, match="head over a stem"):
+            load_config(None, [option])
+
+
 def test_composed_export_runs_without_the_stem_package(head_checkpoint, tmp_path, monkeypatch):
     import importlib.util
 

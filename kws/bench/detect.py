@@ -41,18 +41,9 @@ def threads_of(args: argparse.Namespace) -> str:
 
 
 def _embedder(args: argparse.Namespace):
-    from kws.embedder import DEFAULT_CHECKPOINT, TorchEmbedder, load_embedder
+    from kws.embedder import load_embedder
 
-    threads = args.threads
-    if args.model is None and args.backend != "onnx" and not DEFAULT_CHECKPOINT.is_file():
-        import torch
-
-        from kws.model import KeywordModel
-
-        print("no default model yet: timing a randomly initialised small model")
-        torch.manual_seed(0)
-        return TorchEmbedder(KeywordModel(), threads=threads)
-    return load_embedder(args.model, backend=args.backend, threads=threads)
+    return load_embedder(args.model, backend=args.backend, threads=args.threads)
 
 
 def _stream(seconds: float, rng: np.random.Generator) -> np.ndarray:

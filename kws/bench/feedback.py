@@ -150,17 +150,14 @@ def _pair(args, seed: int, embedder, corpus: Path, keyword: str, impostor: str, 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from kws.embedder import DEFAULT_CHECKPOINT, load_embedder
+    from kws.embedder import load_embedder
     from kws.errors import KwsError
 
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError as exc:
         raise KwsError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from exc
-    model = args.model
-    if model is None and not DEFAULT_CHECKPOINT.is_file() and Path("runs/cpu_default/best.pt").is_file():
-        model = "runs/cpu_default/best.pt"
-    embedder = load_embedder(model, backend=args.backend, threads=args.threads or 1)
+    embedder = load_embedder(args.model, backend=args.backend, threads=args.threads or 1)
     corpus = Path(args.corpus)
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
     used = {w for p in pairs for w in p}

@@ -60,7 +60,7 @@ print(json.dumps({"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", metavar="PATH", help="checkpoint to compare (default: the bundled model)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="scratch checkpoint to compare (default: the bundled scratch model)")
     parser.add_argument("--clips", metavar="DIR", help="speech clips for parity and int8 calibration (default: espeak-ng)")
     parser.add_argument("--repeats", type=int, default=300, metavar="N", help="timed windows per backend (default: 300)")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="intra-op threads (default: 1)")
@@ -123,11 +123,12 @@ def fewshot_by_backend(embedders: dict, folder: Path, per_word: int) -> dict[str
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from kws.embedder import DEFAULT_CHECKPOINT, TorchEmbedder
+    from kws.embedder import BUNDLED, TorchEmbedder
     from kws.export import clips_from_folder, export_onnx, int8_path, load_source_model, quantize_int8, synthetic_clips
     from kws.onnx_runtime import OnnxEmbedder
 
-    model = load_source_model(args.checkpoint)
+    checkpoint = args.checkpoint or BUNDLED["scratch"][0]
+    model = load_source_model(checkpoint)
     window = model.cfg.window_samples
     clips = clips_from_folder(args.clips, 64, window) if args.clips else synthetic_clips(window=window)
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
         finally:
             torch.set_num_threads(threads_before)
         sizes = {
-            "checkpoint": Path(args.checkpoint or DEFAULT_CHECKPOINT).stat().st_size,
+            "checkpoint": Path(checkpoint).stat().st_size,
             "onnx_fp32": fp32_path.stat().st_size,
             "onnx_int8": int8_path(fp32_path).stat().st_size,
         }

@@ -4,6 +4,11 @@ Times the same step the trainer runs — augmentation, log-mel, SpecAugment,
 encoder (bf16 autocast on CUDA), joint loss, backward, AdamW — on random
 waveforms, after a few warm-up steps. Content does not change the cost.
 
+``--config FILE`` of a head over a pretrained stem (``model.stem``) times what that
+recipe's run spends its time on instead: turning each source's clips (each synthetic
+corpus, the real-speech pack) into cached stem frames, in clips per second per source
+with the config's copies and augmentation, and the head's training step.
+
 ``--loss NAME`` (repeatable, or ``all``) also times the step with that metric
 loss in place of the default's (the other terms unchanged) and prints each
 one's ms/step relative to the default step, and the time of the loss terms
@@ -31,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no-bf16", action="store_true", help="float32 on CUDA too")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a recipe config of a head over a stem: clips/s per data source and of the head's step")
+    parser.add_argument("--clips", type=int, default=128, help="with --config: clips timed per source (default: 128)")
     parser.add_argument("--loss", action="append", default=[], metavar="NAME",
                         help="also time this metric loss against the default (repeatable; 'all': every one)")  # fmt: skip
 
@@ -49,6 +57,8 @@ def run(args: argparse.Namespace) -> dict:
     from kws.train import TrainStep, build_loss, make_optimizer, model_config, optimize
     from kws.train_config import LossConfig, ModelSection, TrainConfig
 
+    if args.config:
+        return _run_stem_sources(args)
     defaults = TrainConfig()
     args.size = defaults.model.size if args.size is None else args.size
     args.p = defaults.train.p if args.p is None else args.p
@@ -134,4 +144,66 @@ def run(args: argparse.Namespace) -> dict:
             per_loss[name] = {"ms_per_step": ms, "relative": ms / base, "loss_ms": 1000 * loss_s}
             print(f"{name:<18} {ms:9.1f} {ms / base:10.2f} {1000 * loss_s:9.2f}")
         figures["losses"] = per_loss
+    return figures
+
+
+def _run_stem_sources(args: argparse.Namespace) -> dict:
+    """Clips/s of each source's stem-frame caching and of the head's training step, for ``args.config``."""
+    import numpy as np
+    import torch
+
+    from kws.data.real_pack import noise_files, read_pack
+    from kws.data.speech_commands import SpeechCommands
+    from kws.errors import ConfigError, KwsError
+    from kws.head import HeadConfig
+    from kws.model import HeadModel, ModelConfig
+    from kws.train import build_loss, make_optimizer
+    from kws.train_config import load_config, resolve_words
+    from kws.train_head import stem_frames
+
+    cfg = load_config(args.config)
+    if cfg.model.stem == "scratch":
+        raise ConfigError(f"{args.config}: not a head over a stem; leave out --config to time the scratch step")
+    if args.clips < 1 or args.steps < 1:
+        raise KwsError("need --clips >= 1 and --steps >= 1")
+    words, heldout = resolve_words(cfg.data)
+    sources: dict[str, list[str]] = {}
+    for root in [cfg.data.root, *cfg.data.extra_roots] if cfg.data.root else cfg.data.extra_roots:
+        clips = SpeechCommands(root, "training", words=words, heldout_words=heldout).clips
+        sources[root] = [str(clips[i].path) for i in np.random.default_rng(0).permutation(len(clips))[: args.clips]]
+    if cfg.data.real_pack:
+        clips = read_pack(cfg.data.real_pack, "training", cfg.data.real_heldout_fraction)
+        sources[cfg.data.real_pack] = [str(clips[i].path) for i in np.random.default_rng(0).permutation(len(clips))[: args.clips]]
+    noise = [str(p) for p in noise_files(cfg.data.real_pack)] if cfg.data.real_pack else []
+    head = HeadConfig(frames=cfg.model.head_frames, channels=cfg.model.head_channels, layers=cfg.model.head_layers)
+    figures: dict[str, Any] = {"copies": cfg.data.copies, "conditions": cfg.data.conditions, "sources": {}}
+    print(f"stem frames ({cfg.data.copies} copies a clip, conditions {'on' if cfg.data.conditions else 'off'}, "
+          f"2 worker processes), {args.clips} clips a source:")  # fmt: skip
+    for name, paths in sources.items():
+        t0 = time.perf_counter()
+        stem_frames(paths, head.frames, cfg.data.copies, noise_paths=noise, context=cfg.data.context,
+                    conditions=cfg.data.conditions, progress=False)  # fmt: skip
+        rate = len(paths) / (time.perf_counter() - t0)
+        figures["sources"][name] = {"clips": len(paths), "clips_per_s": rate}
+        print(f"  {name:<48} {rate:8.1f} clips/s")
+    torch.manual_seed(0)
+    model = HeadModel(ModelConfig(stem=cfg.model.stem, head=head))
+    loss = build_loss(cfg.loss, model.dim, max(cfg.train.p, args.classes))
+    opt = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg.optim)
+    batch = cfg.train.p * cfg.train.k
+    x = torch.randn(batch, head.frames, 96)
+    labels = torch.arange(cfg.train.p).repeat_interleave(cfg.train.k)
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        total, _ = loss(model(x), labels)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    figures["head_step_ms"] = 1000 * float(np.median(times))
+    figures["head_clips_per_s"] = batch / float(np.median(times))
+    print(f"head step (batch {batch}, {torch.get_num_threads()} threads): {figures['head_step_ms']:.1f} ms, "
+          f"{figures['head_clips_per_s']:.0f} clips/s")  # fmt: skip
     return figures

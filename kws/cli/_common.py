@@ -26,9 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False
         "--model",
         metavar="PATH",
         help="checkpoint (.pt), exported model (.onnx) or a bundled model by name (scratch, speech-embedding); "
-        "default: the bundled scratch model",
+        "default: speech-embedding",
     )
-    onnx_for = ".onnx files and the bundled model" if few_clips else ".onnx files"
+    onnx_for = ".onnx files and bundled models" if few_clips else ".onnx files"
     parser.add_argument(
         "--backend", choices=BACKENDS, help=f"inference engine (default: onnx for {onnx_for}, else torch)"
     )
@@ -47,11 +47,28 @@ def add_model_arguments(parser: argparse.ArgumentParser, few_clips: bool = False
 
 def embedder_from_args(args: argparse.Namespace) -> Embedder:
     """The embedder a command asked for (see :func:`add_model_arguments`)."""
-    from kws.embedder import load_embedder
+    from kws.embedder import is_bundled, load_embedder
 
     few_clips = getattr(args, "few_clips", False)
-    backend = args.backend or ("onnx" if few_clips and args.model is None else None)
+    backend = args.backend or ("onnx" if few_clips and is_bundled(args.model) else None)
     return load_embedder(args.model, backend=backend, threads=args.threads)
+
+
+def read_speaker_list(path: str | None) -> list[str] | None:
+    """The speaker ids in ``path``, one a line (``None``: no list, every speaker)."""
+    from pathlib import Path
+
+    from kws.errors import ConfigError
+
+    if path is None:
+        return None
+    try:
+        ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the speaker list ({exc})") from exc
+    if not ids:
+        raise ConfigError(f"{path}: the speaker list is empty")
+    return ids
 
 
 def add_device_arguments(parser: argparse.ArgumentParser, stdin: bool = False) -> None:
@@ -87,17 +104,16 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def detector_config_from_args(args: argparse.Namespace, embedder: Embedder | None = None) -> "DetectorConfig":
-    """The detector's settings; without ``--threshold-offset``, ``embedder``'s own stream offset."""
+    """The detector's settings; without ``--threshold-offset``, ``embedder``'s own stream offset
+    (left unset without ``embedder``, for the detector to take its model's)."""
     from kws.detect import DetectorConfig
 
-    offset = args.threshold_offset
-    if offset is None:
-        offset = embedder.stream_offset if embedder is not None else DetectorConfig.threshold_offset
-    return DetectorConfig(
+    cfg = DetectorConfig(
         hop_ms=args.hop_ms,
         smoothing=args.smoothing,
         refractory_ms=args.refractory_ms,
-        threshold_offset=offset,
+        threshold_offset=args.threshold_offset,
         vad=not args.no_vad,
         vad_floor_dbfs=args.vad_dbfs,
     )
+    return cfg if embedder is None else cfg.for_model(embedder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from kws.cli._common import add_model_arguments, embedder_from_args
+from kws.cli._common import add_model_arguments, embedder_from_args, read_speaker_list
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -96,22 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def _speakers(path: str | None) -> list[str] | None:
-    from pathlib import Path
-
-    from kws.errors import ConfigError
-
-    if path is None:
-        return None
-    try:
-        ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the speaker list ({exc})") from exc
-    if not ids:
-        raise ConfigError(f"{path}: the speaker list is empty")
-    return ids
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.twelve_class:
         return _run_twelve_class(args)
@@ -130,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         augment_episodes=args.augment_episodes,
         seed=args.seed,
         centre=args.centre,
-        speakers=_speakers(args.speakers),
+        speakers=read_speaker_list(args.speakers),
     )
     report = evaluate(embedder_from_args(args), args.corpus, cfg, args.out)
     print(format_table(report))
@@ -155,7 +139,7 @@ def _run_twelve_class(args: argparse.Namespace) -> int:
         centre=args.centre,
         augment_validation=args.augment_validation,
         seed=args.seed,
-        speakers=_speakers(args.speakers),
+        speakers=read_speaker_list(args.speakers),
     )
     report = evaluate_twelve_class(embedder_from_args(args), args.corpus, args.reference, cfg, args.out)
     print(format_twelve_class(report))

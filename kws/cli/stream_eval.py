@@ -9,7 +9,10 @@ from kws.cli._common import (
     add_model_arguments,
     detector_config_from_args,
     embedder_from_args,
+    read_speaker_list,
 )
+
+SENTENCE_SPEAKERS = ("heldout", "training", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,9 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--speakers",
-        choices=("heldout", "training", "all"),
-        default="heldout",
-        help="with --sentences: whose keyword sentences (default heldout: callers kws never trains on)",
+        metavar="WHO",
+        help="with --sentences: heldout, training or all, whose keyword sentences (default heldout: callers kws "
+        "never trains on); otherwise a FILE of speaker ids, one a line, the only voices in the stream (e.g. one "
+        "half of a test set; default: every speaker of the subset)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="stream_eval", metavar="DIR", help="where the JSON and PNG go")
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from kws.audio import SAMPLE_RATE
     from kws.bank import KeywordBank
     from kws.data.speech_commands import list_words
-    from kws.errors import DataError
+    from kws.errors import ConfigError, DataError
     from kws.streams import (
         StreamHops,
         build_sentence_stream,
@@ -75,20 +79,26 @@ def run(args: argparse.Namespace) -> int:
         write_report,
     )
 
+    if args.sentences and args.speakers not in (None, *SENTENCE_SPEAKERS):
+        raise ConfigError(f"with --sentences, --speakers is one of {', '.join(SENTENCE_SPEAKERS)}, not {args.speakers!r}")
+    speakers = None if args.sentences else read_speaker_list(args.speakers)
     embedder = embedder_from_args(args)
     bank = KeywordBank.load(args.bank, model_id=embedder.model_id)
     cfg = detector_config_from_args(args, embedder)
     if args.sentences:
         seconds = None if args.minutes is None else args.minutes * 60
-        audio, truth = build_sentence_stream(args.corpus, args.speakers, seconds, seed=args.seed)
-        source = f"sentences {Path(args.corpus).resolve()} {args.speakers} {args.minutes} {args.seed}"
+        audio, truth = build_sentence_stream(args.corpus, args.speakers or "heldout", seconds, seed=args.seed)
+        source = f"sentences {Path(args.corpus).resolve()} {args.speakers or 'heldout'} {args.minutes} {args.seed}"
     else:
         distractors = args.distractors
         if distractors is None:
             distractors = [w for w in list_words(args.corpus) if w not in bank]
         minutes = 10.0 if args.minutes is None else args.minutes
-        audio, truth = build_stream(args.corpus, bank.names, distractors, minutes * 60, seed=args.seed, subset=args.subset)
+        audio, truth = build_stream(args.corpus, bank.names, distractors, minutes * 60, seed=args.seed, subset=args.subset,
+                                   speakers=speakers)  # fmt: skip
         source = f"corpus {Path(args.corpus).resolve()} {args.subset} {sorted(bank.names)} {sorted(distractors)} {minutes} {args.seed}"
+        if speakers is not None:
+            source += f" speakers {sorted(speakers)}"
     source += f" hop {cfg.hop_ms} vad {cfg.vad} {cfg.vad_floor_dbfs}"
     hops = None
     if args.hops and Path(args.hops).is_file():

@@ -277,7 +277,7 @@ class BatchEngine:
         if embedder.sample_rate != SAMPLE_RATE:
             raise KwsError(f"the embedder runs at {embedder.sample_rate} Hz; serving needs {SAMPLE_RATE} Hz")
         self.embedder = embedder
-        self.cfg = cfg
+        self.cfg = cfg = cfg.for_model(embedder)
         self.hop = cfg.hop_samples()
         self.hop_s = self.hop / SAMPLE_RATE
         self.max_backlog = max_backlog

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kws.data.speech_commands import list_words
 from kws.demo import make_demo_assets
-from kws.embedder import ASSETS, DEFAULT_CHECKPOINT, DEFAULT_ONNX, TorchEmbedder
+from kws.embedder import ASSETS, BUNDLED, TorchEmbedder
 from kws.impostors import IMPOSTORS_PATH, build_impostor_set
 from kws.export import export_onnx, synthetic_clips
 from kws.model import KeywordModel, load_checkpoint, save_checkpoint
@@ -38,15 +38,16 @@ def main() -> None:
     model.load_state_dict(payload["state_dict"])
     model.eval()
     extra = payload["extra"]
+    checkpoint, onnx_file = BUNDLED["scratch"]
     save_checkpoint(
-        DEFAULT_CHECKPOINT,
+        checkpoint,
         model,
         extra={"metrics": extra.get("metrics", {}), "train_config": extra.get("config", {}),
                "heldout_words": extra.get("heldout_words", [])},
     )  # fmt: skip
-    print(f"{DEFAULT_CHECKPOINT}: {model.model_id()}, epoch {extra.get('metrics', {}).get('epoch')}")
-    report = export_onnx(model, DEFAULT_ONNX, synthetic_clips())
-    print(f"{DEFAULT_ONNX}: parity max abs diff {report.max_abs_diff:.2e}")
+    print(f"{checkpoint}: {model.model_id()}, epoch {extra.get('metrics', {}).get('epoch')}")
+    report = export_onnx(model, onnx_file, synthetic_clips())
+    print(f"{onnx_file}: parity max abs diff {report.max_abs_diff:.2e}")
     embedder = TorchEmbedder(model)
     build_impostor_set(embedder, args.data, list_words(args.data), args.per_word, IMPOSTORS_PATH)
     print(f"{IMPOSTORS_PATH}: written")
