@@ -9,8 +9,13 @@ hop. While a batch is embedded, audio keeps arriving (in the sockets' buffers)
 and its hops go into the next batch: under load the batches grow instead of the
 streams falling behind one by one.
 
+An embedder that streams incrementally (a model over a stem computes one stem
+frame per new 80 ms instead of the whole window; see :meth:`kws.embedder.Embedder.stream`)
+keeps that state per stream: its hops are embedded one by one through it, which
+costs far less than the whole windows in a batch would.
+
 A stream's scores and events equal those of a :class:`~kws.detect.Detector`
-over the same audio (same windows, same energy gate, same trigger).
+over the same audio (same windows and streaming state, same energy gate, same trigger).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from kws.audio import SAMPLE_RATE, pcm16_to_float
 from kws.bank import KeywordBank
 from kws.detect import DetectorConfig, Trigger
 from kws.events import Event
-from kws.embedder import Embedder
+from kws.embedder import Embedder, WaveformWindow
 from kws.errors import BankError, KwsError
 from kws.sources import StreamResampler
 
@@ -113,10 +118,11 @@ class BankStore:
 
 @dataclass
 class _Hop:
-    """A hop that is due: the window ending at ``time`` (``None``: below the energy gate)."""
+    """A hop that is due: the window ending at ``time``."""
 
     time: float
-    window: np.ndarray | None
+    window: np.ndarray
+    gated: bool  # below the energy gate: not scored
     due: float  # time.monotonic() when its last sample arrived
 
 
@@ -138,6 +144,7 @@ class Stream:
         self.resampler = StreamResampler(rate)
         self.trigger = Trigger.for_bank(bank, cfg)
         self.window = np.zeros(engine.embedder.window_samples, dtype=np.float32)
+        self.path = engine.embedder.stream(engine.hop) if engine.incremental else None
         self._pending = np.zeros(0, dtype=np.float32)
         self.hops = 0
         self.due: collections.deque[_Hop] = collections.deque()
@@ -174,7 +181,7 @@ class Stream:
             start += hop
             self.hops += 1
             gated = self.engine.cfg.gated(self.window)
-            self.due.append(_Hop(self.hops * hop / SAMPLE_RATE, None if gated else self.window, now))
+            self.due.append(_Hop(self.hops * hop / SAMPLE_RATE, self.window, gated, now))
         self._pending = pending[start:]
         if self.due:
             self._idle.clear()
@@ -284,6 +291,7 @@ class BatchEngine:
         self.hops_per_tick = hops_per_tick
         self.tick_s = tick_ms / 1000
         self.max_batch = max_batch
+        self.incremental = not isinstance(embedder.stream(self.hop), WaveformWindow)
         self._tick_start = 0.0
         self.streams: set[Stream] = set()
         self.stats = EngineStats()
@@ -317,35 +325,53 @@ class BatchEngine:
             work = [(s, s._take(self.hops_per_tick)) for s in list(self.streams) if s.due]
             if not work:
                 continue
-            windows = [h.window for _, hops in work for h in hops if h.window is not None]
+            n = sum(not h.gated for _, hops in work for h in hops)
             emb = None
-            if windows:
-                try:
-                    # On the event loop, not in a worker thread: with 20 streams the
-                    # thread hand-off per batch cost more CPU than the loop loses by
-                    # waiting a few ms for a batch (sockets buffer meanwhile).
-                    emb = np.concatenate(
-                        [self.embedder(np.stack(windows[i : i + self.max_batch])) for i in range(0, len(windows), self.max_batch)]
-                    )
-                except Exception:  # a failing model must not hang every stream
-                    log.exception("embedding a batch of %d windows failed; their hops are skipped", len(windows))
-                    work = [(s, [_Hop(h.time, None, h.due) for h in hops]) for s, hops in work]
-                else:
+            try:
+                # On the event loop, not in a worker thread: with 20 streams the
+                # thread hand-off per batch cost more CPU than the loop loses by
+                # waiting a few ms for a batch (sockets buffer meanwhile).
+                emb = self._embed(work) if n else None
+            except Exception:  # a failing model must not hang every stream
+                log.exception("embedding a batch of %d windows failed; their hops are skipped", n)
+                work = [(s, [_Hop(h.time, h.window, True, h.due) for h in hops]) for s, hops in work]
+                for s, _ in work:
+                    if s.path is not None:
+                        # A half-updated state would stay wrong; from silence it is right a window later.
+                        s.path.reset()
+            else:
+                if n:
                     self.stats.batches += 1
-                    self.stats.embedded += len(windows)
+                    self.stats.embedded += n
             self._dispatch(work, emb)
             if any(s.due for s in self.streams):
                 self._wake.set()
+
+    def _embed(self, work: list[tuple[Stream, list[_Hop]]]) -> np.ndarray:
+        """Embeddings ``(n, D)`` of the hops of ``work`` that are not gated, in order."""
+        if not self.incremental:
+            windows = [h.window for _, hops in work for h in hops if not h.gated]
+            return np.concatenate(
+                [self.embedder(np.stack(windows[i : i + self.max_batch])) for i in range(0, len(windows), self.max_batch)]
+            )
+        rows = []
+        for stream, hops in work:
+            for h in hops:
+                # Every hop moves the stream's state, as in Detector.hop_embeddings.
+                stream.path.update(h.window[-self.hop :], h.window)
+                if not h.gated:
+                    rows.append(stream.path.embed())
+        return np.concatenate(rows)
 
     def _dispatch(self, work: list[tuple[Stream, list[_Hop]]], emb: np.ndarray | None) -> None:
         now = time.monotonic()
         row = 0
         for stream, hops in work:
-            n = sum(h.window is not None for h in hops)
+            n = sum(not h.gated for h in hops)
             scores = stream.bank.score(emb[row : row + n]) if n else None
             row += n
             it = iter(scores) if scores is not None else iter(())
-            per_hop = [None if h.window is None else next(it) for h in hops]
+            per_hop = [None if h.gated else next(it) for h in hops]
             if stream in self.streams:
                 stream._scored(hops, per_hop)
             for h in hops:
