@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "BatchHardTripletLoss", "CenterLoss", "CircleLoss", "ClassifierHead", "ContrastiveLoss", "CoupledClustersLoss",
-    "JointLoss", "METRIC_LOSSES", "MultiSimilarityLoss", "NPairLoss", "OIMLoss", "ProxyAnchorLoss",
+    "DistillLoss", "JointLoss", "METRIC_LOSSES", "MultiSimilarityLoss", "NPairLoss", "OIMLoss", "ProxyAnchorLoss",
     "batch_hard_pairs", "build_metric_loss", "cosine_similarity", "multi_similarity_mine", "npair_rounds",
     "pair_masks", "pairwise_distance",
 ]
@@ -599,6 +599,29 @@ class ClassifierHead(nn.Module):
         return f"kind={self.kind}, classes={len(self.weight)}, scale={self.scale}, margin={self.margin}"
 
 
+class DistillLoss(nn.Module):
+    """Teacher–student term: ``1 − cos(W s, t)`` between the student's embedding ``s`` and the
+    teacher's ``t`` of the same clip, ``W`` a learned linear map to the teacher's size.
+
+    ``W`` lives here, in the loss, so that the trained model (and its export) is the plain
+    student. A row of zeros in ``targets`` is a clip with no teacher embedding: it is left out
+    of the mean (masked rather than dropped, so that ``W`` always gets a gradient, as
+    DistributedDataParallel requires of every parameter).
+    """
+
+    takes_targets = True
+
+    def __init__(self, dim: int, teacher_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(dim, teacher_dim, bias=False)
+
+    def forward(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.float()
+        has = (targets.abs().sum(dim=1) > 0).float()
+        cos = F.cosine_similarity(self.project(embeddings), targets, dim=1)
+        return (has * (1 - cos)).sum() / has.sum().clamp_min(1.0)
+
+
 class JointLoss(nn.Module):
     """Weighted sum of named losses: ``total = Σ weight_name · loss_name(embeddings, labels)``.
 
@@ -616,16 +639,23 @@ class JointLoss(nn.Module):
         self.weights = dict(weights)
 
     def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, unlabelled: int = 0
+        self, embeddings: torch.Tensor, labels: torch.Tensor, unlabelled: int = 0, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``unlabelled``: the last rows are that many unlabelled clips (label ``-1``); only the
-        terms that use such clips (``takes_unlabelled``, e.g. OIM's queue) see them."""
+        terms that use such clips (``takes_unlabelled``, e.g. OIM's queue) see them. ``targets``:
+        a teacher's embeddings of the labelled rows, for the terms that take them (``takes_targets``,
+        :class:`DistillLoss`)."""
         total = embeddings.new_zeros((), dtype=torch.float32)
         values = {}
         n = len(embeddings) - unlabelled
         for name, term in self.terms.items():
-            whole = unlabelled == 0 or getattr(term, "takes_unlabelled", False)
-            value = term(embeddings, labels) if whole else term(embeddings[:n], labels[:n])
+            if getattr(term, "takes_targets", False):
+                if targets is None:
+                    raise ValueError(f"loss term {name!r} needs the teacher's embeddings of the batch")
+                value = term(embeddings[:n], targets)
+            else:
+                whole = unlabelled == 0 or getattr(term, "takes_unlabelled", False)
+                value = term(embeddings, labels) if whole else term(embeddings[:n], labels[:n])
             total = total + self.weights[name] * value
             values[name] = value.detach()
         return total, values

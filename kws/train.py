@@ -9,6 +9,11 @@ needed to resume) and ``best.pt`` (best held-out few-shot accuracy). The
 configuration is :mod:`kws.train_config`; a head over a pretrained stem trains
 in :mod:`kws.train_head`.
 
+With ``data.real_pack`` the pack's training-speaker clips join the synthetic ones (labels
+shared by word), and its held-out speakers give a real-speech curve that chooses ``best.pt``.
+With ``data.teacher`` the encoder also learns to reproduce that model's embeddings of its
+training clips (computed once, cached in ``data.cache_dir``), weighted by ``loss.distill``.
+
 An epoch's batches are P×K (:class:`kws.data.sampler.PKSampler`, or
 :class:`~kws.data.sampler.HardClassSampler` whose batches gather nearby words)
 from the training set held in memory as int16 (on the GPU when there is one),
@@ -39,9 +44,9 @@ import torch
 from torch import nn
 
 from kws.data.augment import Augmenter
-from kws.errors import CheckpointError, ConfigError, KwsError
+from kws.errors import CheckpointError, ConfigError, DataError, KwsError
 from kws.features import SpecAugment
-from kws.losses import CenterLoss, ClassifierHead, JointLoss, build_metric_loss
+from kws.losses import CenterLoss, ClassifierHead, DistillLoss, JointLoss, build_metric_loss
 from kws.model import KeywordModel, ModelConfig, load_checkpoint, preset, save_checkpoint
 from kws.train_config import SCHEDULES, EpochEvalConfig, LossConfig, ModelSection, OptimConfig, TrainConfig, resolve_words
 
@@ -112,6 +117,7 @@ class Run:
     heldout: list[str]
     audio: torch.Tensor  # int16 (N, samples), on the GPU when data.on_device
     labels: torch.Tensor  # (N,) on the training device
+    teacher: torch.Tensor | None  # (N, D_teacher) the teacher's embeddings (zeros: none), on the training device
     unlabelled: torch.Tensor | None  # int16 (M, samples) of data.unlabelled_root; None when train.unlabelled is 0
     eval_data: _EvalSet | None  # rank 0 only
     model: KeywordModel
@@ -157,38 +163,59 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
     bf16 = cfg.train.bf16 and device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
 
+    teacher_model = _load_teacher(cfg.data.teacher) if cfg.data.teacher else None  # fails before any data is read
     words, heldout = resolve_words(cfg.data)
     train_set = SpeechCommands(cfg.data.root, "training", words=words, heldout_words=heldout)
-    if len(train_set.classes) < cfg.train.p:
-        raise ConfigError(f"train.p={cfg.train.p} exceeds the {len(train_set.classes)} training words")
+    audio_np = train_set.load_all(progress=progress and is_main, pcm16=True)
+    classes, labels_np = list(train_set.classes), train_set.labels
+    paths, speakers = [str(c.path) for c in train_set.clips], train_set.speakers
+    if cfg.data.real_pack:
+        pack = _pack_clips(cfg, "training", heldout, audio_np.shape[1], progress and is_main)
+        classes += sorted(set(pack.words.tolist()) - set(classes))
+        labels_np = np.concatenate([labels_np, np.array([classes.index(w) for w in pack.words])])
+        audio_np = np.concatenate([audio_np, pack.audio])
+        paths, speakers = paths + pack.paths, np.concatenate([speakers, pack.speakers])
+    if len(classes) < cfg.train.p:
+        raise ConfigError(f"train.p={cfg.train.p} exceeds the {len(classes)} training words")
     log.info(
         "rank %d/%d on %s: %d training clips of %d words",
-        dist.rank, dist.world_size, device, len(train_set), len(train_set.classes),
+        dist.rank, dist.world_size, device, len(labels_np), len(classes),
     )  # fmt: skip
-    audio = torch.from_numpy(train_set.load_all(progress=progress and is_main, pcm16=True))
+    teacher = None
+    if teacher_model is not None:
+        synthetic = np.arange(len(labels_np)) < len(train_set)
+        words_np = np.array(classes)[labels_np]
+        if not is_main:
+            dist.barrier()  # rank 0 fills the cache once; the other ranks then read it
+        teacher = torch.from_numpy(_teacher_targets(cfg, teacher_model, audio_np, paths, words_np, speakers, synthetic,
+                                                    progress and is_main)).to(device)  # fmt: skip
+        if is_main:
+            dist.barrier()
+    audio = torch.from_numpy(audio_np)
     if cfg.data.on_device and device.type == "cuda":
         audio = audio.to(device)
-    labels = torch.from_numpy(train_set.labels).to(device)
-    unlabelled = _unlabelled_audio(cfg, train_set.classes, heldout, progress and is_main)
+    labels = torch.from_numpy(labels_np).to(device)
+    unlabelled = _unlabelled_audio(cfg, classes, heldout, progress and is_main)
     if unlabelled is not None and cfg.data.on_device and device.type == "cuda":
         unlabelled = unlabelled.to(device)
     eval_data = _eval_set(cfg, train_set, audio, heldout, progress) if is_main else None
 
     model = KeywordModel(model_config(cfg.model)).to(device)
-    loss = build_loss(cfg.loss, cfg.model.embedding_dim, len(train_set.classes)).to(device)
+    teacher_dim = 0 if teacher is None else teacher.shape[1]
+    loss = build_loss(cfg.loss, cfg.model.embedding_dim, len(classes), teacher_dim).to(device)
     step_module: nn.Module = TrainStep(model, SpecAugment(cfg.specaugment, model.frontend.cfg), loss, bf16)
     augmenter = Augmenter(cfg.augment, background_noise(cfg.data.root)).to(device)
     optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg.optim)
     sampler_type = HardClassSampler if cfg.train.sampler == "hard_class" else PKSampler
-    sampler = sampler_type(train_set.labels, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size)
+    sampler = sampler_type(labels_np, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size)
     run = Run(
-        cfg=cfg, dist=dist, bf16=bf16, classes=train_set.classes, heldout=heldout, audio=audio, labels=labels,
-        unlabelled=unlabelled, eval_data=eval_data, model=model, loss=loss, step_module=step_module,
+        cfg=cfg, dist=dist, bf16=bf16, classes=classes, heldout=heldout, audio=audio, labels=labels,
+        teacher=teacher, unlabelled=unlabelled, eval_data=eval_data, model=model, loss=loss, step_module=step_module,
         augmenter=augmenter, optimizer=optimizer, sampler=sampler,
         steps_per_epoch=cfg.train.steps_per_epoch or len(sampler),
     )  # fmt: skip
     if resume:
-        extra = _load_resume(run.out_dir / LAST, model, train_set.classes)
+        extra = _load_resume(run.out_dir / LAST, model, classes)
         loss.load_state_dict(extra["loss"])
         optimizer.load_state_dict(extra["optimizer"])
         run.start_epoch, run.step, run.best = int(extra["epoch"]), int(extra["step"]), float(extra["best"])
@@ -226,8 +253,9 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> EpochStats:
         factor = lr_factor(run.step, total_steps, warmup, cfg.optim.schedule, cfg.optim.min_lr_ratio)
         for group in run.optimizer.param_groups:
             group["lr"] = cfg.optim.lr * factor
-        wave, y = _batch(run, batch, gen)
-        terms, emb = optimize(run.step_module, run.optimizer, wave, y, cfg.optim.grad_clip, cfg.train.unlabelled)
+        wave, y, targets = _batch(run, batch, gen)
+        terms, emb = optimize(run.step_module, run.optimizer, wave, y, cfg.optim.grad_clip, cfg.train.unlabelled,
+                              targets)  # fmt: skip
         emb, y = emb[: len(emb) - cfg.train.unlabelled], y[: len(y) - cfg.train.unlabelled]
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value
@@ -276,7 +304,10 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> dict[str, Any]:
     )  # fmt: skip
     run.rows.append(row)
     write_metrics(run.out_dir, run.rows)
-    score = row.get(f"fewshot_{cfg.eval.best_shot}", row.get("seen_acc"))
+    if cfg.data.real_pack:
+        score = row.get(f"real_fewshot_{cfg.eval.best_shot}")
+    else:
+        score = row.get(f"fewshot_{cfg.eval.best_shot}", row.get("seen_acc"))
     improved = score is not None and score > run.best
     run.best = score if improved else run.best
     extra = {
@@ -292,20 +323,105 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> dict[str, Any]:
     return row
 
 
-def _batch(run: Run, batch: list[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augmented waveforms ``(B + U, samples)`` and labels ``(B + U,)`` of one batch; the ``U`` =
-    ``train.unlabelled`` unlabelled clips come last with label ``-1``, as :class:`JointLoss` expects."""
+def _batch(run: Run, batch: list[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Augmented waveforms ``(B + U, samples)``, labels ``(B + U,)`` and the teacher's embeddings
+    ``(B, D)`` (None without a teacher) of one batch; the ``U`` = ``train.unlabelled`` unlabelled
+    clips come last with label ``-1``, as :class:`JointLoss` expects."""
     device, n_unl = run.dist.device, run.cfg.train.unlabelled
     idx = torch.as_tensor(batch, device=run.audio.device)
     wave = _to_float(run.audio[idx].to(device, non_blocking=True))
     y = run.labels[idx.to(device)]
+    targets = None if run.teacher is None else run.teacher[idx.to(device)]
     if n_unl:
         pick = torch.randint(len(run.unlabelled), (n_unl,), device=device, generator=gen).to(run.unlabelled.device)
         wave = torch.cat([wave, _to_float(run.unlabelled[pick].to(device, non_blocking=True))])
         y = torch.cat([y, y.new_full((n_unl,), -1)])
     with torch.no_grad():
         wave = run.augmenter(wave, generator=gen)
-    return wave, y
+    return wave, y, targets
+
+
+@dataclass
+class _PackClips:
+    audio: np.ndarray  # int16 (N, samples)
+    words: np.ndarray
+    speakers: np.ndarray
+    paths: list[str]
+
+
+def _pack_clips(cfg: TrainConfig, split: str, heldout: list[str], samples: int, progress: bool) -> _PackClips:
+    """The real-speech pack's word clips of ``split``, each trimmed of silence and centred in
+    ``samples`` (as the synthetic clips are), without the held-out words."""
+    from tqdm import tqdm
+
+    from kws.audio import centre_speech, float_to_pcm16, load_audio
+    from kws.data.real_pack import read_pack
+
+    clips = read_pack(cfg.data.real_pack, split, cfg.data.real_heldout_fraction)
+    held = set(heldout)
+    dropped = sorted({c.word for c in clips} & held)
+    if dropped:
+        log.warning("%s: held-out word(s) left out of the pack: %s", cfg.data.real_pack, ", ".join(dropped))
+    clips = [c for c in clips if c.word not in held]
+    if not clips:
+        raise DataError(f"{cfg.data.real_pack}: no {split} word clips")
+    audio = np.empty((len(clips), samples), dtype=np.int16)
+    for i, c in enumerate(tqdm(clips, desc=f"real pack ({split})", unit="clip", disable=not progress)):
+        audio[i] = float_to_pcm16(centre_speech(load_audio(c.path), samples))
+    words = np.array([c.word for c in clips], dtype=str)
+    log.info("real pack %s: %d clips of %d words", split, len(clips), len(set(words.tolist())))
+    return _PackClips(audio, words, np.array([c.speaker for c in clips], dtype=str), [str(c.path) for c in clips])
+
+
+def _load_teacher(name: str) -> Any:
+    from kws.embedder import load_embedder
+
+    try:
+        return load_embedder(name, threads=torch.get_num_threads())
+    except KwsError as exc:
+        raise ConfigError(f"data.teacher: {exc}") from None
+
+
+def _teacher_targets(
+    cfg: TrainConfig, teacher: Any, audio: np.ndarray, paths: list[str], words: np.ndarray, speakers: np.ndarray,
+    synthetic: np.ndarray, progress: bool,
+) -> np.ndarray:  # fmt: skip
+    """The teacher's embeddings ``(N, D)`` float32 of the training clips ``audio`` (int16, as
+    loaded, clean), each trimmed of silence so that the teacher centres it in its own window.
+
+    Rows of zeros are clips left without one: synthetic clips of speakers past the first
+    ``data.max_speakers`` (the teacher's stem is what costs CPU time). Cached in
+    ``data.cache_dir``, keyed by the clips and the teacher, with a checksum
+    (:func:`kws.train_head.cached`).
+    """
+    import hashlib
+
+    from kws.audio import trim_silence
+    from kws.train_head import FrameSet, cached
+
+    chosen = np.ones(len(audio), dtype=bool)
+    if cfg.data.max_speakers:
+        kept = sorted(set(speakers[synthetic].tolist()))[: cfg.data.max_speakers]
+        chosen = ~synthetic | np.isin(speakers, kept)
+    idx = np.flatnonzero(chosen)
+    files = hashlib.sha256("\n".join(paths[i] for i in idx).encode()).hexdigest()
+    key = {"set": "teacher", "files": files, "teacher": teacher.model_id, "input": "trimmed training clip"}
+
+    def build() -> FrameSet:
+        from tqdm import tqdm
+
+        chunk, out = 256, []
+        for at in tqdm(range(0, len(idx), chunk), desc="teacher embeddings", unit="chunk", disable=not progress):
+            out.append(teacher([trim_silence(audio[i].astype(np.float32) / 32768.0) for i in idx[at : at + chunk]]))
+        emb = np.concatenate(out) if out else np.zeros((0, teacher.dim), np.float32)
+        return FrameSet(emb.astype(np.float16), words[idx], speakers[idx])
+
+    name = f"teacher-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}.npz"
+    fs = cached(Path(cfg.data.cache_dir) / name, key, build)
+    log.info("teacher %s: embeddings of %d of %d training clips", teacher.model_id, len(idx), len(audio))
+    targets = np.zeros((len(audio), fs.frames.shape[1]), dtype=np.float32)
+    targets[idx] = fs.frames
+    return targets
 
 
 def _unlabelled_audio(cfg: TrainConfig, words: list[str], heldout: list[str], progress: bool) -> torch.Tensor | None:
@@ -388,8 +504,9 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_loss(cfg: LossConfig, dim: int, num_classes: int) -> JointLoss:
-    """The configured :class:`JointLoss` (terms with weight 0 are left out).
+def build_loss(cfg: LossConfig, dim: int, num_classes: int, teacher_dim: int = 0) -> JointLoss:
+    """The configured :class:`JointLoss` (terms with weight 0 are left out); ``teacher_dim``: the
+    size of the teacher's embeddings, for the ``distill`` term.
 
     The metric term is named after its loss (``triplet``, ``circle`` …), so the
     logged columns say which one was trained.
@@ -407,6 +524,11 @@ def build_loss(cfg: LossConfig, dim: int, num_classes: int) -> JointLoss:
             dim, num_classes, cfg.classifier_kind, cfg.classifier_scale, cfg.classifier_margin
         )
         weights["classifier"] = cfg.classifier
+    if cfg.distill > 0:
+        if teacher_dim < 1:
+            raise ConfigError("loss.distill needs a teacher (data.teacher, scratch encoder only)")
+        terms["distill"] = DistillLoss(dim, teacher_dim)
+        weights["distill"] = cfg.distill
     return JointLoss(terms, weights)
 
 
@@ -428,10 +550,10 @@ class TrainStep(nn.Module):
         self.model, self.specaug, self.loss, self.bf16 = model, specaug, loss, bf16
 
     def forward(
-        self, wave: torch.Tensor, labels: torch.Tensor, unlabelled: int = 0
+        self, wave: torch.Tensor, labels: torch.Tensor, unlabelled: int = 0, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         emb = encode(self.model, wave, self.bf16, self.specaug)
-        total, terms = self.loss(emb, labels, unlabelled)
+        total, terms = self.loss(emb, labels, unlabelled, targets)
         return total, terms, emb
 
 
@@ -456,12 +578,14 @@ def optimize(
     labels: torch.Tensor,
     grad_clip: float,
     unlabelled: int = 0,
+    targets: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step; returns the loss terms (plus ``loss``, the total) and the embeddings.
 
-    The last ``unlabelled`` clips of the batch are unlabelled (label ``-1``, see :class:`~kws.losses.JointLoss`).
+    The last ``unlabelled`` clips of the batch are unlabelled (label ``-1``, see :class:`~kws.losses.JointLoss`);
+    ``targets`` are the teacher's embeddings of the others (``distill`` term).
     """
-    total, terms, emb = step(wave, labels, unlabelled)
+    total, terms, emb = step(wave, labels, unlabelled, targets)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip > 0:
@@ -545,6 +669,7 @@ class _EvalSet:
     heldout_audio: np.ndarray | None  # held-out words, testing speakers
     heldout_labels: np.ndarray | None
     heldout_speakers: np.ndarray | None
+    real: _PackClips | None = None  # the real-speech pack's held-out speakers
 
 
 def _eval_set(
@@ -580,6 +705,7 @@ def _eval_set(
         heldout_audio=test.load_all(progress=progress) if test is not None else None,
         heldout_labels=test.labels if test is not None else None,
         heldout_speakers=test.speakers if test is not None else None,
+        real=_pack_clips(cfg, "heldout", heldout, train_audio.shape[1], progress) if cfg.data.real_pack else None,
     )
 
 
@@ -588,10 +714,11 @@ def evaluate_epoch(
 ) -> dict[str, float]:
     """Embedding-space figures of ``model`` on ``data``.
 
-    Keys: ``seen_acc``, ``fewshot_<k>`` and ``fewshot_<k>_ci95`` per shot count, ``eer``;
+    Keys: ``seen_acc``, ``fewshot_<k>`` and ``fewshot_<k>_ci95`` per shot count, ``eer`` (held-out
+    synthetic words), and the same prefixed ``real_`` on the real-speech pack's held-out speakers;
     a figure the data cannot give is left out.
     """
-    from kws.metrics import few_shot_accuracy, nearest_center_accuracy, open_set_eer
+    from kws.metrics import nearest_center_accuracy
 
     out: dict[str, float] = {}
     if data.val_audio is not None:
@@ -600,20 +727,34 @@ def evaluate_epoch(
         out["seen_acc"] = nearest_center_accuracy(ref, data.ref_labels, val, data.val_labels)
     if data.heldout_audio is not None:
         emb = embed_audio(model, data.heldout_audio, device, bf16, cfg.batch_size)
-        for k in cfg.shots:
-            try:
-                res = few_shot_accuracy(
-                    emb, data.heldout_labels, n_way=cfg.n_way, k_shot=k, episodes=cfg.episodes,
-                    queries=cfg.queries, speakers=data.heldout_speakers, seed=0,
-                )  # fmt: skip
-            except ValueError as exc:
-                log.warning("no %d-shot evaluation: %s", k, exc)
-                continue
-            out[f"fewshot_{k}"], out[f"fewshot_{k}_ci95"] = res.mean, res.ci95
+        out.update(_few_shot(emb, data.heldout_labels, data.heldout_speakers, cfg, ""))
+    if data.real is not None:
+        emb = embed_audio(model, data.real.audio, device, bf16, cfg.batch_size)
+        labels = np.unique(data.real.words, return_inverse=True)[1]
+        out.update(_few_shot(emb, labels, data.real.speakers, cfg, "real_"))
+    return out
+
+
+def _few_shot(emb: np.ndarray, labels: np.ndarray, speakers: np.ndarray, cfg: EpochEvalConfig,
+              prefix: str) -> dict[str, float]:  # fmt: skip
+    """Few-shot accuracy across speakers (with its 95% interval) per shot count, and open-set EER."""
+    from kws.metrics import few_shot_accuracy, open_set_eer
+
+    out: dict[str, float] = {}
+    for k in cfg.shots:
         try:
-            out["eer"] = open_set_eer(emb, data.heldout_labels, k_shot=cfg.best_shot, episodes=cfg.eer_episodes)
+            res = few_shot_accuracy(
+                emb, labels, n_way=cfg.n_way, k_shot=k, episodes=cfg.episodes,
+                queries=cfg.queries, speakers=speakers, seed=0,
+            )  # fmt: skip
         except ValueError as exc:
-            log.warning("no open-set EER: %s", exc)
+            log.warning("no %s%d-shot evaluation: %s", prefix, k, exc)
+            continue
+        out[f"{prefix}fewshot_{k}"], out[f"{prefix}fewshot_{k}_ci95"] = res.mean, res.ci95
+    try:
+        out[f"{prefix}eer"] = open_set_eer(emb, labels, k_shot=cfg.best_shot, episodes=cfg.eer_episodes)
+    except ValueError as exc:
+        log.warning("no %sopen-set EER: %s", prefix, exc)
     return out
 
 

@@ -59,15 +59,22 @@ class DataConfig:
     # Unlabelled speech for the OIM loss's queue: the training-split clips of this corpus's
     # words that are neither training nor held-out words; train.unlabelled of them join each batch.
     unlabelled_root: str = ""
-    # Over a pretrained stem (model.stem): the real-speech pack (its clips.csv) as a second source,
-    # the share of its speakers held out for the real-speech curve, where stem frames are cached,
-    # copies of each clip in the cache (1 clean + augmented ones) and, to bound the CPU time of
-    # the cache, at most this many synthetic training speakers (0: all).
+    # The real-speech pack (its clips.csv) as a second source, labels shared by word with the
+    # synthetic corpus, and the share of its speakers held out for the real-speech curve (which
+    # then chooses best.pt). Over a pretrained stem (model.stem): where stem frames (and, for the
+    # scratch encoder, teacher embeddings) are cached, copies of each clip in the cache (1 clean
+    # + augmented ones) and, to bound the CPU time of the stem, at most this many synthetic
+    # training speakers go through it (0: all): over a stem, the speakers trained on; for the
+    # scratch encoder, those whose clips get teacher embeddings (data.teacher).
     real_pack: str = ""
     real_heldout_fraction: float = 0.15
     cache_dir: str = "data/stem_cache"
     copies: int = 2
     max_speakers: int = 0
+    # Scratch encoder: a model (bundled name or checkpoint, as load_embedder takes it) whose
+    # embeddings of the clean training clips the encoder learns to reproduce, weighted by
+    # loss.distill; "" for none.
+    teacher: str = ""
     context: float = 0.0  # share of augmented copies placed after another word, as in a stream
     conditions: bool = False  # augmented copies also through simulated rooms, channels and codecs
 
@@ -123,6 +130,9 @@ class LossConfig:
     proxy_anchor_delta: float = 0.1
     proxy_anchor_temperature: float = 0.1  # soft maximum over a class's proxies
     center_alpha: float = 0.5
+    # Teacher–student term (data.teacher): 1 - cos(W s, t), W a learned map from the embedding
+    # to the teacher's, part of the loss and not of the model.
+    distill: float = 0.0
 
     def metric_term_weight(self) -> float:
         """The weight of the metric term (``triplet`` when an old config sets it, else ``metric_weight``)."""
@@ -242,8 +252,12 @@ class TrainConfig:
             (min(self.eval.episodes, self.eval.queries, self.eval.eer_episodes) >= 1, "eval episodes and queries must be >= 1"),
             (self.eval.ref_per_word >= 1 and self.eval.batch_size >= 1, "eval.ref_per_word and eval.batch_size must be >= 1"),
             (self.eval.every >= 1, "eval.every must be at least 1"),
-            (self.model.stem != "scratch" or not (self.data.extra_roots or self.data.real_pack or self.data.conditions),
-             "data.extra_roots, data.real_pack and data.conditions are for a head over a stem (model.stem)"),
+            (self.model.stem != "scratch" or not (self.data.extra_roots or self.data.conditions),
+             "data.extra_roots and data.conditions are for a head over a stem (model.stem)"),
+            (self.loss.distill >= 0, "loss.distill must be >= 0"),
+            (bool(self.data.teacher) == (self.loss.distill > 0),
+             "distillation needs both data.teacher (the teacher model) and loss.distill > 0 (its weight)"),
+            (not self.data.teacher or self.model.stem == "scratch", "data.teacher is for the scratch encoder (model.stem)"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:

@@ -23,6 +23,40 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TINY_WORDS = ("yes", "no", "cat", "bat", "left", "seven")
 
 
+def _fake_pack(root: Path, words=("alpha", "bravo", "charlie", "delta"), speakers: int = 12, takes: int = 1) -> Path:
+    import csv
+
+    import numpy as np
+
+    from kws.audio import SAMPLE_RATE as SR
+    from kws.audio import write_audio
+
+    rows = []
+    for w_i, word in enumerate(words):
+        (root / word).mkdir(parents=True)
+        for s in range(speakers):
+            for t in range(takes):
+                rng = np.random.default_rng(100 * w_i + 10 * s + t)
+                tt = np.arange(int(0.5 * SR)) / SR
+                f0 = 200 + 150 * w_i + rng.uniform(-10, 10)
+                x = 0.3 * np.sin(2 * np.pi * f0 * tt * (1 + 0.3 * w_i * tt)) + 0.01 * rng.standard_normal(len(tt))
+                rel = f"{word}/s{s}_{t}.wav"
+                write_audio(root / rel, x.astype(np.float32))
+                rows.append([rel, "fake", word, f"fake{s}", "", "", "laptop", "isolated", "MIT"])
+    with (root / "clips.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "source", "word", "speaker", "gender", "dialect", "channel", "context", "licence"])
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def fake_pack():
+    """Writes a real-speech pack layout (clips.csv, one chirp per word, speaker and take) at a root:
+    ``fake_pack(root, words=..., speakers=12, takes=1)`` → root."""
+    return _fake_pack
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic Speech Commands-layout corpus: 6 words (with the similar pair

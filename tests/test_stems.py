@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -184,43 +183,21 @@ def test_stem_frame_cache_rebuilds_when_corrupt(tmp_path):
     assert len(calls) == 3
 
 
-def _fake_pack(root, words=("alpha", "bravo", "charlie", "delta"), speakers=12, takes=1):
-    from kws.audio import write_audio
-
-    rows = []
-    for w_i, word in enumerate(words):
-        (root / word).mkdir(parents=True)
-        for s in range(speakers):
-            for t in range(takes):
-                rng = np.random.default_rng(100 * w_i + 10 * s + t)
-                tt = np.arange(int(0.5 * SR)) / SR
-                f0 = 200 + 150 * w_i + rng.uniform(-10, 10)
-                x = 0.3 * np.sin(2 * np.pi * f0 * tt * (1 + 0.3 * w_i * tt)) + 0.01 * rng.standard_normal(len(tt))
-                rel = f"{word}/s{s}_{t}.wav"
-                write_audio(root / rel, x.astype(np.float32))
-                rows.append([rel, "fake", word, f"fake{s}", "", "", "laptop", "isolated", "MIT"])
-    with (root / "clips.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "source", "word", "speaker", "gender", "dialect", "channel", "context", "licence"])
-        w.writerows(rows)
-    return root
-
-
-def test_real_pack_splits_are_speaker_disjoint(tmp_path):
+def test_real_pack_splits_are_speaker_disjoint(tmp_path, fake_pack):
     from kws.data.real_pack import read_pack
 
-    root = _fake_pack(tmp_path / "pack")
+    root = fake_pack(tmp_path / "pack")
     train, held = read_pack(root, "training", 0.3), read_pack(root, "heldout", 0.3)
     assert len(train) + len(held) == len(read_pack(root, "all"))
     assert held and not {c.speaker for c in train} & {c.speaker for c in held}
 
 
 @pytest.mark.slow
-def test_head_trains_on_a_pack_and_writes_a_run(tmp_path):
+def test_head_trains_on_a_pack_and_writes_a_run(tmp_path, fake_pack):
     from kws.model import HeadModel, load_model
     from kws.train_config import load_config
 
-    root = _fake_pack(tmp_path / "pack")
+    root = fake_pack(tmp_path / "pack")
     cfg = load_config(None, [
         'data.root=""', f'data.real_pack="{root}"', f'data.cache_dir="{tmp_path / "cache"}"',
         "data.real_heldout_fraction=0.4", 'model.stem="speech-embedding"', "model.head_frames=4",
@@ -272,9 +249,10 @@ def test_scratch_model_refuses_options_of_a_head_over_a_stem():
     from kws.errors import ConfigError
     from kws.train_config import load_config
 
-    for option in ('data.extra_roots=["x"]', "data.conditions=true", 'data.real_pack="x"'):
+    for option in ('data.extra_roots=["x"]', "data.conditions=true"):
         with pytest.raises(ConfigError, match="head over a stem"):
             load_config(None, [option])
+    assert load_config(None, ['data.real_pack="x"']).data.real_pack == "x"  # the scratch encoder reads a pack too
 
 
 def test_composed_export_runs_without_the_stem_package(head_checkpoint, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -362,3 +363,83 @@ def test_model_config_at_another_sample_rate_is_refused() -> None:
     d["frontend"]["sample_rate"] = 8000
     with pytest.raises(CheckpointError, match="8000 Hz; kws works at 16000 Hz"):
         ModelConfig.from_dict(d)
+
+
+@pytest.mark.slow
+def test_real_pack_joins_scratch_training_with_shared_labels(tiny_corpus: Path, tmp_path: Path, fake_pack) -> None:
+    # "yes" is a synthetic training word, "no" a held-out one: the first shares a class, the second never trains.
+    pack = fake_pack(tmp_path / "pack", words=("yes", "alpha", "bravo", "charlie", "no"))
+    out = tmp_path / "run"
+    sets = tiny_overrides(tiny_corpus, out, epochs=2) + [f'data.real_pack="{pack}"', "data.real_heldout_fraction=0.4"]
+    train(load_config(None, sets), progress=False)
+    extra = torch.load(out / "last.pt", weights_only=True)["extra"]
+    assert extra["classes"] == ["bat", "cat", "left", "yes", "alpha", "bravo", "charlie"]
+    rows = read_rows(out)
+    assert all(0 <= r["real_fewshot_1"] <= 1 and "fewshot_1" in r for r in rows)
+    csv_header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "real_fewshot_1" in csv_header and "real_eer" in csv_header
+    # best.pt follows the real-speech curve.
+    best = torch.load(out / "best.pt", weights_only=True)["extra"]["metrics"]
+    assert best["real_fewshot_1"] == max(r["real_fewshot_1"] for r in rows)
+    with pytest.raises(ConfigError, match="data.extra_roots and data.conditions"):
+        load_config(None, sets + ["data.conditions=true"])
+
+
+@pytest.mark.slow
+def test_distillation_trains_caches_the_teacher_and_rebuilds_a_corrupt_cache(
+    tiny_corpus: Path, tmp_path: Path, fake_pack, random_checkpoint: Path
+) -> None:
+    from kws.losses import DistillLoss
+
+    # Rows of zeros have no teacher embedding and stay out of the mean.
+    term = DistillLoss(4, 3)
+    s, t = torch.randn(4, 4), torch.randn(4, 3)
+    with torch.no_grad():
+        assert float(term(s, torch.cat([t[:2], torch.zeros(2, 3)]))) == pytest.approx(float(term(s[:2], t[:2])))
+
+    pack = fake_pack(tmp_path / "pack", words=("alpha", "bravo", "charlie"))
+    cache = tmp_path / "cache"
+
+    def run(name: str, epochs: int = 2, resume: bool = False) -> list[dict]:
+        sets = tiny_overrides(tiny_corpus, tmp_path / name, epochs=epochs) + [
+            f'data.real_pack="{pack}"', "data.real_heldout_fraction=0.4", f'data.teacher="{random_checkpoint}"',
+            "loss.distill=1.0", f'data.cache_dir="{cache}"', "data.max_speakers=4",
+        ]  # fmt: skip
+        train(load_config(None, sets), resume=resume, progress=False)
+        return read_rows(tmp_path / name)
+
+    rows = run("a")
+    assert all(torch.isfinite(torch.tensor(r["loss_distill"])) and 0 < r["loss_distill"] < 2 for r in rows)
+    (cached,) = cache.glob("teacher-*.npz")
+    stamp = cached.stat().st_mtime_ns
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert state["extra"]["loss"]["terms.distill.project.weight"].shape == (128, 128)
+    assert not any("distill" in k for k in state["state_dict"])  # the exported model is the plain student
+    assert len(run("a", epochs=3, resume=True)) == 3
+    run("b")
+    assert cached.stat().st_mtime_ns == stamp  # reused, not recomputed
+    with np.load(cached) as z:
+        good = z["frames"].copy()
+    from kws.data.real_pack import read_pack
+
+    # Every pack clip, and the synthetic clips of max_speakers=4 of the 8 training speakers (4 words each).
+    assert good.shape == (len(read_pack(pack, "training", 0.4)) + 4 * 4, 128)
+    cached.write_bytes(b"not a cache")
+    run("c")
+    with np.load(cached) as z:
+        assert np.array_equal(z["frames"], good)
+
+
+def test_distillation_settings_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from kws.cli import main
+
+    with pytest.raises(ConfigError, match="data.teacher .* and loss.distill"):
+        load_config(None, ['data.teacher="speech-embedding"'])
+    with pytest.raises(ConfigError, match="data.teacher .* and loss.distill"):
+        load_config(None, ["loss.distill=1.0"])
+    with pytest.raises(ConfigError, match="data.teacher is for the scratch encoder"):
+        load_config(None, ['data.teacher="speech-embedding"', "loss.distill=1.0", 'model.stem="speech-embedding"'])
+    code = main(["train", "--set", f'data.teacher="{tmp_path / "missing.pt"}"', "--set", "loss.distill=1.0",
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "data.teacher" in err[0] and "missing.pt" in err[0]
