@@ -19,7 +19,6 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from kws.audio import (
     CANCEL_MESSAGE,
@@ -111,6 +110,10 @@ class StreamResampler:
         return self._drain()[:missing]
 
     def _drain(self) -> np.ndarray:
+        # Imported here: scipy.signal takes most of a second to import (kws.audio.resample
+        # does the same), and a 16 kHz source never resamples.
+        from scipy.signal import resample_poly
+
         c, s = self.context, self.step
         lo, hi = c * self.up // self.down, (c + s) * self.up // self.down
         out = []
