@@ -204,18 +204,17 @@ def test_onnx_path_never_imports_torch(exported: dict, tmp_path: Path) -> None:
     assert np.abs(np.array(result["scores"]) - expected).max() <= 1e-4
 
 
-def test_few_clip_commands_run_the_bundled_model_on_onnx_runtime(random_checkpoint: Path) -> None:
+def test_commands_run_bundled_models_on_onnx_runtime(random_checkpoint: Path) -> None:
     import argparse
 
     from kws.cli._common import add_model_arguments, embedder_from_args
 
-    def args(few_clips: bool, *argv: str) -> argparse.Namespace:
+    def args(*argv: str) -> argparse.Namespace:
         parser = argparse.ArgumentParser()
-        add_model_arguments(parser, few_clips=few_clips)
+        add_model_arguments(parser)
         return parser.parse_args([*argv, "--threads", "1"])
 
-    assert embedder_from_args(args(True)).backend == "onnx"
-    assert isinstance(embedder_from_args(args(True, "--model", "scratch")), OnnxEmbedder)
-    assert embedder_from_args(args(False)).backend == "torch"  # detection and evaluation: as asked
-    assert embedder_from_args(args(True, "--backend", "torch")).backend == "torch"  # an explicit choice wins
-    assert isinstance(embedder_from_args(args(True, "--model", str(random_checkpoint))), TorchEmbedder)  # a .pt stays
+    assert embedder_from_args(args()).backend == "onnx"
+    assert isinstance(embedder_from_args(args("--model", "scratch")), OnnxEmbedder)
+    assert embedder_from_args(args("--backend", "torch")).backend == "torch"  # an explicit choice wins
+    assert isinstance(embedder_from_args(args("--model", str(random_checkpoint))), TorchEmbedder)  # a .pt stays

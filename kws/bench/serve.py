@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from kws.bench._machine import add_load_argument
     from kws.cli._common import add_model_arguments
 
-    add_model_arguments(parser, few_clips=True, streaming=True)
+    add_model_arguments(parser, streaming=True)
     add_load_argument(parser)
     parser.add_argument("--streams", default="1,5,10,20,30", metavar="N,N,...", help="stream counts to try (default 1,5,10,20,30)")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream and count (default 20)")

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
     add_device_arguments(p)
-    add_model_arguments(p, few_clips=True)
+    add_model_arguments(p)
     p.set_defaults(func=_run)
 
 

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="other speech for re-calibration: an impostor-set .npz or a folder of clips; default: the bundled set",
     )
     p.add_argument("--rule", choices=NEGATIVE_RULES, help="how negatives act (default: the keyword's, suppress)")
-    add_model_arguments(p, few_clips=True)
+    add_model_arguments(p)
     p.set_defaults(func=_run)
 
 

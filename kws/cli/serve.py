@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="the web page's token (default: a random one, printed at start)")
     p.add_argument("--max-connections", type=int, default=64, help="open Wyoming connections at most (default 64)")
     add_detector_arguments(p)
-    add_model_arguments(p, few_clips=True, streaming=True)
+    add_model_arguments(p, streaming=True)
     p.set_defaults(func=run)
 
 
