@@ -215,6 +215,24 @@ def test_cli_detect_file_json(embedder, scene, random_checkpoint, tmp_path, caps
     assert "done" in err and f"{len(truth)} event(s)" in err
 
 
+def test_cli_detect_says_when_the_input_is_shorter_than_a_hop(scene, random_checkpoint, tmp_path, capsys, monkeypatch):
+    import io
+
+    from kws.audio import write_audio
+    from kws.cli import main
+
+    _, bank, _ = scene
+    bank_path, short = tmp_path / "bank.json", tmp_path / "short.wav"
+    bank.save(bank_path)
+    write_audio(short, np.full(800, 0.1, dtype=np.float32))  # 50 ms
+    common = ["--bank", str(bank_path), "--model", str(random_checkpoint), "--threads", "1"]
+    assert main(["detect", str(short), *common]) == 2
+    assert "less than one hop (100 ms)" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\x00\x01" * 500)))
+    assert main(["detect", "-", *common]) == 2
+    assert "less than one hop" in capsys.readouterr().err
+
+
 def test_cli_detect_keeps_pending_clips_and_prints_the_summary_when_the_stream_fails(
     embedder, scene, random_checkpoint, tmp_path, capsys, monkeypatch
 ):

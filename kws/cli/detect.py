@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
             recorder.close()
             print(f"kws detect: {len(recorder.written)} event clip(s) saved in {args.save_events}", file=sys.stderr)
         _summary(detector, source, time.monotonic() - started, interrupted, failed)
+    if detector.stats.hops == 0 and not interrupted:
+        from kws.errors import AudioError
+
+        raise AudioError(f"{args.source}: less than one hop ({cfg.hop_ms:g} ms) of audio: nothing was scored")
     return 0
 
 
