@@ -77,6 +77,9 @@ class DataConfig:
     teacher: str = ""
     context: float = 0.0  # share of augmented copies placed after another word, as in a stream
     conditions: bool = False  # augmented copies also through simulated rooms, channels and codecs
+    # Over a pretrained stem: each source's sampling weight, in the order root, extra_roots...,
+    # real_pack (empty: all 1). A word's K clips in a batch are drawn in proportion to them.
+    weights: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -252,8 +255,12 @@ class TrainConfig:
             (min(self.eval.episodes, self.eval.queries, self.eval.eer_episodes) >= 1, "eval episodes and queries must be >= 1"),
             (self.eval.ref_per_word >= 1 and self.eval.batch_size >= 1, "eval.ref_per_word and eval.batch_size must be >= 1"),
             (self.eval.every >= 1, "eval.every must be at least 1"),
-            (self.model.stem != "scratch" or not (self.data.extra_roots or self.data.conditions),
-             "data.extra_roots and data.conditions are for a head over a stem (model.stem)"),
+            (self.model.stem != "scratch" or not (self.data.extra_roots or self.data.conditions or self.data.weights),
+             "data.extra_roots, data.conditions and data.weights are for a head over a stem (model.stem)"),
+            (not self.data.weights or len(self.data.weights)
+             == bool(self.data.root) + len(self.data.extra_roots) + bool(self.data.real_pack),
+             "data.weights needs one weight per source: root, each of extra_roots, real_pack (those set)"),
+            (all(w >= 0 for w in self.data.weights), "data.weights must be >= 0"),
             (self.loss.distill >= 0, "loss.distill must be >= 0"),
             (bool(self.data.teacher) == (self.loss.distill > 0),
              "distillation needs both data.teacher (the teacher model) and loss.distill > 0 (its weight)"),

@@ -347,6 +347,9 @@ def train_head(
         raise ConfigError("no training data: set data.root (a synthetic corpus) and/or data.real_pack")
 
     all_frames = np.concatenate([s.frames for s in train_sets])
+    weights = None
+    if cfg.data.weights:
+        weights = np.concatenate([np.full(len(s.words), w) for s, w in zip(train_sets, cfg.data.weights)])
     classes, labels = np.unique(np.concatenate([s.words for s in train_sets]), return_inverse=True)
     log.info("%d training clips of %d words from %d sources", len(labels), len(classes), len(train_sets))
     if len(classes) < cfg.train.p:
@@ -356,7 +359,7 @@ def train_head(
     loss = build_loss(cfg.loss, model.dim, len(classes))
     params = list(model.parameters()) + list(loss.parameters())
     opt = make_optimizer(params, cfg.optim)
-    sampler = PKSampler(labels, cfg.train.p, cfg.train.k, seed=cfg.train.seed)
+    sampler = PKSampler(labels, cfg.train.p, cfg.train.k, seed=cfg.train.seed, weights=weights)
     steps = cfg.train.steps_per_epoch or len(sampler)
     total = steps * cfg.train.epochs
     rng = np.random.default_rng(cfg.train.seed)

@@ -138,3 +138,43 @@ def test_hard_class_sampler_checks_centers() -> None:
     # An all-zero row (a class never seen) is allowed: it is simply no one's neighbour in particular.
     sampler.set_centers(np.zeros((8, 3)))
     assert all(len(set(CLUSTERED[b].tolist())) == 2 for b in sampler)
+
+
+def test_weighted_pk_batches_draw_a_class_clips_in_proportion_to_their_weights():
+    # Two classes of 20 clips: in each, the first 10 clips (one "source") weigh 3, the rest 1.
+    labels = np.repeat([0, 1], 20)
+    weights = np.tile(np.r_[np.full(10, 3.0), np.ones(10)], 2)
+    sampler = PKSampler(labels, p=2, k=4, seed=0, weights=weights)
+    drawn = []
+    for epoch in range(50):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            assert sorted(labels[batch].tolist()) == [0] * 4 + [1] * 4
+            assert len(set(batch)) == 8  # without replacement while enough clips have weight
+            drawn += batch
+    heavy = np.isin(np.asarray(drawn) % 20, np.arange(10)).mean()
+    assert 0.65 < heavy < 0.8, heavy  # 3 / (3 + 1) per draw, less without replacement
+
+    only_light = np.tile(np.r_[np.zeros(10), np.ones(10)], 2)
+    sampler = PKSampler(labels, p=2, k=4, seed=0, weights=only_light)
+    assert all((np.asarray(b) % 20 >= 10).all() for b in sampler)  # weight 0: never drawn
+
+
+def test_pk_sampler_refuses_bad_weights():
+    labels = np.repeat([0, 1], 4)
+    for weights, message in ((np.ones(3), "one finite weight"), (-np.ones(8), "one finite weight"),
+                             (np.r_[np.zeros(4), np.ones(4)], "every class")):
+        with pytest.raises(KwsError, match=message):
+            PKSampler(labels, p=2, k=2, weights=weights)
+
+
+def test_source_weights_need_one_weight_per_source():
+    from kws.errors import ConfigError
+    from kws.train_config import load_config
+
+    head = ['model.stem="speech-embedding"', 'data.real_pack="pack"']
+    assert load_config(None, [*head, "data.weights=[1.0, 2.0]"]).data.weights == [1.0, 2.0]
+    with pytest.raises(ConfigError, match="one weight per source"):
+        load_config(None, [*head, "data.weights=[1.0]"])
+    with pytest.raises(ConfigError, match="head over a stem"):
+        load_config(None, ["data.weights=[1.0]"])

@@ -227,7 +227,7 @@ def test_head_trains_on_several_corpora_under_recording_conditions(tiny_corpus, 
     other = shutil.copytree(tiny_corpus, tmp_path / "other_engine")
     cache = tmp_path / "cache"
     cfg = load_config(None, [
-        f'data.root="{tiny_corpus}"', f'data.extra_roots=["{other}"]', "data.conditions=true",
+        f'data.root="{tiny_corpus}"', f'data.extra_roots=["{other}"]', "data.conditions=true", "data.weights=[1.0, 0.5]",
         f'data.cache_dir="{cache}"', 'model.stem="speech-embedding"', "model.head_frames=4", "train.p=4", "train.k=2",
         "train.epochs=1", "train.steps_per_epoch=2", f'train.out_dir="{tmp_path / "run"}"',
     ])  # fmt: skip

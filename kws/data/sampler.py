@@ -23,6 +23,10 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
     ``(seed, epoch)``: call :meth:`set_epoch` each epoch. Under distributed
     training every rank builds the same epoch plan and takes every
     ``world_size``-th batch, so ranks see different batches, the same number each.
+
+    ``weights`` (one per clip, >= 0), if given, make a class's K clips a weighted draw
+    from its clips instead (without replacement while enough have weight): e.g. the
+    sampling weight of each clip's data source.
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        weights: Sequence[float] | None = None,
     ) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         if labels.ndim != 1 or len(labels) == 0:
@@ -51,6 +56,14 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         bounds = np.cumsum(np.bincount(inverse))[:-1]
         self._members = np.split(order, bounds)  # dataset indices of each class
         self._batches_total = max(len(labels) // (p * k), world_size)
+        self.weights = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != labels.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise KwsError(f"{type(self).__name__} needs one finite weight >= 0 per label")
+            if any(w[m].sum() <= 0 for m in self._members):
+                raise KwsError("every class needs a clip of weight > 0")
+            self.weights = w
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -78,6 +91,11 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
             batch = []
             for c in next(plan):
                 members = self._members[c]
+                if self.weights is not None:
+                    w = self.weights[members]
+                    replace = np.count_nonzero(w) < self.k
+                    batch += rng.choice(members, self.k, replace=replace, p=w / w.sum()).tolist()
+                    continue
                 if len(members) < self.k:
                     batch += rng.choice(members, self.k, replace=True).tolist()
                     continue
