@@ -381,7 +381,7 @@ def test_real_pack_joins_scratch_training_with_shared_labels(tiny_corpus: Path, 
     # best.pt follows the real-speech curve.
     best = torch.load(out / "best.pt", weights_only=True)["extra"]["metrics"]
     assert best["real_fewshot_1"] == max(r["real_fewshot_1"] for r in rows)
-    with pytest.raises(ConfigError, match="data.extra_roots and data.conditions"):
+    with pytest.raises(ConfigError, match="are for a head over a stem"):
         load_config(None, sets + ["data.conditions=true"])
 
 
