@@ -31,7 +31,7 @@ from kws.scoring import fire_threshold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detector", "DetectorConfig", "DetectorStats", "GATED_SCORE", "Trigger", "detect_stream"]
+__all__ = ["Detector", "DetectorConfig", "DetectorStats", "GATED_SCORE", "HopWindows", "Trigger", "detect_stream"]
 
 # Score pushed into the smoothing history for a hop the energy gate skipped:
 # the lowest cosine, so a skipped hop can never help a keyword fire.
@@ -139,6 +139,28 @@ class Trigger:
         return Event(self.names[best], float(smoothed[best]), float(self.thresholds[best]), time)
 
 
+class HopWindows:
+    """A stream cut into hops: audio in chunks of any length in, for every completed hop its new
+    samples and the window that ends with them out (what a detector scores every hop)."""
+
+    def __init__(self, window_samples: int, hop: int) -> None:
+        self.hop = hop
+        self.window = np.zeros(window_samples, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def push(self, samples: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(new (hop,), window (window_samples,))`` of each hop ``samples`` completes; the rest waits."""
+        pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        hops, start = [], 0
+        while len(pending) - start >= self.hop:
+            new = pending[start : start + self.hop]
+            start += self.hop
+            self.window = np.concatenate([self.window[self.hop :], new])
+            hops.append((new, self.window))
+        self._pending = pending[start:].copy()
+        return hops
+
+
 @dataclass
 class DetectorStats:
     """What the detector has done so far."""
@@ -174,8 +196,7 @@ class Detector:
 
     def reset(self) -> None:
         """Start a new stream."""
-        self._window = np.zeros(self.embedder.window_samples, dtype=np.float32)
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._hops = HopWindows(self.embedder.window_samples, self.hop)
         self.path.reset()
         self.trigger.reset()
         self.stats = DetectorStats()
@@ -196,22 +217,16 @@ class Detector:
             raise KwsError(f"the detector takes mono audio (samples,), got shape {samples.shape}")
         if not np.issubdtype(samples.dtype, np.floating):
             raise KwsError(f"the detector takes float audio in [-1, 1], got {samples.dtype}")
-        pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
-        start = 0
-        while len(pending) - start >= self.hop:
-            new = pending[start : start + self.hop]
-            start += self.hop
-            self._window = np.concatenate([self._window[self.hop :], new])
-            self.path.update(new, self._window)
+        for new, window in self._hops.push(samples):
+            self.path.update(new, window)
             self.stats.samples += self.hop
             self.stats.hops += 1
             time = self.stats.samples / SAMPLE_RATE
-            if self.cfg.gated(self._window):
+            if self.cfg.gated(window):
                 yield time, None
                 continue
             self.stats.embedded += 1
             yield time, self.path.embed()
-        self._pending = pending[start:].copy()
 
     def process(self, samples: np.ndarray) -> list[Event]:
         """Feed a chunk ``(n,)`` of 16 kHz mono float32 audio; returns the events it completed."""

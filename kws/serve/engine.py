@@ -32,7 +32,7 @@ import numpy as np
 
 from kws.audio import SAMPLE_RATE, pcm16_to_float
 from kws.bank import KeywordBank
-from kws.detect import DetectorConfig, Trigger
+from kws.detect import DetectorConfig, HopWindows, Trigger
 from kws.events import Event
 from kws.embedder import Embedder, WaveformWindow
 from kws.errors import BankError, KwsError
@@ -118,9 +118,10 @@ class BankStore:
 
 @dataclass
 class _Hop:
-    """A hop that is due: the window ending at ``time``."""
+    """A hop that is due: its new samples and the window they end, at ``time``."""
 
     time: float
+    new: np.ndarray
     window: np.ndarray
     gated: bool  # below the energy gate: not scored
     due: float  # time.monotonic() when its last sample arrived
@@ -143,9 +144,8 @@ class Stream:
         self.channels = channels
         self.resampler = StreamResampler(rate)
         self.trigger = Trigger.for_bank(bank, cfg)
-        self.window = np.zeros(engine.embedder.window_samples, dtype=np.float32)
+        self._windows = HopWindows(engine.embedder.window_samples, engine.hop)
         self.path = engine.embedder.stream(engine.hop) if engine.incremental else None
-        self._pending = np.zeros(0, dtype=np.float32)
         self.hops = 0
         self.due: collections.deque[_Hop] = collections.deque()
         self.events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: end of stream
@@ -172,17 +172,11 @@ class Stream:
         self._push(self.resampler.flush())
 
     def _push(self, samples: np.ndarray) -> None:
-        hop = self.engine.hop
-        pending = np.concatenate([self._pending, samples])
         now = time.monotonic()
-        start = 0
-        while len(pending) - start >= hop:
-            self.window = np.concatenate([self.window[hop:], pending[start : start + hop]])
-            start += hop
+        for new, window in self._windows.push(samples):
             self.hops += 1
-            gated = self.engine.cfg.gated(self.window)
-            self.due.append(_Hop(self.hops * hop / SAMPLE_RATE, self.window, gated, now))
-        self._pending = pending[start:]
+            gated = self.engine.cfg.gated(window)
+            self.due.append(_Hop(self.hops * self.engine.hop / SAMPLE_RATE, new, window, gated, now))
         if self.due:
             self._idle.clear()
             if len(self.due) >= self.engine.max_backlog:
@@ -334,7 +328,7 @@ class BatchEngine:
                 emb = self._embed(work) if n else None
             except Exception:  # a failing model must not hang every stream
                 log.exception("embedding a batch of %d windows failed; their hops are skipped", n)
-                work = [(s, [_Hop(h.time, h.window, True, h.due) for h in hops]) for s, hops in work]
+                work = [(s, [_Hop(h.time, h.new, h.window, True, h.due) for h in hops]) for s, hops in work]
                 for s, _ in work:
                     if s.path is not None:
                         # A half-updated state would stay wrong; from silence it is right a window later.
@@ -358,7 +352,7 @@ class BatchEngine:
         for stream, hops in work:
             for h in hops:
                 # Every hop moves the stream's state, as in Detector.hop_embeddings.
-                stream.path.update(h.window[-self.hop :], h.window)
+                stream.path.update(h.new, h.window)
                 if not h.gated:
                     rows.append(stream.path.embed())
         return np.concatenate(rows)
