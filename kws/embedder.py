@@ -19,8 +19,8 @@ from kws.errors import CheckpointError, KwsError
 
 __all__ = [
     "ASSETS", "BACKENDS", "BUNDLED", "DEFAULT_MODEL", "Embedder", "IncrementalLogMel",
-    "StemEmbedder", "StemWindow", "TorchEmbedder", "WaveformWindow", "WindowStream", "is_bundled", "load_embedder",
-    "torch_head",
+    "StemEmbedder", "StemWindow", "TorchEmbedder", "WaveformWindow", "WindowStream", "bundled_file", "is_bundled",
+    "load_embedder", "torch_head",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -142,6 +142,18 @@ def is_bundled(model: str | Path | None) -> bool:
     return model is None or str(model) in BUNDLED
 
 
+def bundled_file(model: str | Path | None, onnx: bool) -> Path | None:
+    """The file of bundled model ``model`` (``None``: the default) for PyTorch or ONNX Runtime;
+    ``None`` when ``model`` names no bundled model."""
+    if not is_bundled(model):
+        return None
+    checkpoint, onnx_file = BUNDLED[str(model or DEFAULT_MODEL)]
+    path = onnx_file if onnx else checkpoint
+    if not path.is_file():
+        raise CheckpointError(f"the bundled model file {path} is missing; reinstall kws or pass a model path")
+    return path
+
+
 def load_embedder(
     model: str | Path | None = None, backend: str | None = None, threads: int | None = None
 ) -> Embedder:
@@ -156,12 +168,7 @@ def load_embedder(
     """
     if backend is not None and backend not in BACKENDS:
         raise KwsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if is_bundled(model):
-        checkpoint, onnx_file = BUNDLED[str(model or DEFAULT_MODEL)]
-        model = onnx_file if backend == "onnx" else checkpoint
-        if not Path(model).is_file():
-            raise CheckpointError(f"the bundled model file {model} is missing; reinstall kws or pass a model path")
-    path = Path(model)
+    path = bundled_file(model, onnx=backend == "onnx") or Path(model)
     if backend is None:
         backend = "onnx" if path.suffix == ".onnx" else "torch"
     if backend == "onnx":

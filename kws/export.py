@@ -29,7 +29,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kws import __version__
 from kws.audio import AUDIO_SUFFIXES, SAMPLE_RATE, load_audio, pad_or_crop
-from kws.errors import CheckpointError, ExportError, KwsError
+from kws.errors import ExportError, KwsError
 from kws.fileio import atomic_path
 from kws.model import HeadModel, KeywordModel, load_model
 from kws.onnx_runtime import (
@@ -89,13 +89,9 @@ def int8_path(path: str | Path) -> Path:
 
 def load_source_model(checkpoint: str | Path | None = None) -> KeywordModel | HeadModel:
     """The model to export: ``checkpoint`` (a path or a bundled model's name), or the bundled default."""
-    from kws.embedder import BUNDLED, DEFAULT_MODEL
+    from kws.embedder import bundled_file
 
-    if checkpoint is None or str(checkpoint) in BUNDLED:
-        checkpoint = BUNDLED[str(checkpoint or DEFAULT_MODEL)][0]
-        if not checkpoint.is_file():
-            raise CheckpointError(f"the bundled model file {checkpoint} is missing; pass --checkpoint PATH")
-    return load_model(checkpoint)
+    return load_model(bundled_file(checkpoint, onnx=False) or checkpoint)
 
 
 def onnx_metadata(model: KeywordModel, quantization: str = "none") -> dict[str, str]:

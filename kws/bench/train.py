@@ -167,13 +167,14 @@ def _run_stem_sources(args: argparse.Namespace) -> dict:
     if args.clips < 1 or args.steps < 1:
         raise KwsError("need --clips >= 1 and --steps >= 1")
     words, heldout = resolve_words(cfg.data)
+    def sample(clips: list) -> list[str]:
+        return [str(clips[i].path) for i in np.random.default_rng(0).permutation(len(clips))[: args.clips]]
+
     sources: dict[str, list[str]] = {}
     for root in [cfg.data.root, *cfg.data.extra_roots] if cfg.data.root else cfg.data.extra_roots:
-        clips = SpeechCommands(root, "training", words=words, heldout_words=heldout).clips
-        sources[root] = [str(clips[i].path) for i in np.random.default_rng(0).permutation(len(clips))[: args.clips]]
+        sources[root] = sample(SpeechCommands(root, "training", words=words, heldout_words=heldout).clips)
     if cfg.data.real_pack:
-        clips = read_pack(cfg.data.real_pack, "training", cfg.data.real_heldout_fraction)
-        sources[cfg.data.real_pack] = [str(clips[i].path) for i in np.random.default_rng(0).permutation(len(clips))[: args.clips]]
+        sources[cfg.data.real_pack] = sample(read_pack(cfg.data.real_pack, "training", cfg.data.real_heldout_fraction))
     noise = [str(p) for p in noise_files(cfg.data.real_pack)] if cfg.data.real_pack else []
     head = HeadConfig(frames=cfg.model.head_frames, channels=cfg.model.head_channels, layers=cfg.model.head_layers)
     figures: dict[str, Any] = {"copies": cfg.data.copies, "conditions": cfg.data.conditions, "sources": {}}
