@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -208,6 +209,10 @@ class HeadModel(nn.Module):
         self.cfg = cfg
         self.stem_id = speech_embedding.stem_id()
         self.head = Head(cfg.head, speech_embedding.DIM)
+        if cfg.head.whiten > 0:
+            # Identity until set_whitening: the trainer fits them to the head it trains.
+            self.register_buffer("whiten_mean", torch.zeros(speech_embedding.DIM))
+            self.register_buffer("whiten_map", torch.eye(speech_embedding.DIM))
 
     @property
     def dim(self) -> int:
@@ -216,7 +221,17 @@ class HeadModel(nn.Module):
         return DIM
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.head(frames)
+        out = self.head(frames)
+        if self.cfg.head.whiten > 0:
+            out = F.normalize((out - self.whiten_mean) @ self.whiten_map, dim=-1)
+        return out
+
+    def set_whitening(self, mean: np.ndarray, matrix: np.ndarray) -> None:
+        """Set the whitening of the output (see :func:`kws.head.fit_whitening`)."""
+        if self.cfg.head.whiten <= 0:
+            raise CheckpointError("this head has no whitening (HeadConfig.whiten is 0)")
+        self.whiten_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.whiten_map.copy_(torch.as_tensor(matrix, dtype=torch.float32))
 
     def model_id(self) -> str:
         """Identity of the whole chain: the stem's weights, the config and the head's weights."""
@@ -228,6 +243,9 @@ def _digest(model: nn.Module, extra: str = "") -> str:
     if model.cfg.stem == "scratch":
         # The config as it read before stems existed: scratch model ids stay what they were.
         del config["stem"], config["head"]
+    elif not config["head"]["whiten"]:
+        # The config as it read before heads could whiten: their model ids stay what they were.
+        del config["head"]["whiten"]
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     h.update(extra.encode())
     for name, tensor in sorted(model.state_dict().items()):

@@ -90,6 +90,7 @@ class ModelSection:
     head_frames: int = 13  # speech-embedding stem: stem frames per window (13: 1.74 s)
     head_channels: int = 128
     head_layers: int = 2
+    head_whiten: float = 0.0  # power of the within-word covariance that whitens the output (0: none)
 
 
 @dataclass
@@ -225,6 +226,7 @@ class TrainConfig:
             (self.model.stem in STEMS, f"model.stem must be one of {STEMS}"),
             (self.model.head_frames >= 1 and self.model.head_channels >= 1 and self.model.head_layers >= 0,
              "model.head_frames and model.head_channels must be >= 1, model.head_layers >= 0"),
+            (0 <= self.model.head_whiten <= 1, "model.head_whiten must be within [0, 1]"),
             (self.data.copies >= 1, "data.copies must be at least 1"),
             (0 <= self.data.context <= 1, "data.context must be in [0, 1]"),
             (0 <= self.data.real_heldout_fraction < 1, "data.real_heldout_fraction must be in [0, 1)"),

@@ -285,6 +285,25 @@ def _embed(model: torch.nn.Module, frames: np.ndarray, batch: int = 1024) -> np.
     return torch.cat(out).numpy()
 
 
+def head_config(cfg: Any) -> "HeadConfig":  # noqa: F821 (kws.head imported lazily)
+    """The head a training config (:class:`kws.train_config.TrainConfig`) describes."""
+    from kws.head import HeadConfig
+
+    m = cfg.model
+    return HeadConfig(frames=m.head_frames, channels=m.head_channels, layers=m.head_layers, whiten=m.head_whiten)
+
+
+def whiten(model: torch.nn.Module, train_sets: Sequence[FrameSet]) -> None:
+    """Fit a whitening head's output map to its training clips' clean copies (no-op without one)."""
+    from kws.head import fit_whitening
+
+    if model.cfg.head.whiten <= 0:
+        return
+    raw = _embed(model.head, np.concatenate([s.frames[:, 0] for s in train_sets]))
+    words = np.concatenate([s.words for s in train_sets])
+    model.set_whitening(*fit_whitening(raw, words, model.cfg.head.whiten))
+
+
 def measure(model: torch.nn.Module, sets: dict[str, FrameSet], cfg: Any) -> dict[str, float]:
     """Few-shot accuracy (across speakers) and open-set EER on each evaluation set's clean copies."""
     from kws.metrics import few_shot_accuracy, open_set_eer
@@ -318,7 +337,6 @@ def train_head(
     """
     from kws.data.real_pack import noise_files
     from kws.data.sampler import PKSampler
-    from kws.head import HeadConfig
     from kws.model import HeadModel, ModelConfig, save_checkpoint
     from kws.train import BEST, LAST, build_loss, lr_factor, make_optimizer, write_metrics
     from kws.train_config import resolve_words
@@ -329,7 +347,7 @@ def train_head(
     if (out_dir / LAST).exists():
         raise KwsError(f"{out_dir} already holds a training run; choose another --out")
     torch.manual_seed(cfg.train.seed)
-    head_cfg = HeadConfig(frames=cfg.model.head_frames, channels=cfg.model.head_channels, layers=cfg.model.head_layers)
+    head_cfg = head_config(cfg)
     frames, copies = head_cfg.frames, cfg.data.copies
     noise_paths = [str(p) for p in noise_files(cfg.data.real_pack)] if cfg.data.real_pack else []
 
@@ -367,6 +385,7 @@ def train_head(
 
     rows: list[dict[str, Any]] = []
     best = -1.0
+    whiten(model, train_sets)
     start = measure(model, eval_sets, cfg)
     rows.append({"epoch": 0, **start})
     if on_epoch:
@@ -388,7 +407,8 @@ def train_head(
             for g in opt.param_groups:
                 g["lr"] = cfg.optim.lr * lr_factor(step, total, int(cfg.optim.warmup_epochs * steps), cfg.optim.schedule,
                                                    cfg.optim.min_lr_ratio)  # fmt: skip
-            total_loss, terms = loss(model(x), labels_t[idx])
+            # The losses see the head's own output: the whitening is refitted after each epoch.
+            total_loss, terms = loss(model.head(x), labels_t[idx])
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
             if cfg.optim.grad_clip > 0:
@@ -399,6 +419,7 @@ def train_head(
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
         row: dict[str, Any] = {"epoch": epoch}
         row.update({("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()})
+        whiten(model, train_sets)
         row.update(measure(model, eval_sets, cfg))
         row["clips_per_s"] = steps * len(idx) / (time.time() - t0)
         row["epoch_time_s"] = time.time() - t0

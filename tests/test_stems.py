@@ -81,6 +81,51 @@ def test_untrained_head_is_the_mean_pooled_stem():
     assert torch.allclose(out, torch.nn.functional.normalize(frames.mean(1), dim=-1), atol=1e-6)
 
 
+def test_fitted_whitening_makes_the_within_word_covariance_the_identity():
+    from kws.head import fit_whitening
+
+    rng = np.random.default_rng(0)
+    spread = np.diag(np.linspace(0.05, 2.0, 8))  # clips of a word vary far more along some directions
+    centers = 3 * rng.standard_normal((20, 8))
+    words = np.repeat(np.arange(20), 50)
+    x = centers[words] + rng.standard_normal((1000, 8)) @ spread
+    mean, matrix = fit_whitening(x, words, power=0.5, eps=1e-6)
+    assert np.allclose(mean, x.mean(0), atol=1e-5) and np.allclose(matrix, matrix.T, atol=1e-5)
+    y = x @ matrix
+    within = sum(np.cov(y[words == w].T, bias=True) * 50 for w in range(20)) / 1000
+    assert np.allclose(within, np.eye(8), atol=1e-3)
+    # power 0 leaves the embeddings alone
+    assert np.allclose(fit_whitening(x, words, power=0.0)[1], np.eye(8), atol=1e-6)
+
+
+def test_whitening_head_round_trips_changes_the_model_id_and_exports(tmp_path):
+    from kws.embedder import load_embedder
+    from kws.export import export_head
+    from kws.head import HeadConfig
+    from kws.model import HeadModel, ModelConfig, load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    plain = HeadModel(ModelConfig(stem="speech-embedding", head=HeadConfig(frames=4)))
+    model = HeadModel(ModelConfig(stem="speech-embedding", head=HeadConfig(frames=4, whiten=0.5)))
+    model.head.load_state_dict(plain.head.state_dict())
+    frames = torch.randn(6, 4, se.DIM)
+    assert torch.allclose(model(frames), plain(frames), atol=1e-6)  # identity until fitted
+    rng = np.random.default_rng(1)
+    model.set_whitening(rng.standard_normal(se.DIM) * 0.1, np.eye(se.DIM) + 0.1 * rng.standard_normal((se.DIM, se.DIM)))
+    out = model(frames)
+    assert not torch.allclose(out, plain(frames), atol=1e-3)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(6), atol=1e-5)
+    assert model.model_id() != plain.model_id()
+    save_checkpoint(tmp_path / "white.pt", model)
+    loaded = load_model(tmp_path / "white.pt")
+    assert loaded.model_id() == model.model_id() and torch.allclose(loaded(frames), out, atol=1e-6)
+    with pytest.raises(CheckpointError, match="no whitening"):
+        plain.set_whitening(np.zeros(se.DIM), np.eye(se.DIM))
+    clips = np.stack([np.resize(_speechlike(1.0, s), model.cfg.window_samples) for s in range(3)])
+    assert export_head(loaded, tmp_path / "white.onnx", clips).max_abs_diff <= 1e-4
+    assert load_embedder(tmp_path / "white.onnx", threads=1).model_id == model.model_id()
+
+
 def test_head_checkpoint_loads_as_a_stem_embedder(head_checkpoint, stem):
     from kws.embedder import StemEmbedder, load_embedder
     from kws.model import HeadModel, load_model
@@ -200,7 +245,7 @@ def test_head_trains_on_a_pack_and_writes_a_run(tmp_path, fake_pack):
     root = fake_pack(tmp_path / "pack")
     cfg = load_config(None, [
         'data.root=""', f'data.real_pack="{root}"', f'data.cache_dir="{tmp_path / "cache"}"',
-        "data.real_heldout_fraction=0.4", 'model.stem="speech-embedding"', "model.head_frames=4",
+        "data.real_heldout_fraction=0.4", 'model.stem="speech-embedding"', "model.head_frames=4", "model.head_whiten=0.5",
         "train.p=4", "train.k=2", "train.epochs=2", "train.steps_per_epoch=3", f'train.out_dir="{tmp_path / "run"}"',
         "eval.n_way=4", "eval.episodes=20", "eval.eer_episodes=10", "eval.shots=[1]", "eval.best_shot=1",
     ])  # fmt: skip
@@ -215,6 +260,8 @@ def test_head_trains_on_a_pack_and_writes_a_run(tmp_path, fake_pack):
     model = load_model(tmp_path / "run" / "last.pt")
     assert isinstance(model, HeadModel)
     assert model.head.project.weight.abs().sum() > 0  # training moved the residual off zero
+    # the whitening was fitted to the training clips, not left at the identity
+    assert not torch.allclose(model.whiten_map, torch.eye(se.DIM)) and model.whiten_mean.abs().sum() > 0
 
 
 @pytest.mark.slow

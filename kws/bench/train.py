@@ -155,11 +155,10 @@ def _run_stem_sources(args: argparse.Namespace) -> dict:
     from kws.data.real_pack import noise_files, read_pack
     from kws.data.speech_commands import SpeechCommands
     from kws.errors import ConfigError, KwsError
-    from kws.head import HeadConfig
     from kws.model import HeadModel, ModelConfig
     from kws.train import build_loss, make_optimizer
     from kws.train_config import load_config, resolve_words
-    from kws.train_head import stem_frames
+    from kws.train_head import head_config, stem_frames
 
     cfg = load_config(args.config)
     if cfg.model.stem == "scratch":
@@ -176,7 +175,7 @@ def _run_stem_sources(args: argparse.Namespace) -> dict:
     if cfg.data.real_pack:
         sources[cfg.data.real_pack] = sample(read_pack(cfg.data.real_pack, "training", cfg.data.real_heldout_fraction))
     noise = [str(p) for p in noise_files(cfg.data.real_pack)] if cfg.data.real_pack else []
-    head = HeadConfig(frames=cfg.model.head_frames, channels=cfg.model.head_channels, layers=cfg.model.head_layers)
+    head = head_config(cfg)
     figures: dict[str, Any] = {"copies": cfg.data.copies, "conditions": cfg.data.conditions, "sources": {}}
     print(f"stem frames ({cfg.data.copies} copies a clip, conditions {'on' if cfg.data.conditions else 'off'}, "
           f"2 worker processes), {args.clips} clips a source:")  # fmt: skip
@@ -197,7 +196,7 @@ def _run_stem_sources(args: argparse.Namespace) -> dict:
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        total, _ = loss(model(x), labels)
+        total, _ = loss(model.head(x), labels)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
