@@ -298,16 +298,19 @@ def _stem_id() -> str:
 
 
 def _init_from(model: torch.nn.Module, source: str) -> None:
-    """Start ``model`` (a :class:`~kws.model.HeadModel`) from the head, and the tuned stem if
-    both have one, of ``source`` (a bundled model's name or a checkpoint)."""
+    """Start ``model`` (a :class:`~kws.model.HeadModel`) from the head, and the fine-tuned stem if
+    it has one, of ``source`` (a bundled model's name or a checkpoint)."""
     from kws.embedder import bundled_file
     from kws.model import HeadModel, load_model
 
     src = load_model(bundled_file(source, onnx=False) or source)
     if not isinstance(src, HeadModel) or src.cfg.head != model.cfg.head:
         raise ConfigError(f"model.init={source!r}: not a head of this shape over this stem ({model.cfg.head})")
+    if src.stem is not None and model.stem is None:
+        raise ConfigError(f"model.init={source!r} has a fine-tuned stem, which a run on the frozen stem would "
+                          "drop; set model.stem_layers to go on tuning it")  # fmt: skip
     model.head.load_state_dict(src.head.state_dict())
-    if src.stem is not None and model.stem is not None:
+    if src.stem is not None:
         model.stem.load_state_dict(src.stem.state_dict())
 
 

@@ -106,8 +106,8 @@ def test_stem_fine_tuning_trains_on_a_mel_cache_that_is_rebuilt_when_corrupt(tmp
     root = fake_pack(tmp_path / "pack")
     cache = tmp_path / "cache"
 
-    def run(out: str, layers: int) -> list[dict]:
-        cfg = load_config(None, [
+    def run(out: str, layers: int, init: str = "") -> list[dict]:
+        cfg = load_config(None, [f'model.init="{init}"',
             'data.root=""', f'data.real_pack="{root}"', f'data.cache_dir="{cache}"', "data.real_heldout_fraction=0.4",
             'model.stem="speech-embedding"', "model.head_frames=2", f"model.stem_layers={layers}", "optim.stem_lr=1e-3",
             "train.p=4", "train.k=2", "train.epochs=1", "train.steps_per_epoch=2", f'train.out_dir="{tmp_path / out}"',
@@ -124,7 +124,8 @@ def test_stem_fine_tuning_trains_on_a_mel_cache_that_is_rebuilt_when_corrupt(tmp
     with np.load(mel_caches[0]) as z:
         assert json.loads(str(z["key"]))["features"] == "mel" and z["frames"].shape[-2:] == (76 + 8, 32)
     # The untrained model over the tuned stem's copy scores what it scores over the installed stem.
-    assert rows[0]["real_fewshot_1"] == pytest.approx(frozen_rows[0]["real_fewshot_1"], abs=1e-6)
+    for key in ("real_fewshot_1", "real_eer"):
+        assert rows[0][key] == pytest.approx(frozen_rows[0][key], abs=1e-6)
 
     model = load_model(tmp_path / "tuned" / "last.pt")
     start = TorchSpeechEmbedding()
@@ -136,7 +137,10 @@ def test_stem_fine_tuning_trains_on_a_mel_cache_that_is_rebuilt_when_corrupt(tmp
     data[len(data) // 2] ^= 0xFF
     mel_caches[0].write_bytes(bytes(data))
     with caplog.at_level("WARNING"):
-        run("again", 2)
+        again = run("again", 2, init=str(tmp_path / "tuned" / "last.pt"))
     assert "rebuilding" in caplog.text
+    # Started from the tuned run (stem included), on the rebuilt cache: where that run ended.
+    for key in ("real_fewshot_1", "real_eer"):
+        assert again[0][key] == pytest.approx(rows[-1][key], abs=1e-6)
     with np.load(mel_caches[0]) as z:  # rebuilt whole
         assert json.loads(str(z["key"]))["features"] == "mel"
