@@ -20,7 +20,7 @@ from kws.errors import CheckpointError, KwsError
 __all__ = [
     "ASSETS", "BACKENDS", "BUNDLED", "DEFAULT_MODEL", "Embedder", "IncrementalLogMel",
     "StemEmbedder", "StemWindow", "TorchEmbedder", "WaveformWindow", "WindowStream", "bundled_file", "is_bundled",
-    "load_embedder", "torch_head",
+    "load_embedder", "torch_head", "torch_stem",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -137,6 +137,23 @@ def torch_head(model, threads: int | None = None) -> Callable[[np.ndarray], np.n
     return run
 
 
+def torch_stem(stem, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A fine-tuned stem (:class:`~kws.stems.speech_embedding_torch.TorchSpeechEmbedding`) as a numpy
+    function, mel windows ``(n, 76, 32)`` → stem frames ``(n, 96)``."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    stem.eval()
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = stem(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
+        return out.float().numpy().reshape(len(windows), -1)
+
+    return run
+
+
 def is_bundled(model: str | Path | None) -> bool:
     """Whether ``model`` (a :func:`load_embedder` argument) names a bundled model (``None``: the default)."""
     return model is None or str(model) in BUNDLED
@@ -184,7 +201,9 @@ def load_embedder(
     model = load_model(path)
     if isinstance(model, HeadModel):
         head = torch_head(model, threads)
-        return StemEmbedder(head, model.cfg.head.frames, model.dim, model.model_id(), threads=threads, backend="torch")
+        stem = None if model.stem is None else torch_stem(model.stem, threads)
+        return StemEmbedder(head, model.cfg.head.frames, model.dim, model.model_id(), threads=threads, backend="torch",
+                            stem=stem)  # fmt: skip
     return TorchEmbedder(model, threads=threads)
 
 
@@ -267,7 +286,7 @@ class IncrementalLogMel:
 
 
 class StemEmbedder(Embedder):
-    """Embedder over a frozen pretrained stem (ONNX Runtime) and kws's head.
+    """Embedder over a pretrained stem (ONNX Runtime, or a fine-tuned copy in PyTorch) and kws's head.
 
     Args:
         head: stem frames ``(batch, T, stem dim)`` → embeddings ``(batch, dim)``
@@ -276,7 +295,9 @@ class StemEmbedder(Embedder):
         dim: embedding size.
         model_id: identity of stem and head together.
         threads: intra-op threads of the stem's sessions.
-        backend: what runs the head (the stem is always on ONNX Runtime).
+        backend: what runs the head.
+        stem: mel windows → stem frames, in place of the installed stem on ONNX Runtime
+            (a model's fine-tuned stem, :func:`torch_stem`).
     """
 
     # The best recall at <= 6 false alarms per hour on real voices, each person enrolling
@@ -292,10 +313,11 @@ class StemEmbedder(Embedder):
         model_id: str,
         threads: int | None = None,
         backend: str = "onnx",
+        stem: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         from kws.stems.speech_embedding import SpeechEmbeddingStem, samples_for
 
-        self.stem = SpeechEmbeddingStem(threads=threads)
+        self.stem = SpeechEmbeddingStem(threads=threads, stem=stem)
         self.head = head
         self.frames = frames
         self.window_samples = samples_for(frames)

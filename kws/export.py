@@ -91,7 +91,12 @@ def load_source_model(checkpoint: str | Path | None = None) -> KeywordModel | He
     """The model to export: ``checkpoint`` (a path or a bundled model's name), or the bundled default."""
     from kws.embedder import bundled_file
 
-    return load_model(bundled_file(checkpoint, onnx=False) or checkpoint)
+    model = load_model(bundled_file(checkpoint, onnx=False) or checkpoint)
+    if isinstance(model, HeadModel) and model.stem is not None:
+        # Both export paths run the installed stem, which is not this model's.
+        raise ExportError(f"{checkpoint}: a model with a fine-tuned stem runs on PyTorch only; kws export "
+                          "does not export its stem")  # fmt: skip
+    return model
 
 
 def onnx_metadata(model: KeywordModel, quantization: str = "none") -> dict[str, str]:

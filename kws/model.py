@@ -55,7 +55,9 @@ class ModelConfig:
     """Everything needed to rebuild a model: the stem, and its front-end and encoder or its head.
 
     ``stem = "scratch"`` uses ``frontend``, ``encoder`` and ``window_samples``;
-    ``stem = "speech-embedding"`` uses ``head`` (its window follows from ``head.frames``).
+    ``stem = "speech-embedding"`` uses ``head`` (its window follows from ``head.frames``)
+    and ``tuned_stem``: the model carries stem weights of its own, fine-tuned with the
+    head (in PyTorch), instead of running the installed stem as it is.
     """
 
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
@@ -63,10 +65,13 @@ class ModelConfig:
     window_samples: int = 16000
     stem: str = "scratch"
     head: HeadConfig = field(default_factory=HeadConfig)
+    tuned_stem: bool = False
 
     def __post_init__(self) -> None:
         if self.stem not in STEMS:
             raise CheckpointError(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        if self.tuned_stem and self.stem == "scratch":
+            raise CheckpointError("tuned_stem is for a model over a pretrained stem, not the scratch encoder")
         if self.stem != "scratch":
             from kws.stems.speech_embedding import samples_for
 
@@ -87,6 +92,7 @@ class ModelConfig:
                 # Checkpoints written before stems existed are scratch models.
                 stem=str(d.get("stem", "scratch")),
                 head=HeadConfig(**d.get("head", {})),
+                tuned_stem=bool(d.get("tuned_stem", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"malformed model config: {exc}") from exc
@@ -200,7 +206,10 @@ class KeywordModel(nn.Module):
 
 class HeadModel(nn.Module):
     """Stem frames ``(batch, T, 96)`` → unit-norm embedding ``(batch, 96)``: the trainable part
-    of a model over a frozen stem. The stem runs outside (:class:`kws.embedder.StemEmbedder`)."""
+    of a model over a pretrained stem. The stem runs outside (:class:`kws.embedder.StemEmbedder`):
+    the installed one on ONNX Runtime, or, with ``cfg.tuned_stem``, :attr:`stem`, this model's
+    fine-tuned copy of it (scaled mel ``(batch, frames, 32)`` → stem frames), whose weights
+    are part of the checkpoint and of the model id."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -213,6 +222,11 @@ class HeadModel(nn.Module):
             # Identity until set_whitening: the trainer fits them to the head it trains.
             self.register_buffer("whiten_mean", torch.zeros(speech_embedding.DIM))
             self.register_buffer("whiten_map", torch.eye(speech_embedding.DIM))
+        self.stem: nn.Module | None = None
+        if cfg.tuned_stem:
+            from kws.stems.speech_embedding_torch import TorchSpeechEmbedding
+
+            self.stem = TorchSpeechEmbedding()
 
     @property
     def dim(self) -> int:
@@ -246,6 +260,9 @@ def _digest(model: nn.Module, extra: str = "") -> str:
     elif not config["head"]["whiten"]:
         # The config as it read before heads could whiten: their model ids stay what they were.
         del config["head"]["whiten"]
+    if not config.get("tuned_stem"):
+        # Absent unless set: the ids of models made before stems could be tuned stay what they were.
+        config.pop("tuned_stem", None)
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     h.update(extra.encode())
     for name, tensor in sorted(model.state_dict().items()):

@@ -567,7 +567,8 @@ def encode(model: KeywordModel, wave: torch.Tensor, bf16: bool, specaug: SpecAug
     return emb.float()
 
 
-def make_optimizer(params: Iterator[nn.Parameter] | list[nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
+def make_optimizer(params: Iterator[nn.Parameter] | list[nn.Parameter] | list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over ``params`` (parameters, or parameter groups that may set their own ``lr``)."""
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

@@ -91,6 +91,13 @@ class ModelSection:
     head_channels: int = 128
     head_layers: int = 2
     head_whiten: float = 0.0  # power of the within-word covariance that whitens the output (0: none)
+    # speech-embedding stem: its last N convolutions (of 20) fine-tuned with the head at
+    # optim.stem_lr, the stem then running in PyTorch on cached mel frames each step (0: frozen,
+    # on cached stem frames). The trained model carries its stem and has a model id of its own.
+    stem_layers: int = 0
+    # speech-embedding stem: a model over it (bundled name or checkpoint) whose head, and stem if
+    # tuned, start the run ("": a new head, the untrained mean-pooled stem).
+    init: str = ""
 
 
 @dataclass
@@ -171,6 +178,7 @@ class OptimConfig:
     """AdamW with linear warm-up then cosine decay (``cosine``), or a one-cycle schedule."""
 
     lr: float = 2e-3
+    stem_lr: float = 3e-5  # the fine-tuned stem's (model.stem_layers), on the same schedule
     weight_decay: float = 0.01
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
@@ -227,6 +235,10 @@ class TrainConfig:
             (self.model.head_frames >= 1 and self.model.head_channels >= 1 and self.model.head_layers >= 0,
              "model.head_frames and model.head_channels must be >= 1, model.head_layers >= 0"),
             (0 <= self.model.head_whiten <= 1, "model.head_whiten must be within [0, 1]"),
+            (self.model.stem_layers >= 0, "model.stem_layers must be >= 0"),
+            (self.model.stem != "scratch" or not (self.model.stem_layers or self.model.init),
+             "model.stem_layers and model.init are for a head over a stem (model.stem)"),
+            (self.optim.stem_lr > 0, "optim.stem_lr must be > 0"),
             (self.data.copies >= 1, "data.copies must be at least 1"),
             (0 <= self.data.context <= 1, "data.context must be in [0, 1]"),
             (0 <= self.data.real_heldout_fraction < 1, "data.real_heldout_fraction must be in [0, 1)"),

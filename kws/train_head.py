@@ -12,6 +12,12 @@ word), each clip as one of its copies at random, scored by the same
 embedding space is measured on the held-out words of the synthetic corpus
 (testing speakers) and on the pack's held-out speakers; ``best.pt`` is the best
 real-speech epoch.
+
+With ``model.stem_layers`` > 0 the stem's last convolutions are fine-tuned with the
+head at a low learning rate (``optim.stem_lr``): the cache then holds the copies'
+mel frames (the mel front-end stays frozen, on ONNX Runtime), and every step runs the
+stem in PyTorch (:class:`~kws.stems.speech_embedding_torch.TorchSpeechEmbedding`) and
+the head over them; the checkpoints carry the tuned stem.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,10 +48,11 @@ CACHE_FORMAT = 2  # 2: clips shuffled across chunks, context copies
 
 @dataclass
 class FrameSet:
-    """Cached stem frames of a set of clips.
+    """Cached stem frames (or mel frames) of a set of clips.
 
     Attributes:
-        frames: ``(N, copies, T, 96)`` float16.
+        frames: ``(N, copies, T, 96)`` float16 stem frames, or the scaled mel frames under
+            them, ``(N, copies, 76 + 8 (T - 1), 32)``.
         words: ``(N,)`` the word of each clip.
         speakers: ``(N,)`` speaker ids (prefixed by source).
     """
@@ -119,6 +126,7 @@ class _Chunk:
     noise_paths: list[str]
     context: float
     conditions: bool
+    mel: bool
 
 
 _WORKER_STEM = None
@@ -126,7 +134,7 @@ _WORKER_RIRS: list[np.ndarray] = []
 
 
 def _stem_worker(task: _Chunk) -> np.ndarray:
-    """Stem frames ``(n, copies, T, 96)`` float16 of one chunk of clips (files or arrays)."""
+    """Stem frames ``(n, copies, T, 96)`` (or their mel frames) float16 of one chunk of clips (files or arrays)."""
     from kws.stems.speech_embedding import SpeechEmbeddingStem, samples_for
 
     global _WORKER_STEM
@@ -149,8 +157,9 @@ def _stem_worker(task: _Chunk) -> np.ndarray:
             # The chunk's clips are in random order: the next one is most likely another word.
             y = in_context(x, speech[(i + 1) % len(speech)], window, rng) if rng.random() < context else place(x, window, rng)
             waves.append(_augment(y, rng, noises, rirs))
-    out = _WORKER_STEM(np.stack(waves))
-    return out.reshape(len(clips), copies, frames, -1).astype(np.float16)
+    # A window of T stem frames holds exactly their mel frames (samples_for).
+    out = _WORKER_STEM.mel(np.stack(waves)) if task.mel else _WORKER_STEM(np.stack(waves))
+    return out.reshape(len(clips), copies, *out.shape[1:]).astype(np.float16)
 
 
 def stem_frames(
@@ -164,11 +173,13 @@ def stem_frames(
     desc: str = "stem frames",
     context: float = 0.0,
     conditions: bool = False,
+    mel: bool = False,
 ) -> np.ndarray:
     """Stem frames ``(N, copies, T, 96)`` float16 of clips (paths or 1-D 16 kHz arrays), in worker processes.
 
     ``context``: the share of augmented copies placed by :func:`in_context` after another clip.
     ``conditions``: augmented copies go through simulated rooms, channels and codecs too.
+    ``mel``: the scaled mel frames under the stem frames instead, ``(N, copies, 76 + 8 (T - 1), 32)``.
     """
     from tqdm import tqdm
 
@@ -176,11 +187,14 @@ def stem_frames(
     order = np.random.default_rng(seed).permutation(len(clips))
     shuffled = [clips[i] for i in order]
     tasks = [
-        _Chunk(shuffled[i : i + chunk], frames, copies, seed + i, list(noise_paths), context, conditions)
+        _Chunk(shuffled[i : i + chunk], frames, copies, seed + i, list(noise_paths), context, conditions, mel)
         for i in range(0, len(clips), chunk)
     ]
     if not tasks:
-        return np.zeros((0, copies, frames, 96), dtype=np.float16)
+        from kws.stems.speech_embedding import DIM, N_MELS, STRIDE, WINDOW_FRAMES
+
+        shape = (WINDOW_FRAMES + STRIDE * (frames - 1), N_MELS) if mel else (frames, DIM)
+        return np.zeros((0, copies, *shape), dtype=np.float16)
     if min(workers, len(tasks)) <= 1:
         parts = [_stem_worker(t) for t in tqdm(tasks, desc=desc, unit="chunk", disable=not progress)]
     else:
@@ -250,7 +264,9 @@ def _cached_set(cfg: Any, name: str, root: str, clips: Sequence[Any], frames: in
                 noise_paths: list[str], progress: bool) -> FrameSet:  # fmt: skip
     """Stem frames of ``clips`` (each with ``path``, ``word`` and ``speaker``), cached in
     ``cfg.data.cache_dir`` as ``<name>-<digest of the files>.npz``; augmented copies (``copies`` > 1)
-    as ``cfg.data.context`` and ``cfg.data.conditions`` say."""
+    as ``cfg.data.context`` and ``cfg.data.conditions`` say. With a fine-tuned stem
+    (``cfg.model.stem_layers``), their mel frames, as ``mel-<name>-<digest>.npz``: the same
+    copies (same seed), one step before the stem."""
     paths = [str(c.path) for c in clips]
     context = cfg.data.context if copies > 1 else 0.0
     conditions = cfg.data.conditions and copies > 1
@@ -258,6 +274,9 @@ def _cached_set(cfg: Any, name: str, root: str, clips: Sequence[Any], frames: in
            "frames": frames, "copies": copies, "context": context, "stem": _stem_id()}  # fmt: skip
     if conditions:  # only when on, so that caches made before the option existed stay valid
         key["conditions"] = True
+    mel = cfg.model.stem_layers > 0
+    if mel:
+        key["features"] = "mel"
     # Plain copies keep the name they always had; copies made another way get names of their
     # own, so that switching an option back and forth does not rebuild the cache each time.
     plain = not (context or conditions)
@@ -265,16 +284,35 @@ def _cached_set(cfg: Any, name: str, root: str, clips: Sequence[Any], frames: in
 
     def build() -> FrameSet:
         fr = stem_frames(paths, frames, copies, seed=seed, noise_paths=noise_paths, context=context,
-                         conditions=conditions, progress=progress, desc=f"stem frames: {name}")  # fmt: skip
+                         conditions=conditions, mel=mel, progress=progress,
+                         desc=f"{'mel' if mel else 'stem'} frames: {name}")  # fmt: skip
         return FrameSet(fr, np.array([c.word for c in clips], dtype=str), np.array([c.speaker for c in clips], dtype=str))
 
-    return cached(Path(cfg.data.cache_dir) / f"{name}-{digest[:12]}.npz", key, build)
+    return cached(Path(cfg.data.cache_dir) / f"{'mel-' if mel else ''}{name}-{digest[:12]}.npz", key, build)
 
 
 def _stem_id() -> str:
     from kws.stems.speech_embedding import stem_id
 
     return stem_id()
+
+
+def _init_from(model: torch.nn.Module, source: str) -> None:
+    """Start ``model`` (a :class:`~kws.model.HeadModel`) from the head, and the fine-tuned stem if
+    it has one, of ``source`` (a bundled model's name or a checkpoint)."""
+    from kws.embedder import bundled_file
+    from kws.model import HeadModel, load_model
+
+    src = load_model(bundled_file(source, onnx=False) or source)
+    # The whitening is refitted to the new run's head, so a source with another power will do.
+    if not isinstance(src, HeadModel) or replace(src.cfg.head, whiten=model.cfg.head.whiten) != model.cfg.head:
+        raise ConfigError(f"model.init={source!r}: not a head of this shape over this stem ({model.cfg.head})")
+    if src.stem is not None and model.stem is None:
+        raise ConfigError(f"model.init={source!r} has a fine-tuned stem, which a run on the frozen stem would "
+                          "drop; set model.stem_layers to go on tuning it")  # fmt: skip
+    model.head.load_state_dict(src.head.state_dict())
+    if src.stem is not None:
+        model.stem.load_state_dict(src.stem.state_dict())
 
 
 @torch.no_grad()
@@ -293,13 +331,14 @@ def head_config(cfg: Any) -> "HeadConfig":  # noqa: F821 (kws.head imported lazi
     return HeadConfig(frames=m.head_frames, channels=m.head_channels, layers=m.head_layers, whiten=m.head_whiten)
 
 
-def whiten(model: torch.nn.Module, train_sets: Sequence[FrameSet]) -> None:
-    """Fit a whitening head's output map to its training clips' clean copies (no-op without one)."""
+def whiten(model: torch.nn.Module, raw: torch.nn.Module, train_sets: Sequence[FrameSet]) -> None:
+    """Fit a whitening head's output map (no-op without one) to what ``raw`` (the head, or the
+    tuned stem and the head) makes of its training clips' clean copies."""
     from kws.head import fit_whitening
 
     if model.cfg.head.whiten <= 0:
         return
-    raw = _embed(model.head, np.concatenate([s.frames[:, 0] for s in train_sets]))
+    raw = _embed(raw, np.concatenate([s.frames[:, 0] for s in train_sets]))
     words = np.concatenate([s.words for s in train_sets])
     model.set_whitening(*fit_whitening(raw, words, model.cfg.head.whiten))
 
@@ -373,10 +412,23 @@ def train_head(
     if len(classes) < cfg.train.p:
         raise ConfigError(f"train.p={cfg.train.p} exceeds the {len(classes)} training words")
 
-    model = HeadModel(ModelConfig(stem="speech-embedding", head=head_cfg))
+    tune = cfg.model.stem_layers > 0
+    model = HeadModel(ModelConfig(stem="speech-embedding", head=head_cfg, tuned_stem=tune))
+    if cfg.model.init:
+        _init_from(model, cfg.model.init)
+    # What a batch of cached features goes through: the head, or the tuned stem then the head
+    # (and the whitening, which the losses do not see).
+    net = torch.nn.Sequential(model.stem, model) if tune else model
+    raw = torch.nn.Sequential(model.stem, model.head) if tune else model.head  # before the whitening
     loss = build_loss(cfg.loss, model.dim, len(classes))
-    params = list(model.parameters()) + list(loss.parameters())
-    opt = make_optimizer(params, cfg.optim)
+    params = list(model.head.parameters()) + list(loss.parameters())
+    groups = [{"params": params, "base_lr": cfg.optim.lr}]
+    if tune:
+        model.stem.train_last(cfg.model.stem_layers)
+        stem_params = [p for p in model.stem.parameters() if p.requires_grad]
+        groups.append({"params": stem_params, "base_lr": cfg.optim.stem_lr})
+        params = params + stem_params
+    opt = make_optimizer(groups, cfg.optim)
     sampler = PKSampler(labels, cfg.train.p, cfg.train.k, seed=cfg.train.seed, weights=weights)
     steps = cfg.train.steps_per_epoch or len(sampler)
     total = steps * cfg.train.epochs
@@ -385,8 +437,8 @@ def train_head(
 
     rows: list[dict[str, Any]] = []
     best = -1.0
-    whiten(model, train_sets)
-    start = measure(model, eval_sets, cfg)
+    whiten(model, raw, train_sets)
+    start = measure(net, eval_sets, cfg)
     rows.append({"epoch": 0, **start})
     if on_epoch:
         on_epoch(rows[-1])
@@ -405,10 +457,10 @@ def train_head(
             pick = rng.integers(0, copies, size=len(idx))
             x = torch.from_numpy(all_frames[idx, pick].astype(np.float32))
             for g in opt.param_groups:
-                g["lr"] = cfg.optim.lr * lr_factor(step, total, int(cfg.optim.warmup_epochs * steps), cfg.optim.schedule,
+                g["lr"] = g["base_lr"] * lr_factor(step, total, int(cfg.optim.warmup_epochs * steps), cfg.optim.schedule,
                                                    cfg.optim.min_lr_ratio)  # fmt: skip
             # The losses see the head's own output: the whitening is refitted after each epoch.
-            total_loss, terms = loss(model.head(x), labels_t[idx])
+            total_loss, terms = loss(raw(x), labels_t[idx])
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
             if cfg.optim.grad_clip > 0:
@@ -419,8 +471,8 @@ def train_head(
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
         row: dict[str, Any] = {"epoch": epoch}
         row.update({("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()})
-        whiten(model, train_sets)
-        row.update(measure(model, eval_sets, cfg))
+        whiten(model, raw, train_sets)
+        row.update(measure(net, eval_sets, cfg))
         row["clips_per_s"] = steps * len(idx) / (time.time() - t0)
         row["epoch_time_s"] = time.time() - t0
         rows.append(row)

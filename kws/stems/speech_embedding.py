@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,14 @@ class SpeechEmbeddingStem:
 
     Args:
         threads: intra-op threads of each ONNX Runtime session (``None``: its default).
+        stem: mel windows ``(n, 76, 32)`` → stem frames ``(n, 96)`` in place of the installed
+            stem model (a fine-tuned copy of it); the mel front-end is always the installed one.
     """
 
     name = NAME
     dim = DIM
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, stem: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         import onnxruntime as ort
 
         mel_path, stem_path = model_files()
@@ -89,6 +92,7 @@ class SpeechEmbeddingStem:
         self.mel_session = ort.InferenceSession(str(mel_path), opts, providers=["CPUExecutionProvider"])
         self.stem_session = ort.InferenceSession(str(stem_path), opts, providers=["CPUExecutionProvider"])
         self.stem_id = stem_id()
+        self._stem = stem
 
     def mel(self, waveform: np.ndarray) -> np.ndarray:
         """``(batch, samples)`` → scaled mel ``(batch, frames, 32)``, ``samples >= 512``.
@@ -104,6 +108,8 @@ class SpeechEmbeddingStem:
         """Mel windows ``(n, 76, 32)`` → stem frames ``(n, 96)``."""
         if len(windows) == 0:
             return np.zeros((0, DIM), dtype=np.float32)
+        if self._stem is not None:
+            return self._stem(windows)
         out = self.stem_session.run(None, {"input_1": np.ascontiguousarray(windows[..., None], dtype=np.float32)})
         return out[0].reshape(len(windows), DIM)
 
