@@ -1,6 +1,6 @@
 """What moved what: the head over the speech stem, trained on more kinds of data one step at a time.
 
-    python recipes/speech_embedding/ablation.py --out runs/se_ablation [--seeds 0 1] [--variants ...]
+    python recipes/speech_embedding/ablation.py --out runs/se_ablation [--seeds 0 1] [--variants ...] [--whiten 0.5]
 
 Cumulative variants of recipes/speech_embedding/config.toml, each with every seed:
 
@@ -114,6 +114,8 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--engines-corpus", default="data/synth_engines")
     ap.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    ap.add_argument("--whiten", type=float, default=0.0,
+                    help="model.head_whiten of every run (default 0: the published table was made before whitening)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
@@ -126,7 +128,7 @@ def main() -> int:
             run = out / name
             if not (run / "best.pt").is_file():
                 cmd = [sys.executable, "-m", "kws", "train", "--config", str(CONFIG), "--out", str(run),
-                       "--set", f"train.seed={seed}"]  # fmt: skip
+                       "--set", f"train.seed={seed}", "--set", f"model.head_whiten={args.whiten}"]  # fmt: skip
                 for o in overrides(variant, args.engines_corpus):
                     cmd += ["--set", o]
                 log.info("%s: %s", name, " ".join(cmd))
