@@ -56,7 +56,9 @@ def test_batched_streams_give_the_detectors_events(model, request, demo_stream):
         onnx_embedder, demo_bank_path = request.getfixturevalue("scratch_onnx")
     audio, truth = demo_stream
     want = _detector_events(onnx_embedder, demo_bank_path, audio)
-    assert len(want) >= 0.7 * len(truth) and want, (want, truth)
+    # Enough events for the comparison to mean something (these are synthetic voices, on which
+    # the default model at its offset for real voices finds half the keywords).
+    assert len(want) >= 0.5 * len(truth) and want, (want, truth)
 
     async def main():
         engine = BatchEngine(onnx_embedder)
