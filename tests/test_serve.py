@@ -89,6 +89,35 @@ def test_batched_streams_give_the_detectors_events(model, request, demo_stream):
     assert stats.batches < stats.embedded / 2, stats.to_json()
 
 
+def test_a_stream_state_moves_on_through_hops_the_energy_gate_skips(onnx_embedder, demo_bank_path, demo_stream):
+    """Ticks whose hops are all below the energy gate (a silence) still move the default model's
+    incremental stem state, as the detector does: the events after the silence stay the same."""
+    audio, _ = demo_stream
+    audio = np.concatenate([audio[: 8 * SAMPLE_RATE], np.zeros(int(2.5 * SAMPLE_RATE), np.float32), audio[8 * SAMPLE_RATE :]])
+    want = _detector_events(onnx_embedder, demo_bank_path, audio)
+
+    async def main():
+        engine = BatchEngine(onnx_embedder)
+        assert engine.incremental
+        task = asyncio.create_task(engine.run())
+        stream = engine.open(KeywordBank.load(demo_bank_path), SAMPLE_RATE, 1)
+        pcm = float_to_pcm16(audio).tobytes()
+        for i in range(0, len(pcm), 3200):
+            stream.feed(pcm[i : i + 3200])
+            await asyncio.sleep(0.002)  # a tick or so per hop: the silence's ticks hold gated hops only
+        await stream.drained()
+        task.cancel()
+        events = []
+        while not stream.events.empty():
+            e = stream.events.get_nowait()
+            events.append((e.keyword, round(e.time, 3)))
+        return events
+
+    got = asyncio.run(main())
+    assert any(t > 10.5 for _, t in want), want  # some events come after the silence
+    assert got == want
+
+
 async def _serve(onnx_embedder, demo_bank_path, cfg: ServeConfig | None = None) -> KwsServer:
     server = KwsServer(onnx_embedder, demo_bank_path, cfg or ServeConfig(wyoming_port=0, web_port=None))
     await server.start()

@@ -325,7 +325,8 @@ class BatchEngine:
                 # On the event loop, not in a worker thread: with 20 streams the
                 # thread hand-off per batch cost more CPU than the loop loses by
                 # waiting a few ms for a batch (sockets buffer meanwhile).
-                emb = self._embed(work) if n else None
+                # An incremental stream's state moves on every hop, gated or not.
+                emb = self._embed(work) if n or self.incremental else None
             except Exception:  # a failing model must not hang every stream
                 log.exception("embedding a batch of %d windows failed; their hops are skipped", n)
                 work = [(s, [_Hop(h.time, h.new, h.window, True, h.due) for h in hops]) for s, hops in work]
@@ -341,8 +342,8 @@ class BatchEngine:
             if any(s.due for s in self.streams):
                 self._wake.set()
 
-    def _embed(self, work: list[tuple[Stream, list[_Hop]]]) -> np.ndarray:
-        """Embeddings ``(n, D)`` of the hops of ``work`` that are not gated, in order."""
+    def _embed(self, work: list[tuple[Stream, list[_Hop]]]) -> np.ndarray | None:
+        """Embeddings ``(n, D)`` of the hops of ``work`` that are not gated, in order (``None``: none)."""
         if not self.incremental:
             windows = [h.window for _, hops in work for h in hops if not h.gated]
             return np.concatenate(
@@ -355,7 +356,7 @@ class BatchEngine:
                 stream.path.update(h.new, h.window)
                 if not h.gated:
                     rows.append(stream.path.embed())
-        return np.concatenate(rows)
+        return np.concatenate(rows) if rows else None
 
     def _dispatch(self, work: list[tuple[Stream, list[_Hop]]], emb: np.ndarray | None) -> None:
         now = time.monotonic()
