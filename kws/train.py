@@ -53,7 +53,7 @@ from kws.train_config import SCHEDULES, EpochEvalConfig, LossConfig, ModelSectio
 __all__ = [
     "train", "build_run", "train_epoch", "end_epoch", "evaluate_epoch", "Run", "EpochStats", "TrainStep",
     "lr_factor", "build_loss", "model_config", "encode", "make_optimizer", "optimize", "embed_audio",
-    "write_metrics", "LAST", "BEST", "METRICS_CSV", "METRICS_JSONL",
+    "write_metrics", "few_shot_figures", "LAST", "BEST", "METRICS_CSV", "METRICS_JSONL",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -728,17 +728,18 @@ def evaluate_epoch(
         out["seen_acc"] = nearest_center_accuracy(ref, data.ref_labels, val, data.val_labels)
     if data.heldout_audio is not None:
         emb = embed_audio(model, data.heldout_audio, device, bf16, cfg.batch_size)
-        out.update(_few_shot(emb, data.heldout_labels, data.heldout_speakers, cfg, ""))
+        out.update(few_shot_figures(emb, data.heldout_labels, data.heldout_speakers, cfg, ""))
     if data.real is not None:
         emb = embed_audio(model, data.real.audio, device, bf16, cfg.batch_size)
         labels = np.unique(data.real.words, return_inverse=True)[1]
-        out.update(_few_shot(emb, labels, data.real.speakers, cfg, "real_"))
+        out.update(few_shot_figures(emb, labels, data.real.speakers, cfg, "real_"))
     return out
 
 
-def _few_shot(emb: np.ndarray, labels: np.ndarray, speakers: np.ndarray, cfg: EpochEvalConfig,
+def few_shot_figures(emb: np.ndarray, labels: np.ndarray, speakers: np.ndarray, cfg: EpochEvalConfig,
               prefix: str) -> dict[str, float]:  # fmt: skip
-    """Few-shot accuracy across speakers (with its 95% interval) per shot count, and open-set EER."""
+    """Few-shot accuracy across speakers (with its 95% interval) per shot count, and open-set EER,
+    of embeddings ``(N, D)``, as ``<prefix>fewshot_<k>``, ``<prefix>fewshot_<k>_ci95``, ``<prefix>eer``."""
     from kws.metrics import few_shot_accuracy, open_set_eer
 
     out: dict[str, float] = {}

@@ -331,37 +331,24 @@ def head_config(cfg: Any) -> "HeadConfig":  # noqa: F821 (kws.head imported lazi
     return HeadConfig(frames=m.head_frames, channels=m.head_channels, layers=m.head_layers, whiten=m.head_whiten)
 
 
-def whiten(model: torch.nn.Module, raw: torch.nn.Module, train_sets: Sequence[FrameSet]) -> None:
+def whiten(model: torch.nn.Module, raw: torch.nn.Module, clean: np.ndarray, labels: np.ndarray) -> None:
     """Fit a whitening head's output map (no-op without one) to what ``raw`` (the head, or the
-    tuned stem and the head) makes of its training clips' clean copies."""
+    tuned stem and the head) makes of the training clips' clean copies ``clean`` (their words ``labels``)."""
     from kws.head import fit_whitening
 
     if model.cfg.head.whiten <= 0:
         return
-    raw = _embed(raw, np.concatenate([s.frames[:, 0] for s in train_sets]))
-    words = np.concatenate([s.words for s in train_sets])
-    model.set_whitening(*fit_whitening(raw, words, model.cfg.head.whiten))
+    model.set_whitening(*fit_whitening(_embed(raw, clean), labels, model.cfg.head.whiten))
 
 
 def measure(model: torch.nn.Module, sets: dict[str, FrameSet], cfg: Any) -> dict[str, float]:
     """Few-shot accuracy (across speakers) and open-set EER on each evaluation set's clean copies."""
-    from kws.metrics import few_shot_accuracy, open_set_eer
+    from kws.train import few_shot_figures
 
     out: dict[str, float] = {}
     for name, fs in sets.items():
-        _, labels = np.unique(fs.words, return_inverse=True)
-        emb = _embed(model, fs.frames[:, 0])
-        for k in cfg.eval.shots:
-            try:
-                res = few_shot_accuracy(emb, labels, cfg.eval.n_way, k, cfg.eval.episodes, cfg.eval.queries, fs.speakers)
-            except ValueError as exc:
-                log.warning("%s: no %d-shot figure (%s)", name, k, exc)
-                continue
-            out[f"{name}_fewshot_{k}"] = res.mean
-        try:
-            out[f"{name}_eer"] = open_set_eer(emb, labels, k_shot=cfg.eval.best_shot, episodes=cfg.eval.eer_episodes)
-        except ValueError as exc:
-            log.warning("%s: no open-set EER (%s)", name, exc)
+        labels = np.unique(fs.words, return_inverse=True)[1]
+        out.update(few_shot_figures(_embed(model, fs.frames[:, 0]), labels, fs.speakers, cfg.eval, f"{name}_"))
     return out
 
 
@@ -437,7 +424,7 @@ def train_head(
 
     rows: list[dict[str, Any]] = []
     best = -1.0
-    whiten(model, raw, train_sets)
+    whiten(model, raw, all_frames[:, 0], labels)
     start = measure(net, eval_sets, cfg)
     rows.append({"epoch": 0, **start})
     if on_epoch:
@@ -471,7 +458,7 @@ def train_head(
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
         row: dict[str, Any] = {"epoch": epoch}
         row.update({("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()})
-        whiten(model, raw, train_sets)
+        whiten(model, raw, all_frames[:, 0], labels)
         row.update(measure(net, eval_sets, cfg))
         row["clips_per_s"] = steps * len(idx) / (time.time() - t0)
         row["epoch_time_s"] = time.time() - t0

@@ -90,7 +90,8 @@ class SpeechEmbeddingStem:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         self.mel_session = ort.InferenceSession(str(mel_path), opts, providers=["CPUExecutionProvider"])
-        self.stem_session = ort.InferenceSession(str(stem_path), opts, providers=["CPUExecutionProvider"])
+        # A fine-tuned stem replaces the installed one: its session would never run.
+        self.stem_session = None if stem else ort.InferenceSession(str(stem_path), opts, providers=["CPUExecutionProvider"])
         self.stem_id = stem_id()
         self._stem = stem
 
