@@ -91,6 +91,9 @@ class ModelSection:
     head_channels: int = 128
     head_layers: int = 2
     head_whiten: float = 0.0  # power of the within-word covariance that whitens the output (0: none)
+    # the training clips' copies the whitening is fitted to: "clean" (centred, as recorded) or
+    # "all" (with the augmented ones: placement, level, noise, recording conditions)
+    head_whiten_fit: str = "clean"
     # speech-embedding stem: its last N convolutions (of 20) fine-tuned with the head at
     # optim.stem_lr, the stem then running in PyTorch on cached mel frames each step (0: frozen,
     # on cached stem frames). The trained model carries its stem and has a model id of its own.
@@ -235,6 +238,8 @@ class TrainConfig:
             (self.model.head_frames >= 1 and self.model.head_channels >= 1 and self.model.head_layers >= 0,
              "model.head_frames and model.head_channels must be >= 1, model.head_layers >= 0"),
             (0 <= self.model.head_whiten <= 1, "model.head_whiten must be within [0, 1]"),
+            (self.model.head_whiten_fit in ("clean", "all"),
+             f"model.head_whiten_fit must be 'clean' or 'all', not {self.model.head_whiten_fit!r}"),
             (self.model.stem_layers >= 0, "model.stem_layers must be >= 0"),
             (self.model.stem != "scratch" or not (self.model.stem_layers or self.model.init),
              "model.stem_layers and model.init are for a head over a stem (model.stem)"),

@@ -331,14 +331,19 @@ def head_config(cfg: Any) -> "HeadConfig":  # noqa: F821 (kws.head imported lazi
     return HeadConfig(frames=m.head_frames, channels=m.head_channels, layers=m.head_layers, whiten=m.head_whiten)
 
 
-def whiten(model: torch.nn.Module, raw: torch.nn.Module, clean: np.ndarray, labels: np.ndarray) -> None:
+def whiten(model: torch.nn.Module, raw: torch.nn.Module, frames: np.ndarray, labels: np.ndarray, fit: str) -> None:
     """Fit a whitening head's output map (no-op without one) to what ``raw`` (the head, or the
-    tuned stem and the head) makes of the training clips' clean copies ``clean`` (their words ``labels``)."""
+    tuned stem and the head) makes of the training clips ``frames`` ``(N, copies, ...)`` (their
+    words ``labels`` ``(N,)``): their clean copies (``fit="clean"``) or all of them (``"all"``)."""
     from kws.head import fit_whitening
 
     if model.cfg.head.whiten <= 0:
         return
-    model.set_whitening(*fit_whitening(_embed(raw, clean), labels, model.cfg.head.whiten))
+    if fit == "clean":
+        x, words = frames[:, 0], labels
+    else:
+        x, words = frames.reshape(-1, *frames.shape[2:]), np.repeat(labels, frames.shape[1])
+    model.set_whitening(*fit_whitening(_embed(raw, x), words, model.cfg.head.whiten))
 
 
 def measure(model: torch.nn.Module, sets: dict[str, FrameSet], cfg: Any) -> dict[str, float]:
@@ -424,7 +429,7 @@ def train_head(
 
     rows: list[dict[str, Any]] = []
     best = -1.0
-    whiten(model, raw, all_frames[:, 0], labels)
+    whiten(model, raw, all_frames, labels, cfg.model.head_whiten_fit)
     start = measure(net, eval_sets, cfg)
     rows.append({"epoch": 0, **start})
     if on_epoch:
@@ -458,7 +463,7 @@ def train_head(
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
         row: dict[str, Any] = {"epoch": epoch}
         row.update({("loss" if k == "loss" else f"loss_{k}"): v / steps for k, v in sums.items()})
-        whiten(model, raw, all_frames[:, 0], labels)
+        whiten(model, raw, all_frames, labels, cfg.model.head_whiten_fit)
         row.update(measure(net, eval_sets, cfg))
         row["clips_per_s"] = steps * len(idx) / (time.time() - t0)
         row["epoch_time_s"] = time.time() - t0

@@ -19,9 +19,9 @@ def test_demo_detects_unseen_keywords_of_unseen_speakers(tmp_path, model):
     result = run_demo(embedder, bank_path=tmp_path / "bank.json", minutes=2.0, seed=1)
     occurrences = result.hits + result.misses
     assert occurrences >= 15
-    # Each model's stream offset is chosen for few false alarms on real voices; on these
-    # synthetic ones speech-embedding finds 24 of 34 (71%) at its +0.14.
-    assert result.hits >= 0.65 * occurrences, (result.hits, result.misses)
+    # Each model's stream offset is chosen for no false alarm on real voices; on these
+    # synthetic ones speech-embedding finds 20 of 34 (59%) at its +0.16.
+    assert result.hits >= 0.55 * occurrences, (result.hits, result.misses)
     assert result.false_alarms <= 0.1 * occurrences, result.false_alarms
     # Events can come before the word ends: a window holding most of it already matches.
     assert all(-0.6 <= lat <= 1.2 for lat in result.latencies)

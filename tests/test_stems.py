@@ -276,11 +276,16 @@ def test_head_trains_on_several_corpora_under_recording_conditions(tiny_corpus, 
     cfg = load_config(None, [
         f'data.root="{tiny_corpus}"', f'data.extra_roots=["{other}"]', "data.conditions=true", "data.weights=[1.0, 0.5]",
         f'data.cache_dir="{cache}"', 'model.stem="speech-embedding"', "model.head_frames=4", "train.p=4", "train.k=2",
+        "model.head_whiten=0.5", 'model.head_whiten_fit="all"',
         "train.epochs=1", "train.steps_per_epoch=2", f'train.out_dir="{tmp_path / "run"}"',
     ])  # fmt: skip
     rows = []
     train(cfg, progress=False, on_epoch=rows.append)
     assert np.isfinite(rows[-1]["loss"])
+    from kws.model import load_model
+
+    whitened = load_model(tmp_path / "run" / "last.pt")  # fitted to every copy, clean and augmented
+    assert not torch.allclose(whitened.whiten_map, torch.eye(se.DIM)) and torch.isfinite(whitened.whiten_map).all()
     keys = []
     for path in sorted(cache.iterdir()):
         with np.load(path) as z:

@@ -155,6 +155,8 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match=r"augment.snr_db: expected 2 values"):
         load_config(None, ["augment.snr_db=[1.0]"])
+    with pytest.raises(ConfigError, match="model.head_whiten_fit must be 'clean' or 'all'"):
+        load_config(None, ['model.head_whiten_fit="augmented"'])
 
 
 def test_cli_reports_config_error_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -94,7 +94,7 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average scores over this many hops (default %(default)d)")
     parser.add_argument("--threshold-offset", type=float,
                         help="added to every keyword's threshold for streams (default: the model's own, "
-                        "+0.14 for speech-embedding, +0.18 for scratch)")
+                        "+0.16 for speech-embedding, +0.18 for scratch)")
     parser.add_argument("--no-vad", action="store_true", help="embed every window, even silent ones")
     parser.add_argument("--vad-dbfs", type=float, default=d.vad_floor_dbfs,
                         help="energy gate: skip windows quieter than this (default %(default)g)")  # fmt: skip

@@ -5,9 +5,9 @@
 Cumulative variants of recipes/speech_embedding/config.toml, each with every seed:
 
 * ``synthetic``: the espeak-ng corpus only (no real-speech pack, so no real noise either);
-* ``pack``: + the real-speech pack (the recipe as it is);
+* ``pack``: + the real-speech pack;
 * ``engines``: + a corpus of the other speech engines (``kws synth --engines pico,rhvoice,piper``,
-  ``--engines-corpus``);
+  ``--engines-corpus``): the recipe as it is;
 * ``conditions``: + simulated rooms, telephone and laptop channels and codecs on the augmented
   copies (``data.conditions``).
 
@@ -48,18 +48,18 @@ WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 VARIANTS = ("synthetic", "pack", "engines", "conditions")
 LABELS = {
     "synthetic": "espeak-ng corpus only",
-    "pack": "+ real-speech pack (the recipe)",
-    "engines": "+ Pico, RHVoice and Piper voices",
+    "pack": "+ real-speech pack",
+    "engines": "+ Pico, RHVoice and Piper voices (the recipe)",
     "conditions": "+ rooms, channels and codecs",
 }
 
 
 def overrides(variant: str, engines_corpus: str) -> list[str]:
     if variant == "synthetic":
-        return ['data.real_pack=""']
-    out = []
-    if variant in ("engines", "conditions"):
-        out.append(f'data.extra_roots=["{engines_corpus}"]')
+        return ['data.real_pack=""', "data.extra_roots=[]"]
+    if variant == "pack":
+        return ["data.extra_roots=[]"]
+    out = [f'data.extra_roots=["{engines_corpus}"]']
     if variant == "conditions":
         out.append("data.conditions=true")
     return out
