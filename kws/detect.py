@@ -195,6 +195,10 @@ class Detector:
         self.cfg = cfg
         self.hop = cfg.hop_samples()
         self.path = embedder.stream(self.hop, bank.windows)
+        # Samples of the window of each keyword longer than the model's (events, event clips).
+        self.keyword_windows = {
+            k.name: embedder.at_frames(k.frames).window_samples for k in bank.keywords.values() if k.frames is not None
+        }
         self.trigger = Trigger.for_bank(bank, cfg)
         self.reset()
 

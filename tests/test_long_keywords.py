@@ -168,7 +168,7 @@ def test_the_streamed_embedding_at_each_window_equals_the_window_embedded_offlin
     assert checked >= 3
 
 
-def test_detector_and_serve_fire_a_long_keyword_at_the_end_of_its_window(embedder):
+def test_detector_and_serve_fire_a_long_keyword_at_the_end_of_its_window(embedder, tmp_path):
     rng = np.random.default_rng(0)
     phrase = _phrase(1.7, 6, lead=0.0)
     stream = np.concatenate([np.zeros(2 * SR, np.float32), phrase, np.zeros(2 * SR, np.float32)])
@@ -191,6 +191,16 @@ def test_detector_and_serve_fire_a_long_keyword_at_the_end_of_its_window(embedde
     det = Detector(embedder, bank, cfg)
     events = det.process(stream)
     assert [(e.keyword, round(e.time * SR)) for e in events] == [("smart mirror", end)]
+    # Its event clip holds that long window, and feedback embeds it at the keyword's window.
+    from kws.events import EventRecorder
+    from kws.feedback import clip_windows
+
+    recorder = EventRecorder(tmp_path, embedder.window_samples, embedder.model_id, keyword_windows=det.keyword_windows)
+    (wav,) = recorder.feed(stream, events) + recorder.close()
+    side = json.loads(wav.with_suffix(".json").read_text())
+    assert round((side["window_end_s"] - side["window_start_s"]) * SR) == at.window_samples
+    emb, how = clip_windows(embedder, bank["smart mirror"], wav, further=False)
+    assert "fired" in how and float(emb[0] @ bank["smart mirror"].centers[0]) > 0.999
 
     from kws.serve import BatchEngine
 
