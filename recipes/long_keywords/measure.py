@@ -179,11 +179,15 @@ def main() -> None:
     for phrases in (False, True):
         clips, labels, spk = make_clips(speakers, speech, phrases)
         found = clip_speech(clips, SR, config=cfg)[0]
+        # Enrolment refuses a keyword longer than cfg.max_speech_s: such phrases are left out (and counted).
+        fits = [i for i, x in enumerate(found) if len(x) <= cfg.max_speech_s * SR]
+        refused = len(clips) - len(fits)
+        clips, labels, spk, found = ([a[i] for i in fits] for a in (clips, labels, spk, found))
         lengths = np.array([len(s) / SR for s in found])
         kind = "phrases" if phrases else "words"
         rows = [("own window", cfg)] + ([("model's window, centre-cropped", forced)] if phrases else [])
         for what, c in rows:
-            row = {"clips": len(clips), "speakers": len(set(spk)), "speech_s_median": float(np.median(lengths)),
+            row = {"clips": len(clips), "refused_too_long": refused, "speakers": len(set(spk)), "speech_s_median": float(np.median(lengths)),
                    "speech_s_max": float(lengths.max()),
                    "few_shot": few_shot(embedder, found, np.array(labels), np.array(spk), c is cfg, args.episodes, c)}  # fmt: skip
             if not args.no_stream:
