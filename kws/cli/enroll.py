@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "enroll",
         help="enrol a keyword from a few clips into a keyword bank",
         description="Enrol KEYWORD from 1-10 clips (audio files, or --record N from the microphone) "
-        "into BANK (created if missing). The threshold is calibrated on impostor speech.",
+        "into BANK (created if missing). The threshold is calibrated on impostor speech. A keyword longer "
+        "than the model's window (up to 2 s of speech, on a model over a stem) gets a window of its own.",
     )
     p.add_argument("keyword", metavar="KEYWORD")
     p.add_argument("clips", nargs="*", metavar="CLIP", help="audio files of the keyword (WAV/FLAC/OGG)")
