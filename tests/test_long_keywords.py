@@ -236,3 +236,21 @@ def test_the_bundled_heads_on_onnx_runtime_take_a_longer_window(onnx_embedder):
     assert np.abs(got - want).max() < 1e-4
     # Not the model's own window: the same clips cropped to it embed otherwise.
     assert np.abs(got - onnx_embedder(clips)).max() > 1e-2
+
+
+def test_stream_evaluation_embeds_every_window_of_the_bank_and_keeps_them(embedder, tmp_path):
+    from kws.streams import StreamHops, embed_stream
+
+    audio = np.concatenate([_phrase(1.6, 8), _phrase(0.6, 9)])
+    long = embedder.frames_to_hold(int(2.0 * SR))
+    bank = KeywordBank(embedder.model_id, embedder.dim)
+    bank.add(Keyword("go", embedder(_phrase(0.5, 7)[None]), 0.5, 3))
+    bank.add(Keyword("smart mirror", embedder.at_frames(long)(_phrase(1.6, 8)[None]), 0.5, 3, frames=long))
+    cfg = DetectorConfig(vad=False)
+    hops = embed_stream(embedder, bank, audio, cfg)
+    assert hops.embeddings.shape[1:] == (2, embedder.dim) and hops.windows == [None, long]
+    hops.save(tmp_path / "hops.npz")
+    loaded = StreamHops.load(tmp_path / "hops.npz")
+    assert loaded.windows == [None, long]
+    want = [s for _, s in Detector(embedder, bank, cfg).hop_scores(audio)]
+    assert np.allclose(np.stack(loaded.scores(bank)), np.stack(want), atol=1e-6)
