@@ -118,12 +118,17 @@ def _bank_file(tmp_path, frames) -> tuple:
     return path, d
 
 
-def test_the_window_round_trips_and_old_banks_keep_the_models(tmp_path):
+def test_the_window_round_trips_and_old_banks_keep_the_models(tmp_path, capsys):
+    from kws.cli import main
+
     path, d = _bank_file(tmp_path, 17)
     assert "frames" not in d["keywords"]["go"]  # a keyword at the model's window is stored as before
     bank = KeywordBank.load(path)
     assert bank["smart mirror"].frames == 17 and bank["go"].frames is None
     assert bank.windows == [None, 17]
+    assert main(["bank", "list", "--bank", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[-1] for ln in lines[-2:]] == ["model's", "frames"] and "17 stem frames" in lines[-1]
     path, _ = _bank_file(tmp_path, "absent")  # a bank from before: every keyword at the model's window
     old = KeywordBank.load(path)
     assert old["smart mirror"].frames is None and old.windows == [None]
