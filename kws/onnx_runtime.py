@@ -19,7 +19,9 @@ The contract of an exported model:
 A model over a pretrained stem is also exported as its *head* alone (format
 ``kws-head``): input ``frames`` float32 ``(batch, T, 96)``, the stem's frames;
 output ``embedding``; metadata :data:`HEAD_METADATA` (``frames``: T of the model's own
-window; a keyword longer than it runs the head over more frames). The stem itself is loaded
+window; a keyword longer than it runs the head over more frames: a head exported before
+the frame axis was dynamic takes them through a copy of its graph made with the ``onnx``
+package, the one place this module needs more than onnxruntime). The stem itself is loaded
 from its installed package (:mod:`kws.stems.speech_embedding`), never copied:
 this is what kws bundles, and what streams frame by frame.
 """
