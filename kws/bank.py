@@ -11,6 +11,11 @@ could fire the keyword) and remembers the keyword as it was before, so that it
 can be undone exactly; the negatives are the windows of the negative entries.
 Files of the older versions (:data:`READABLE_VERSIONS`) load too: version 1 has
 no positives or history, version 2 one window per entry.
+
+A keyword longer than the model's window has a window of its own, in stem frames
+(``frames``, written only for such a keyword: a model over a stem embeds, enrols and
+streams it at that window, see :meth:`kws.embedder.Embedder.at_frames`); every other
+keyword, and every keyword of an older file, uses the model's own window.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from kws.fileio import file_lock, write_json
 
 __all__ = [
     "BANK_FORMAT", "BANK_VERSION", "CONFUSABLE_SOURCE", "DEFAULT_NEGATIVE_RULE", "Entry", "Keyword", "KeywordBank", "NEGATIVE_RULES",
-    "READABLE_VERSIONS", "SUPPRESSED_SCORE", "UNIT_NORM_TOLERANCE", "apply_negatives", "keyword_name", "locked_bank",
+    "MAX_WINDOW_FRAMES", "READABLE_VERSIONS", "SUPPRESSED_SCORE", "UNIT_NORM_TOLERANCE", "apply_negatives",
+    "keyword_name", "locked_bank",
 ]
 
 BANK_FORMAT = "kws-bank"
@@ -46,6 +52,10 @@ SUPPRESSED_SCORE = -1.0
 # Source of the negative entries enrolment adds for a keyword's confusable words (kws.confusables).
 CONFUSABLE_SOURCE = "confusable: "
 
+
+# The longest window a keyword may have, in stem frames of 80 ms (3.3 s): above what enrolment
+# gives any keyword (kws.enroll.EnrollConfig.max_speech_s), so a larger value was edited by hand.
+MAX_WINDOW_FRAMES = 40
 
 # Stored vectors are rounded to 7 digits; a norm further from 1 than this was edited by hand.
 UNIT_NORM_TOLERANCE = 1e-3
@@ -174,6 +184,9 @@ class Keyword:
             keywords from version-1 banks.
         history: feedback entries, oldest first.
         negative_rule: how negatives act on scores, one of :data:`NEGATIVE_RULES`.
+        frames: the keyword's own window in stem frames, for a keyword longer than the
+            model's window; ``None``: the model's window. Its embeddings (centers,
+            positives, feedback) are all at this window.
     """
 
     name: str
@@ -184,6 +197,7 @@ class Keyword:
     positives: np.ndarray | None = None
     history: list[Entry] = field(default_factory=list)
     negative_rule: str = DEFAULT_NEGATIVE_RULE
+    frames: int | None = None
 
     @property
     def negatives(self) -> np.ndarray | None:
@@ -227,8 +241,11 @@ class Keyword:
         }
 
     def to_json(self) -> dict[str, Any]:
+        # Only a keyword with a window of its own says so: other keywords are stored as before.
+        window = {} if self.frames is None else {"frames": self.frames}
         return {
             **self.state_json(),
+            **window,
             "positives": None if self.positives is None else [_vec_json(p) for p in self.positives],
             "history": [e.to_json() for e in self.history],
         }
@@ -244,6 +261,7 @@ class Keyword:
             raw_pos = d.get("positives")
             positives = None if raw_pos is None else np.asarray(raw_pos, dtype=np.float32)
             history = [Entry.from_json(e, dim) for e in d.get("history", [])]
+            frames = d.get("frames")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BankError(f"keyword {name!r} is malformed ({exc})") from exc
         if centers.ndim != 2 or centers.shape[0] == 0 or centers.shape[1] != dim:
@@ -268,9 +286,14 @@ class Keyword:
             raise BankError(f"keyword {name!r}: negative_rule {rule!r} is not one of {', '.join(NEGATIVE_RULES)}")
         if len({e.id for e in history}) != len(history):
             raise BankError(f"keyword {name!r}: feedback entries have duplicate ids")
+        if frames is not None and (type(frames) is not int or not 1 <= frames <= MAX_WINDOW_FRAMES):
+            raise BankError(
+                f"keyword {name!r}: its window, frames={frames!r}, is not a whole number of stem frames from 1 to "
+                f"{MAX_WINDOW_FRAMES}; re-enrol the keyword (or delete the field to use the model's window)"
+            )
         return cls(
             name=name, centers=centers, threshold=threshold, samples=samples, info=info,
-            positives=positives, history=history, negative_rule=rule,
+            positives=positives, history=history, negative_rule=rule, frames=frames,
         )
 
 
@@ -291,6 +314,13 @@ class KeywordBank:
     def thresholds(self) -> np.ndarray:
         """``(n_keywords,)`` thresholds in :attr:`names` order."""
         return np.array([k.threshold for k in self.keywords.values()], dtype=np.float32)
+
+    @property
+    def windows(self) -> list[int | None]:
+        """The distinct windows of the keywords (stem frames, ``None``: the model's own), the model's
+        first if any keyword uses it: the windows a stream embeds every hop for :meth:`score`."""
+        frames = {k.frames for k in self.keywords.values()}
+        return ([None] if None in frames else []) + sorted(f for f in frames if f is not None)
 
     def __len__(self) -> int:
         return len(self.keywords)
@@ -337,17 +367,36 @@ class KeywordBank:
                 "model, or load the model the bank was made with"
             )
 
-    def score(self, embeddings: np.ndarray) -> np.ndarray:
+    def score(self, embeddings: np.ndarray, windows: list[int | None] | None = None) -> np.ndarray:
         """Cosine score of each embedding to each keyword (best of its centers, negatives applied).
 
         Args:
-            embeddings: ``(batch, dim)`` unit-norm.
+            embeddings: ``(batch, dim)`` unit-norm, every keyword scored on them; or
+                ``(batch, n_windows, dim)``, one embedding per window, each keyword scored on
+                the one at its own window.
+            windows: the window of each of ``embeddings``' ``n_windows`` (stem frames, ``None``:
+                the model's); default :attr:`windows`.
         Returns:
             ``(batch, n_keywords)`` float32, columns in :attr:`names` order.
         """
         if not self.keywords:
             return np.zeros((len(embeddings), 0), dtype=np.float32)
-        cols = [k.score(embeddings) for k in self.keywords.values()]
+        if embeddings.ndim == 3:
+            windows = self.windows if windows is None else list(windows)
+            if embeddings.shape[1] != len(windows):
+                raise BankError(f"{embeddings.shape[1]} windows embedded, {len(windows)} windows named")
+            missing = [f"{k.name!r}" for k in self.keywords.values() if k.frames not in windows]
+            if missing:
+                raise BankError(f"keyword(s) {', '.join(missing)} not embedded at their window (embedded at {windows})")
+            cols = [k.score(embeddings[:, windows.index(k.frames)]) for k in self.keywords.values()]
+        else:
+            own = [f"{k.name!r} ({k.frames} frames)" for k in self.keywords.values() if k.frames is not None]
+            if own:
+                raise BankError(
+                    f"keyword(s) {', '.join(own)} have a window of their own and cannot be scored on embeddings at "
+                    "the model's window; embed at each keyword's window (KeywordBank.windows)"
+                )
+            cols = [k.score(embeddings) for k in self.keywords.values()]
         return np.stack(cols, axis=1).astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:

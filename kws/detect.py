@@ -7,7 +7,11 @@ keyword above threshold; then every keyword rests for the refractory time (see
 :class:`Trigger`).
 
 The window is embedded through the embedder's stream (:meth:`kws.embedder.Embedder.stream`),
-which keeps whatever state lets it avoid re-embedding the window from scratch.
+which keeps whatever state lets it avoid re-embedding the window from scratch. A
+keyword longer than the model's window is scored on a window of its own length
+(:attr:`kws.bank.Keyword.frames`) that ends with the same hop: the stream embeds each
+distinct window of the bank every hop (:attr:`kws.bank.KeywordBank.windows`), and an
+event's time is still the end of the window that fired.
 
 The stream is treated as if preceded by one window of silence, so that a keyword
 in the first second is still seen in a full window.
@@ -190,7 +194,11 @@ class Detector:
         self.bank = bank
         self.cfg = cfg
         self.hop = cfg.hop_samples()
-        self.path = embedder.stream(self.hop)
+        self.path = embedder.stream(self.hop, bank.windows)
+        # Samples of the window of each keyword longer than the model's (events, event clips).
+        self.keyword_windows = {
+            k.name: embedder.at_frames(k.frames).window_samples for k in bank.keywords.values() if k.frames is not None
+        }
         self.trigger = Trigger.for_bank(bank, cfg)
         self.reset()
 
@@ -208,10 +216,12 @@ class Detector:
         Samples that do not complete a hop are kept for the next call.
         """
         for time, emb in self.hop_embeddings(samples):
-            yield time, None if emb is None else self.bank.score(emb)[0]
+            yield time, None if emb is None else self.bank.score(emb[None])[0]
 
     def hop_embeddings(self, samples: np.ndarray) -> Iterator[tuple[float, np.ndarray | None]]:
-        """As :meth:`hop_scores`, but yields each hop's window embedding ``(1, D)`` (or ``None``)."""
+        """As :meth:`hop_scores`, but yields each hop's window embeddings ``(windows, D)``, one per
+        window of the bank (:attr:`kws.bank.KeywordBank.windows`; one for a bank of the model's
+        window alone), or ``None``."""
         samples = np.asarray(samples)
         if samples.ndim != 1:
             raise KwsError(f"the detector takes mono audio (samples,), got shape {samples.shape}")

@@ -8,6 +8,7 @@ the ONNX path must run without torch installed.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -49,6 +50,9 @@ class Embedder(ABC):
     dim: int
     model_id: str
     backend: str  # what computes the model: one of BACKENDS
+    # Stem frames per window of a model over a stem, whose window can follow a keyword's
+    # length (:meth:`at_frames`); None: a model with one fixed waveform window.
+    frames: int | None = None
     batch_size: int = 64
     # Added to every keyword's threshold in a stream. Enrolment calibrates thresholds on
     # whole, centred clips; a stream also shows the model partial and shifted words, which
@@ -84,9 +88,39 @@ class Embedder(ABC):
     def _embed(self, batch: np.ndarray) -> np.ndarray:
         """Embed ``(batch, window_samples)`` float32 → ``(batch, dim)``."""
 
-    def stream(self, hop: int) -> "WindowStream":
-        """A streaming state for windows that advance by ``hop`` samples (default: re-embed the window)."""
+    def at_frames(self, frames: int | None) -> "Embedder":
+        """This model, embedding windows of ``frames`` stem frames (``None``: its own window).
+
+        A keyword longer than the model's window is embedded, enrolled, scored and
+        streamed at its own window (:attr:`kws.bank.Keyword.frames`); only a model over a
+        stem can do that. Raises :class:`KwsError` for other models.
+        """
+        if frames is None or frames == self.frames:
+            return self
+        raise KwsError(
+            f"model {self.model_id} embeds a fixed {self.window_samples / self.sample_rate:.2f} s window and "
+            f"cannot embed a window of {frames} stem frames (a keyword enrolled with a model over a stem); "
+            "use the model the keyword was enrolled with"
+        )
+
+    def frames_to_hold(self, samples: int) -> int | None:
+        """The fewest stem frames whose window holds ``samples`` of audio (``None``: a model whose
+        window is fixed, see :meth:`at_frames`)."""
+        return None
+
+    def stream(self, hop: int, windows: Sequence[int | None] = (None,)) -> "WindowStream":
+        """A streaming state for windows that advance by ``hop`` samples, embedding each hop at every
+        window of ``windows`` (stem frames, ``None``: the model's own; see :meth:`at_frames`).
+        Default: re-embed the window."""
+        self._check_windows(windows)
         return WaveformWindow(self)
+
+    def _check_windows(self, windows: Sequence[int | None]) -> None:
+        """Refuse (:class:`KwsError`) windows this model cannot stream at (one only: its own)."""
+        for frames in windows:
+            self.at_frames(frames)
+        if len(windows) != 1:
+            raise KwsError(f"model {self.model_id} streams one window, not {len(windows)}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, dim={self.dim}, window={self.window_samples})"
@@ -115,7 +149,8 @@ class TorchEmbedder(Embedder):
             out = self.model(torch.from_numpy(batch).to(self.device))
         return out.float().cpu().numpy()
 
-    def stream(self, hop: int) -> WindowStream:
+    def stream(self, hop: int, windows: Sequence[int | None] = (None,)) -> WindowStream:
+        self._check_windows(windows)
         if self.device == "cpu":
             return IncrementalLogMel(self.model, hop)
         return WaveformWindow(self)
@@ -214,7 +249,8 @@ class WindowStream(Protocol):
         """Called every hop with the hop's new samples ``(hop,)`` and the whole window ``(window,)``."""
 
     def embed(self) -> np.ndarray:
-        """Embedding ``(1, dim)`` of the window given to the last :meth:`update`."""
+        """Embeddings ``(windows, dim)`` of the window given to the last :meth:`update`, one row per
+        window the stream was made for (:meth:`Embedder.stream`; one row for the model's own)."""
 
     def reset(self) -> None:
         """Forget the stream (back to a window of silence)."""
@@ -328,24 +364,48 @@ class StemEmbedder(Embedder):
     def _embed(self, batch: np.ndarray) -> np.ndarray:
         return self.head(self.stem(batch))
 
-    def stream(self, hop: int) -> "StemWindow":
-        return StemWindow(self)
+    def at_frames(self, frames: int | None) -> "StemEmbedder":
+        if frames is None or frames == self.frames:
+            return self
+        from kws.stems.speech_embedding import samples_for
+
+        if frames < 1:
+            raise KwsError(f"a window needs at least 1 stem frame, got {frames}")
+        # The same stem sessions and head, over a window of another length: the head pools any number of frames.
+        other = copy.copy(self)
+        other.frames, other.window_samples = frames, samples_for(frames)
+        return other
+
+    def frames_to_hold(self, samples: int) -> int:
+        from kws.stems.speech_embedding import FRAME_SAMPLES, samples_for
+
+        return 1 + max(0, -(-(samples - samples_for(1)) // FRAME_SAMPLES))
+
+    def stream(self, hop: int, windows: Sequence[int | None] = (None,)) -> "StemWindow":
+        return StemWindow(self, [self.at_frames(w).frames for w in windows])
 
 
 class StemWindow:
-    """Stream of a :class:`StemEmbedder`: one stem frame per 80 ms of new audio, the head per hop."""
+    """Stream of a :class:`StemEmbedder`: one stem frame per 80 ms of new audio, the head per hop on the
+    last ``frames`` stem frames for each window of ``windows`` (stem frames; default: the model's own).
 
-    def __init__(self, embedder: StemEmbedder) -> None:
+    The stem frames are kept for the longest window; a shorter window is the newest part of
+    it, so every window ends with the newest audio and costs one head call per hop.
+    """
+
+    def __init__(self, embedder: StemEmbedder, windows: Sequence[int] | None = None) -> None:
         from kws.stems.speech_embedding import StemStream
 
         self.embedder = embedder
-        self.frames = StemStream(embedder.stem, embedder.frames)
+        self.windows = list(windows) if windows else [embedder.frames]
+        self.frames = StemStream(embedder.stem, max(self.windows))
 
     def update(self, new: np.ndarray, window: np.ndarray) -> None:
         self.frames.push(new)
 
     def embed(self) -> np.ndarray:
-        return self.embedder.head(self.frames.frames[None])
+        ring = self.frames.frames
+        return np.concatenate([self.embedder.head(ring[len(ring) - n :][None]) for n in self.windows])
 
     def reset(self) -> None:
         self.frames.reset()

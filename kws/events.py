@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -88,6 +88,9 @@ class EventRecorder:
     :meth:`close` at the end of the stream to write clips still waiting for their
     post-roll. Stream time 0 is the first sample fed; before it the stream is
     silence (as the detector assumes), so early clips are padded with zeros.
+
+    ``window_samples`` is the model's window; ``keyword_windows`` the windows of the keywords
+    longer than it (:attr:`kws.detect.Detector.keyword_windows`), whose clips hold their own.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class EventRecorder:
         config: EventClipConfig = EventClipConfig(),
         sample_rate: int = SAMPLE_RATE,
         hop_ms: float | None = None,
+        keyword_windows: Mapping[str, int] | None = None,
     ) -> None:
         config.validate()
         self.folder = Path(folder)
@@ -105,6 +109,8 @@ class EventRecorder:
             raise AudioError(f"{self.folder}: not a folder; give --save-events a folder (it is created if missing)")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.window = window_samples
+        # Keywords longer than the model's window fire on a window of their own (Detector.keyword_windows).
+        self.keyword_windows = dict(keyword_windows or {})
         self.model_id = model_id
         # The detector's hop, kept in each sidecar: feedback scans a clip's windows at the
         # hop the user detected with (the threshold it fired at is in the event itself).
@@ -127,17 +133,22 @@ class EventRecorder:
         self._fed += len(chunk)
         for ev in events:
             end = round(ev.time * self.sr)
-            self._pending.append((ev, end - self.window - self.pre, end + self.post))
+            self._pending.append((ev, end - self._window(ev) - self.pre, end + self.post))
         written = self._flush(final=False)
         # Later events end after the samples fed so far minus a hop (< 1 s), so their
         # clips start no earlier than this.
-        keep_from = self._fed - (self.window + self.pre + self.sr)
+        longest = max([self.window, *self.keyword_windows.values()])
+        keep_from = self._fed - (longest + self.pre + self.sr)
         if self._pending:
             keep_from = min(keep_from, min(start for _, start, _ in self._pending))
         if keep_from > self._buf_start:
             self._buf = self._buf[keep_from - self._buf_start :]
             self._buf_start = keep_from
         return written
+
+    def _window(self, ev: Event) -> int:
+        """The length of the window that fired ``ev`` (samples)."""
+        return self.keyword_windows.get(ev.keyword, self.window)
 
     def close(self) -> list[Path]:
         """Write the clips still waiting for post-roll, with the audio there is."""
@@ -172,7 +183,7 @@ class EventRecorder:
                 "clip": wav.name,
                 "clip_start_s": round(start / self.sr, 4),
                 "window_start_s": round(self.pre / self.sr, 4),
-                "window_end_s": round((self.pre + self.window) / self.sr, 4),
+                "window_end_s": round((self.pre + self._window(ev)) / self.sr, 4),
                 "sample_rate": self.sr,
                 "model_id": self.model_id,
                 **({} if self.hop_ms is None else {"hop_ms": self.hop_ms}),

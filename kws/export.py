@@ -317,7 +317,8 @@ def export_head(model: HeadModel, path: str | Path, clips: np.ndarray, opset: in
     reference = StemEmbedder(torch_head(model), model.cfg.head.frames, model.dim, model.model_id(), backend="torch")
     frames = reference.stem(clips)
     with atomic_path(path) as tmp:
-        axes = {HEAD_INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+        # Any number of frames: a keyword longer than the window runs the head over more (Embedder.at_frames).
+        axes = {HEAD_INPUT_NAME: {0: "batch", 1: "frames"}, OUTPUT_NAME: {0: "batch"}}
         _torch_export(model, tmp, opset, torch.from_numpy(frames[:2].copy()), HEAD_INPUT_NAME, axes)
         _write_metadata(tmp, head_metadata(model))
         got = head_embedder(tmp, open_session(tmp))._embed(clips)

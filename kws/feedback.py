@@ -90,8 +90,9 @@ def clip_windows(
     detector hop, whose score for ``keyword`` (its centers, negatives ignored)
     reaches the threshold it fires at: the sidecar's for an event clip, else the
     keyword's threshold plus the detector's offset (the model's own unless ``detector`` sets one).
+    Windows are the keyword's own (:attr:`kws.bank.Keyword.frames`).
     """
-    _, emb, how, _ = _clip_windows(embedder, keyword, clip, further, detector)
+    _, emb, how, _ = _clip_windows(embedder.at_frames(keyword.frames), keyword, clip, further, detector)
     return emb, how
 
 
@@ -216,6 +217,8 @@ def _add(
     bank.check_model(embedder.model_id)
     kw = bank[name]
     name = kw.name  # as stored (names are tidied: "up " is "up")
+    # Its clip's windows are embedded at the keyword's own window, as the detector scores it.
+    embedder = embedder.at_frames(kw.frames)
     if config.negative_rule is not None and config.negative_rule not in NEGATIVE_RULES:
         raise EnrollmentError(f"negative rule must be one of {', '.join(NEGATIVE_RULES)}, got {config.negative_rule!r}")
     if kind == "positive" and kw.positives is None:

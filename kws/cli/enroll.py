@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "enroll",
         help="enrol a keyword from a few clips into a keyword bank",
         description="Enrol KEYWORD from 1-10 clips (audio files, or --record N from the microphone) "
-        "into BANK (created if missing). The threshold is calibrated on impostor speech.",
+        "into BANK (created if missing). The threshold is calibrated on impostor speech. A keyword longer "
+        "than the model's window (up to 2 s of speech, on a model over a stem) gets a window of its own.",
     )
     p.add_argument("keyword", metavar="KEYWORD")
     p.add_argument("clips", nargs="*", metavar="CLIP", help="audio files of the keyword (WAV/FLAC/OGG)")
@@ -83,7 +84,6 @@ def _run(args: argparse.Namespace) -> int:
     from kws.background import load_background
     from kws.confusables import ConfusableConfig
     from kws.enroll import enroll
-    from kws.impostors import impostors_from_path
     from kws.errors import EnrollmentError
 
     if args.record is not None and args.clips:
@@ -109,7 +109,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         clips = [load_audio(c, embedder.sample_rate) for c in args.clips]
         names = [str(c) for c in args.clips]
-    impostors = impostors_from_path(embedder, args.impostors, exclude=name)
     background = None
     if args.fa_per_hour is not None:
         background = load_background(embedder, args.background)
@@ -117,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         embedder,
         name,
         clips,
-        impostors=impostors,
+        impostors=args.impostors,
         target_far=args.target_far,
         centers=args.centers,
         augment=args.augment,
@@ -135,6 +134,12 @@ def _run(args: argparse.Namespace) -> int:
 
     cal = result.calibration
     print(f"enrolled {name!r} from {result.keyword.samples} clip(s) into {bank_path}")
+    window = result.keyword.info.get("window")
+    if window is not None:
+        print(
+            f"  window               {window['seconds']:.2f} s ({window['frames']} stem frames; longer than the "
+            f"model's, to hold the keyword; impostors at the {window['impostors_at']})"
+        )
     if result.budget is not None:
         b = result.budget
         print(f"  threshold            {result.threshold:.3f}  (fires at {b.fire_threshold:.3f} with the default offset)")

@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         if speakers is not None:
             source += f" speakers {sorted(speakers)}"
     source += f" hop {cfg.hop_ms} vad {cfg.vad} {cfg.vad_floor_dbfs}"
+    if bank.windows != [None]:  # keywords with windows of their own are embedded at those too
+        source += f" windows {bank.windows}"
     hops = None
     if args.hops and Path(args.hops).is_file():
         hops = StreamHops.load(args.hops)

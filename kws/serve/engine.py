@@ -12,7 +12,10 @@ streams falling behind one by one.
 An embedder that streams incrementally (a model over a stem computes one stem
 frame per new 80 ms instead of the whole window; see :meth:`kws.embedder.Embedder.stream`)
 keeps that state per stream: its hops are embedded one by one through it, which
-costs far less than the whole windows in a batch would.
+costs far less than the whole windows in a batch would. Such a stream also embeds
+each hop at the window of every keyword longer than the model's window
+(:attr:`kws.bank.KeywordBank.windows`), as the detector does; a model whose window
+is fixed refuses a bank with such keywords when the stream opens.
 
 A stream's scores and events equal those of a :class:`~kws.detect.Detector`
 over the same audio (same windows and streaming state, same energy gate, same trigger).
@@ -145,7 +148,9 @@ class Stream:
         self.resampler = StreamResampler(rate)
         self.trigger = Trigger.for_bank(bank, cfg)
         self._windows = HopWindows(engine.embedder.window_samples, engine.hop)
-        self.path = engine.embedder.stream(engine.hop) if engine.incremental else None
+        # Made in any case: it refuses the keywords' windows that the model cannot embed.
+        path = engine.embedder.stream(engine.hop, bank.windows)
+        self.path = path if engine.incremental else None
         self.hops = 0
         self.due: collections.deque[_Hop] = collections.deque()
         self.events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: end of stream
@@ -342,8 +347,10 @@ class BatchEngine:
             if any(s.due for s in self.streams):
                 self._wake.set()
 
-    def _embed(self, work: list[tuple[Stream, list[_Hop]]]) -> np.ndarray | None:
-        """Embeddings ``(n, D)`` of the hops of ``work`` that are not gated, in order (``None``: none)."""
+    def _embed(self, work: list[tuple[Stream, list[_Hop]]]) -> np.ndarray | list[np.ndarray] | None:
+        """Embeddings of the hops of ``work`` that are not gated, in order (``None``: none): ``(n, D)``
+        whole windows, or for incremental streams ``n`` arrays ``(windows, D)``, one per window of the
+        stream's bank (:attr:`kws.bank.KeywordBank.windows`)."""
         if not self.incremental:
             windows = [h.window for _, hops in work for h in hops if not h.gated]
             return np.concatenate(
@@ -356,14 +363,16 @@ class BatchEngine:
                 stream.path.update(h.new, h.window)
                 if not h.gated:
                     rows.append(stream.path.embed())
-        return np.concatenate(rows) if rows else None
+        # Streams over banks of other windows embed as many rows per hop: kept as a list, one per hop.
+        return rows or None
 
-    def _dispatch(self, work: list[tuple[Stream, list[_Hop]]], emb: np.ndarray | None) -> None:
+    def _dispatch(self, work: list[tuple[Stream, list[_Hop]]], emb: np.ndarray | list[np.ndarray] | None) -> None:
         now = time.monotonic()
         row = 0
         for stream, hops in work:
             n = sum(not h.gated for h in hops)
-            scores = stream.bank.score(emb[row : row + n]) if n else None
+            mine = None if not n else emb[row : row + n] if isinstance(emb, np.ndarray) else np.stack(emb[row : row + n])
+            scores = stream.bank.score(mine) if n else None
             row += n
             it = iter(scores) if scores is not None else iter(())
             per_hop = [None if h.gated else next(it) for h in hops]

@@ -234,7 +234,8 @@ class WebApp:
             return ws
         self.streams.add(ws)
         cfg = self.clip_cfg
-        history = _History((self.engine.embedder.window_samples + 2 * SAMPLE_RATE) / SAMPLE_RATE + (cfg.preroll_ms + cfg.postroll_ms) / 1000)
+        longest = max(self.engine.embedder.at_frames(f).window_samples for f in stream.bank.windows)
+        history = _History((longest + 2 * SAMPLE_RATE) / SAMPLE_RATE + (cfg.preroll_ms + cfg.postroll_ms) / 1000)
         sender = asyncio.create_task(self._send(ws, stream, history))
         try:
             async for msg in ws:
@@ -258,7 +259,7 @@ class WebApp:
 
         The page meters the input level itself, from the microphone's samples.
         """
-        cfg, window = self.clip_cfg, self.engine.embedder.window_samples
+        cfg = self.clip_cfg
         pending: list[tuple[int, Any]] = []
         try:
             while not ws.closed:
@@ -275,7 +276,9 @@ class WebApp:
                     end = round(e.time * SAMPLE_RATE)
                     stop = end + round(cfg.postroll_ms * SAMPLE_RATE / 1000)
                     if history.end >= stop:
-                        start = end - window - round(cfg.preroll_ms * SAMPLE_RATE / 1000)
+                        # A keyword longer than the model's window fired on a window of its own.
+                        fired = self.engine.embedder.at_frames(stream.bank[e.keyword].frames).window_samples
+                        start = end - fired - round(cfg.preroll_ms * SAMPLE_RATE / 1000)
                         self.event_clips[event_id] = (e.keyword, history.clip(max(start, 0), stop))
                         while len(self.event_clips) > self.limits.kept_events:
                             self.event_clips.popitem(last=False)
