@@ -330,10 +330,9 @@ def embed_clips(
     return embed_prepared(embedder, prepared, augment, cfg), warnings
 
 
-def embed_prepared(embedder: Embedder, prepared: np.ndarray, augment: bool, config: EnrollConfig) -> np.ndarray:
+def embed_prepared(embedder: Embedder, prepared: np.ndarray, augment: bool, cfg: EnrollConfig) -> np.ndarray:
     """Embed centred clips ``(n_clips, window_samples)`` (and, with ``augment``, their augmented copies)
     → ``(n_clips, m, D)`` unit-norm, per clip its own first (see :func:`embed_clips`)."""
-    cfg = config
     waves = prepared[:, None]
     if augment:
         copies = augment_clips(prepared, cfg.augment_copies, embedder.sample_rate, cfg.seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import numpy as np
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from kws.audio import SAMPLE_RATE as SR
-from kws.audio import float_to_pcm16
 from kws.bank import Keyword, KeywordBank
 from kws.detect import Detector, DetectorConfig
 from kws.enroll import EnrollConfig, enroll
@@ -208,25 +206,10 @@ def test_detector_and_serve_fire_a_long_keyword_at_the_end_of_its_window(embedde
     assert "fired" in how and float(emb[0] @ bank["smart mirror"].centers[0]) > 0.999
 
     from kws.serve import BatchEngine
-
-    async def main():
-        engine = BatchEngine(embedder, cfg)
-        task = asyncio.create_task(engine.run())
-        s = engine.open(bank, SR, 1)
-        pcm = float_to_pcm16(stream).tobytes()
-        for i in range(0, len(pcm), 3200):
-            s.feed(pcm[i : i + 3200])
-            await asyncio.sleep(0)
-        await s.drained()
-        task.cancel()
-        got = []
-        while not s.events.empty():
-            e = s.events.get_nowait()
-            got.append((e.keyword, round(e.time, 3)))
-        return got
+    from tests.test_serve import engine_events
 
     # float_to_pcm16 rounds the audio: the events, not the last digit of the scores, must agree.
-    assert asyncio.run(main()) == [(e.keyword, round(e.time, 3)) for e in events]
+    assert engine_events(BatchEngine(embedder, cfg), bank, stream) == [(e.keyword, round(e.time, 3)) for e in events]
 
 
 def test_the_bundled_heads_on_onnx_runtime_take_a_longer_window(onnx_embedder):

@@ -34,6 +34,28 @@ def _detector_events(onnx_embedder, demo_bank_path, audio):
     return [(e.keyword, round(e.time, 3)) for e in det.process(audio)]
 
 
+def engine_events(engine: BatchEngine, bank: KeywordBank, audio: np.ndarray, pause: float = 0.0) -> list[tuple[str, float]]:
+    """The events ``(keyword, time to the ms)`` of one stream of ``audio`` (16 kHz) through ``engine``,
+    fed in 100 ms chunks with ``pause`` seconds between them."""
+
+    async def main():
+        task = asyncio.create_task(engine.run())
+        stream = engine.open(bank, SAMPLE_RATE, 1)
+        pcm = float_to_pcm16(audio).tobytes()
+        for i in range(0, len(pcm), 3200):
+            stream.feed(pcm[i : i + 3200])
+            await asyncio.sleep(pause)
+        await stream.drained()
+        task.cancel()
+        events = []
+        while not stream.events.empty():
+            e = stream.events.get_nowait()
+            events.append((e.keyword, round(e.time, 3)))
+        return events
+
+    return asyncio.run(main())
+
+
 @pytest.fixture(scope="module")
 def scratch_onnx(tmp_path_factory):
     """The scratch model on ONNX Runtime (whole windows, embedded in batches) and the demo's bank for it."""
@@ -96,24 +118,10 @@ def test_a_stream_state_moves_on_through_hops_the_energy_gate_skips(onnx_embedde
     audio = np.concatenate([audio[: 8 * SAMPLE_RATE], np.zeros(int(2.5 * SAMPLE_RATE), np.float32), audio[8 * SAMPLE_RATE :]])
     want = _detector_events(onnx_embedder, demo_bank_path, audio)
 
-    async def main():
-        engine = BatchEngine(onnx_embedder)
-        assert engine.incremental
-        task = asyncio.create_task(engine.run())
-        stream = engine.open(KeywordBank.load(demo_bank_path), SAMPLE_RATE, 1)
-        pcm = float_to_pcm16(audio).tobytes()
-        for i in range(0, len(pcm), 3200):
-            stream.feed(pcm[i : i + 3200])
-            await asyncio.sleep(0.002)  # a tick or so per hop: the silence's ticks hold gated hops only
-        await stream.drained()
-        task.cancel()
-        events = []
-        while not stream.events.empty():
-            e = stream.events.get_nowait()
-            events.append((e.keyword, round(e.time, 3)))
-        return events
-
-    got = asyncio.run(main())
+    engine = BatchEngine(onnx_embedder)
+    assert engine.incremental
+    # A tick or so per hop: the silence's ticks hold gated hops only.
+    got = engine_events(engine, KeywordBank.load(demo_bank_path), audio, pause=0.002)
     assert any(t > 10.5 for _, t in want), want  # some events come after the silence
     assert got == want
 

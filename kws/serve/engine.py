@@ -371,8 +371,10 @@ class BatchEngine:
         row = 0
         for stream, hops in work:
             n = sum(not h.gated for h in hops)
-            mine = None if not n else emb[row : row + n] if isinstance(emb, np.ndarray) else np.stack(emb[row : row + n])
-            scores = stream.bank.score(mine) if n else None
+            scores = None
+            if n:
+                mine = emb[row : row + n]
+                scores = stream.bank.score(mine if isinstance(mine, np.ndarray) else np.stack(mine))
             row += n
             it = iter(scores) if scores is not None else iter(())
             per_hop = [None if h.gated else next(it) for h in hops]
