@@ -3,8 +3,8 @@
 Every hop (default 100 ms) the last window (1 s) is embedded and scored against
 every keyword's centers; scores are smoothed over a few hops; a keyword fires
 when its smoothed score rises through its threshold and it is the best-scoring
-keyword above threshold; then every keyword rests for the refractory time (see
-:class:`Trigger`).
+keyword above threshold (with a confirmation time, the best over that time); then
+every keyword rests for the refractory time (see :class:`Trigger`).
 
 The window is embedded through the embedder's stream (:meth:`kws.embedder.Embedder.stream`),
 which keeps whatever state lets it avoid re-embedding the window from scratch. A
@@ -40,6 +40,7 @@ __all__ = ["Detector", "DetectorConfig", "DetectorStats", "GATED_SCORE", "HopWin
 # Score pushed into the smoothing history for a hop the energy gate skipped:
 # the lowest cosine, so a skipped hop can never help a keyword fire.
 GATED_SCORE = -1.0
+MAX_CONFIRM_MS = 500.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class DetectorConfig:
         threshold_offset: added to every keyword's threshold (> 0: fewer false
             alarms, < 0: more recall); ``None``: the model's own
             (:attr:`kws.embedder.Embedder.stream_offset`), set by :meth:`for_model`.
+        confirm_ms: after the first keyword rises through its threshold, wait this long
+            and fire the keyword that scored best above its threshold meanwhile (0: fire
+            at once). A keyword that begins like another ("down on" and "down
+            off") is then heard to its end before one of them fires; events come this
+            much later.
         vad: skip embedding windows whose energy is below ``vad_floor_dbfs``.
         vad_floor_dbfs: RMS of the whole window, in dB relative to full scale.
     """
@@ -67,6 +73,7 @@ class DetectorConfig:
     # the tail of "tree" fire "three" a second after "tree" fired).
     refractory_ms: float = 1500.0
     threshold_offset: float | None = None
+    confirm_ms: float = 0.0
     vad: bool = True
     vad_floor_dbfs: float = -55.0
 
@@ -90,23 +97,32 @@ class DetectorConfig:
             raise KwsError(f"smoothing must be at least 1 hop, got {self.smoothing}")
         if self.refractory_ms < 0:
             raise KwsError(f"refractory time cannot be negative, got {self.refractory_ms} ms")
+        # An event clip starts the default pre-roll (500 ms) before the window at the close: the
+        # window heard best, up to this long before the close, stays inside the clip.
+        if not 0 <= self.confirm_ms <= MAX_CONFIRM_MS:
+            raise KwsError(f"confirmation time must be 0-{MAX_CONFIRM_MS:g} ms, got {self.confirm_ms} ms")
 
 
 class Trigger:
-    """Smoothing, per-keyword threshold and refractory time over a sequence of hop scores.
+    """Smoothing, per-keyword threshold, confirmation and refractory time over a sequence of hop scores.
 
-    One spoken word fires at most once: a keyword fires on the *rising edge* of its
-    smoothed score through its threshold (it re-arms only after falling below it
-    again), and after any event every keyword rests for the refractory time, so
-    that a word does not also fire a similar-sounding keyword while the window
-    slides over it.
+    One spoken word fires at most once: a keyword is a candidate when its smoothed
+    score has *risen* through its threshold (it re-arms only after falling below it
+    again); after any event every keyword rests for the refractory time, so that a
+    word does not also fire a similar-sounding keyword while the window slides over
+    it. The first candidate opens a decision that closes ``confirm_s`` later (at
+    once without a confirmation time) with the keyword of the best smoothed score
+    above its threshold meanwhile; it fires unless that is the keyword that fired last
+    and has not fallen below threshold since. The event's time is the close.
     """
 
-    def __init__(self, names: list[str], thresholds: np.ndarray, smoothing: int, refractory_s: float) -> None:
+    def __init__(self, names: list[str], thresholds: np.ndarray, smoothing: int, refractory_s: float,
+                 confirm_s: float = 0.0) -> None:  # fmt: skip
         self.names = list(names)
         self.thresholds = np.asarray(thresholds, dtype=np.float32)
         self.smoothing = smoothing
         self.refractory_s = refractory_s
+        self.confirm_s = confirm_s
         self.reset()
 
     @classmethod
@@ -116,13 +132,17 @@ class Trigger:
         offset = cfg.threshold_offset if offset is None else offset
         if offset is None:
             raise KwsError("the detector settings have no threshold offset: take DetectorConfig.for_model(embedder)")
-        return cls(bank.names, fire_threshold(bank.thresholds, offset), cfg.smoothing, cfg.refractory_ms / 1000)
+        thresholds = fire_threshold(bank.thresholds, offset)
+        return cls(bank.names, thresholds, cfg.smoothing, cfg.refractory_ms / 1000, cfg.confirm_ms / 1000)
 
     def reset(self) -> None:
         self._history = np.full((self.smoothing, len(self.names)), GATED_SCORE, dtype=np.float32)
         self._steps = 0
         self._resting_until = -math.inf
         self._armed = np.ones(len(self.names), dtype=bool)
+        # An open decision: when it closes, and each keyword's best smoothed score above its threshold.
+        self._closes_at: float | None = None
+        self._best = np.full(len(self.names), -np.inf, dtype=np.float32)
 
     def step(self, time: float, scores: np.ndarray | None) -> Event | None:
         """Feed one hop's raw scores ``(n_keywords,)`` (``None``: hop skipped by the gate)."""
@@ -131,16 +151,26 @@ class Trigger:
         smoothed = self._history[: min(self._steps, self.smoothing)].mean(axis=0)
         above = smoothed >= self.thresholds
         self._armed |= ~above
-        if not above.any():
+        if self._closes_at is None:
+            # A small epsilon so that float rounding of accumulated hop times does not
+            # shift the end of the refractory period by one hop.
+            if not (above & self._armed).any() or time + 1e-9 < self._resting_until:
+                return None
+            self._closes_at = time + self.confirm_s
+        better = above & (smoothed > self._best)
+        self._best[better] = smoothed[better]
+        if time + 1e-9 < self._closes_at:
             return None
-        best = int(np.argmax(np.where(above, smoothed, -np.inf)))
-        # A small epsilon so that float rounding of accumulated hop times does not
-        # shift the end of the refractory period by one hop.
-        if time + 1e-9 < self._resting_until or not self._armed[best]:
+        best = int(np.argmax(self._best))
+        score = float(self._best[best])
+        self._closes_at = None
+        self._best[:] = -np.inf
+        # The keyword heard best is still the word that fired it last: nothing new was said.
+        if not self._armed[best]:
             return None
         self._resting_until = time + self.refractory_s
         self._armed[best] = False
-        return Event(self.names[best], float(smoothed[best]), float(self.thresholds[best]), time)
+        return Event(self.names[best], score, float(self.thresholds[best]), time)
 
 
 class HopWindows:

@@ -167,6 +167,27 @@ def test_trigger_only_best_keyword_fires_and_gated_hops_never_fire():
     assert Trigger(["a"], np.array([-0.5]), 1, 1.0).step(0.1, None) is None
 
 
+def test_trigger_confirmation_fires_the_keyword_heard_best_over_its_time():
+    # "down on" rises first while "down off" is still being said; "down off" then rises further.
+    hops = [(0.1, [0.2, 0.2]), (0.2, [0.62, 0.55]), (0.3, [0.6, 0.7]), (0.4, [0.5, 0.9]), (0.5, [0.3, 0.8]),
+            (0.6, [0.2, 0.4])]  # fmt: skip
+    at_once = Trigger(["down on", "down off"], np.array([0.5, 0.5]), smoothing=1, refractory_s=1.0)
+    assert [(e.keyword, e.time) for t, s in hops if (e := at_once.step(t, np.array(s)))] == [("down on", 0.2)]
+    confirm = Trigger(["down on", "down off"], np.array([0.5, 0.5]), smoothing=1, refractory_s=1.0, confirm_s=0.2)
+    events = [e for t, s in hops if (e := confirm.step(t, np.array(s)))]
+    # The decision opened at 0.2 closes at 0.4 with "down off" at its best so far.
+    assert [(e.keyword, e.time, e.score) for e in events] == [("down off", 0.4, pytest.approx(0.9))]
+    # After the rest, a new word opens a new decision.
+    later = [(1.5, [0.7, 0.2]), (1.6, [0.8, 0.2]), (1.7, [0.6, 0.2])]
+    assert [(e.keyword, e.time) for t, s in later if (e := confirm.step(t, np.array(s)))] == [("down on", 1.7)]
+
+
+def test_detector_refuses_a_confirmation_time_out_of_range():
+    for bad in (-1.0, 600.0):
+        with pytest.raises(KwsError, match="confirmation time"):
+            DetectorConfig(confirm_ms=bad).validate()
+
+
 def test_energy_gate_skips_silent_windows(embedder, scene):
     audio, bank, truth = scene
     silence = np.zeros(3 * SR, np.float32)

@@ -92,6 +92,9 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rest after an event (default %(default)g)")
     parser.add_argument("--smoothing", type=int, default=d.smoothing,
                         help="average scores over this many hops (default %(default)d)")
+    parser.add_argument("--confirm-ms", type=float, default=d.confirm_ms,
+                        help="after a keyword crosses its threshold, wait this long and fire the keyword "
+                        "that scored best meanwhile (0-500; default %(default)g: at once)")
     parser.add_argument("--threshold-offset", type=float,
                         help="added to every keyword's threshold for streams (default: the model's own, "
                         "+0.16 for speech-embedding, +0.18 for scratch)")
@@ -109,6 +112,7 @@ def detector_config_from_args(args: argparse.Namespace, embedder: Embedder | Non
         hop_ms=args.hop_ms,
         smoothing=args.smoothing,
         refractory_ms=args.refractory_ms,
+        confirm_ms=args.confirm_ms,
         threshold_offset=args.threshold_offset,
         vad=not args.no_vad,
         vad_floor_dbfs=args.vad_dbfs,

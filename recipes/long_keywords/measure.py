@@ -124,8 +124,9 @@ def few_shot(embedder: Embedder, speech: list[np.ndarray], labels: np.ndarray, s
 
 
 def stream_check(embedder: Embedder, clips: list[np.ndarray], labels: list[str], spk: list[str], cfg: EnrollConfig,
-                 detector: DetectorConfig, seed: int = 1) -> dict:  # fmt: skip
-    """Enrol each class from its first three speakers; detect it in a stream of the other clips."""
+                 detector: DetectorConfig, confirm_ms: list[float], seed: int = 1) -> dict[float, dict]:  # fmt: skip
+    """Enrol each class from its first three speakers; detect it in a stream of the other clips, with
+    each confirmation time (:attr:`DetectorConfig.confirm_ms`)."""
     bank = KeywordBank(embedder.model_id, embedder.dim)
     enrolled = set()
     for name in dict.fromkeys(labels):
@@ -155,19 +156,24 @@ def stream_check(embedder: Embedder, clips: list[np.ndarray], labels: list[str],
     # The hops embedded once (every window of the bank), the trigger replayed at each offset of a sweep.
     detector = detector.for_model(embedder)
     offsets = sorted({detector.threshold_offset, *OFFSETS})
-    sweep = evaluate_hops(bank, embed_stream(embedder, bank, audio, detector), truth, len(audio) / SR, offsets, detector)
-    points = {round(p["offset"], 3): p for p in sweep["points"]}
-    at = points[round(detector.threshold_offset, 3)]
-    best = {}
-    for budget in FA_BUDGETS:
-        within = [p for p in sweep["points"] if p["fa_per_hour"] <= budget]
-        best[budget] = max(within, key=lambda p: p["recall"]) if within else None
-    return {
-        "minutes": len(audio) / SR / 60, "occurrences": len(truth), "offset": detector.threshold_offset,
-        "recall": at["recall"], "false_alarms": at["false_alarms"], "fa_per_hour": at["fa_per_hour"],
-        "best_within_budget": best, "sweep": sweep["points"],
-        "own_windows": {k.name: k.frames for k in bank.keywords.values() if k.frames is not None},
-    }  # fmt: skip
+    hops = embed_stream(embedder, bank, audio, detector)
+    results = {}
+    for confirm in confirm_ms:
+        trigger = dataclasses.replace(detector, confirm_ms=confirm)
+        sweep = evaluate_hops(bank, hops, truth, len(audio) / SR, offsets, trigger)
+        points = {round(p["offset"], 3): p for p in sweep["points"]}
+        at = points[round(detector.threshold_offset, 3)]
+        best = {}
+        for budget in FA_BUDGETS:
+            within = [p for p in sweep["points"] if p["fa_per_hour"] <= budget]
+            best[budget] = max(within, key=lambda p: p["recall"]) if within else None
+        results[confirm] = {
+            "minutes": len(audio) / SR / 60, "occurrences": len(truth), "offset": detector.threshold_offset,
+            "recall": at["recall"], "false_alarms": at["false_alarms"], "fa_per_hour": at["fa_per_hour"],
+            "latency_median_s": at["latency_median_s"], "best_within_budget": best, "sweep": sweep["points"],
+            "own_windows": {k.name: k.frames for k in bank.keywords.values() if k.frames is not None},
+        }  # fmt: skip
+    return results
 
 
 def main() -> None:
@@ -178,6 +184,9 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=EnrollConfig.window_margin_s, help="EnrollConfig.window_margin_s")
     parser.add_argument("--no-stream", action="store_true", help="few-shot figures only")
     parser.add_argument("--offset", type=float, default=None, help="the stream's threshold offset (default: the model's)")
+    parser.add_argument("--confirm-ms", type=float, nargs="+", default=[DetectorConfig.confirm_ms],
+                        help="the detector's confirmation times to replay the stream with (default: the detector's)")
+    parser.add_argument("--no-crop", action="store_true", help="leave out the phrases cropped to the model's window")
     parser.add_argument("--out", default="runs/long_keywords")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -199,31 +208,35 @@ def main() -> None:
         clips, labels, spk, found = ([a[i] for i in fits] for a in (clips, labels, spk, found))
         lengths = np.array([len(s) / SR for s in found])
         kind = "phrases" if phrases else "words"
-        rows = [("own window", cfg)] + ([("model's window, centre-cropped", forced)] if phrases else [])
+        rows = [("own window", cfg)] + ([("model's window, centre-cropped", forced)] if phrases and not args.no_crop else [])
         for what, c in rows:
             row = {"clips": len(clips), "refused_too_long": refused, "speakers": len(set(spk)), "speech_s_median": float(np.median(lengths)),
                    "speech_s_max": float(lengths.max()),
                    "few_shot": few_shot(embedder, found, np.array(labels), np.array(spk), c is cfg, args.episodes, c)}  # fmt: skip
             if not args.no_stream:
-                row["stream"] = stream_check(embedder, clips, labels, spk, c, DetectorConfig(threshold_offset=args.offset))
+                row["stream"] = stream_check(embedder, clips, labels, spk, c, DetectorConfig(threshold_offset=args.offset),
+                                             args.confirm_ms)  # fmt: skip
             report["rows"][f"{kind}, {what}"] = row
             print(f"{kind}, {what}: {json.dumps(row)}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.half}.json").write_text(json.dumps(report, indent=2))
     budgets = " | ".join(f"best recall at <= {b:g} FA/h (offset)" for b in FA_BUDGETS)
-    print(f"\n| {args.half} half | speech (median, max) | 10-way 3-shot | stream recall | false alarms (per hour) | {budgets} |")
-    print("| --- " * (5 + len(FA_BUDGETS)) + "|")
+    print(f"\n| {args.half} half | speech (median, max) | 10-way 3-shot | confirm | stream recall | "
+          f"false alarms (per hour) | latency | {budgets} |")  # fmt: skip
+    print("| --- " * (7 + len(FA_BUDGETS)) + "|")
     for name, row in report["rows"].items():
-        fs, st = row["few_shot"], row.get("stream")
-        stream = "- | -" + " | -" * len(FA_BUDGETS)
-        if st:
-            best = [st["best_within_budget"][b] for b in FA_BUDGETS]
-            stream = f"{100 * st['recall']:.1f}% | {st['false_alarms']} ({st['fa_per_hour']:.1f}) | " + " | ".join(
-                f"{100 * p['recall']:.1f}% (+{p['offset']:.2f})" if p else "none" for p in best
-            )
-        print(f"| {name} | {row['speech_s_median']:.2f} s, {row['speech_s_max']:.2f} s | "
-              f"{100 * fs['accuracy']:.1f} ± {100 * fs['ci95']:.1f}% | {stream} |")  # fmt: skip
+        fs = row["few_shot"]
+        head = f"| {name} | {row['speech_s_median']:.2f} s, {row['speech_s_max']:.2f} s | {100 * fs['accuracy']:.1f} ± {100 * fs['ci95']:.1f}%"
+        for confirm, st in row.get("stream", {None: None}).items():
+            stream = "- | - | - | -" + " | -" * len(FA_BUDGETS)
+            if st:
+                best = [st["best_within_budget"][b] for b in FA_BUDGETS]
+                latency = "-" if st["latency_median_s"] is None else f"{1000 * st['latency_median_s']:.0f} ms"
+                stream = f"{confirm:g} ms | {100 * st['recall']:.1f}% | {st['false_alarms']} ({st['fa_per_hour']:.1f}) | {latency} | " + " | ".join(
+                    f"{100 * p['recall']:.1f}% (+{p['offset']:.2f})" if p else "none" for p in best
+                )  # fmt: skip
+            print(f"{head} | {stream} |")
 
 
 if __name__ == "__main__":
