@@ -30,7 +30,7 @@ voice's clips are not independent trials), that of (b) over the draws.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -232,15 +232,26 @@ def top_confusions(cm: np.ndarray, n: int = 5) -> list[tuple[str, str, int]]:
 
 
 def embed_reference(
-    embedder: Embedder, root: str | Path, subset: str, cfg: TwelveClassConfig, progress: bool, augment: bool = False
-) -> EmbeddedCorpus:
-    """One split of the reference corpus: every word plus ``_silence_`` cuts of its background noise;
-    with ``augment``, put through :data:`VALIDATION_AUGMENT` (seeded by ``cfg.seed``)."""
-    ds = SpeechCommands(
-        root, subset=subset, include_silence=True, silence_clips=cfg.silence_clips, seed=cfg.seed
+    embedder: Embedder, roots: Sequence[str | Path], subset: str, cfg: TwelveClassConfig, progress: bool,
+    augment: bool = False,
+) -> EmbeddedCorpus:  # fmt: skip
+    """One split of the reference corpora: every word plus ``_silence_`` cuts of each one's background
+    noise, a word's clips of every corpus in one class; with ``augment``, put through
+    :data:`VALIDATION_AUGMENT` (seeded by ``cfg.seed``)."""
+    parts = []
+    for root in roots:
+        ds = SpeechCommands(root, subset=subset, include_silence=True, silence_clips=cfg.silence_clips, seed=cfg.seed)
+        transform = _augmentation(background_noise(root), cfg.seed) if augment else None
+        parts.append(embed_dataset(embedder, ds, progress=progress, centre=cfg.centre, keep_audio=False,
+                                   transform=transform))  # fmt: skip
+    classes = sorted({c for p in parts for c in p.classes})
+    return EmbeddedCorpus(
+        embeddings=np.concatenate([p.embeddings for p in parts]),
+        labels=np.concatenate([[classes.index(p.classes[i]) for i in p.labels] for p in parts]).astype(int),
+        classes=classes,
+        # Corpora name their speakers independently: one id in two corpora is two speakers.
+        speakers=np.concatenate([[f"{k}:{s}" for s in p.speakers] for k, p in enumerate(parts)]),
     )
-    transform = _augmentation(background_noise(root), cfg.seed) if augment else None
-    return embed_dataset(embedder, ds, progress=progress, centre=cfg.centre, keep_audio=False, transform=transform)
 
 
 def _augmentation(noises: list[np.ndarray], seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -259,19 +270,21 @@ def _augmentation(noises: list[np.ndarray], seed: int) -> Callable[[np.ndarray],
 def evaluate_twelve_class(
     embedder: Embedder,
     corpus_root: str | Path,
-    reference_root: str | Path,
+    reference_roots: str | Path | Sequence[str | Path],
     cfg: TwelveClassConfig,
     out_dir: str | Path,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score ``corpus_root`` in 12 classes with a classifier built on ``reference_root``.
+    """Score ``corpus_root`` in 12 classes with a classifier built on the reference corpora
+    ``reference_roots`` (one folder, or several read as one).
 
     Writes ``twelve_class.json`` and confusion-matrix PNGs (setting (a), and (b)
     for each K) into ``out_dir``. Returns the report.
     """
     out = Path(out_dir)
-    ref_train = embed_reference(embedder, reference_root, "training", cfg, progress)
-    ref_val = embed_reference(embedder, reference_root, "validation", cfg, progress, augment=cfg.augment_validation)
+    roots = [reference_roots] if isinstance(reference_roots, (str, Path)) else list(reference_roots)
+    ref_train = embed_reference(embedder, roots, "training", cfg, progress)
+    ref_val = embed_reference(embedder, roots, "validation", cfg, progress, augment=cfg.augment_validation)
     test_ds = SpeechCommands(
         corpus_root, subset=cfg.subset, words=COMMANDS, include_unknown=True, include_silence=True, seed=cfg.seed,
         speakers=cfg.speakers,
@@ -292,7 +305,7 @@ def evaluate_twelve_class(
     cm_a = confusion_matrix(true, pred_a)
     report: dict[str, Any] = {
         "corpus": str(corpus_root),
-        "reference": str(reference_root),
+        "reference": [str(r) for r in roots],
         "model_id": embedder.model_id,
         "config": asdict(cfg),
         "classes": list(CLASSES),

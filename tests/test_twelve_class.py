@@ -167,6 +167,25 @@ def test_twelve_class_benchmark_on_tone_layouts(layouts: tuple[Path, Path], tmp_
     assert "(a) zero real examples" in table and "(b) 3 real clips/word" in table
 
 
+def test_several_reference_corpora_are_read_as_one(layouts: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, test = layouts
+    more = tmp_path / "more"
+    rng = np.random.default_rng(2)
+    for word in ("go", "dog"):  # the same speaker ids as the first corpus: other people all the same
+        for s in range(6):
+            write_audio(more / word / f"r{s}_nohash_0.wav", tone(FREQS[word], rng))
+    (more / "validation_list.txt").write_text("go/r4_nohash_0.wav\ndog/r4_nohash_0.wav\n")
+    (more / "testing_list.txt").write_text("go/r5_nohash_0.wav\ndog/r5_nohash_0.wav\n")
+    write_audio(more / "_background_noise_" / "white.wav", 0.1 * rng.standard_normal(5 * SAMPLE_RATE).astype(np.float32))
+    cfg = TwelveClassConfig(shots=(1,), draws=2, silence_clips=10)
+    train = embed_reference(ToneEmbedder(), [ref, more], "training", cfg, progress=False)
+    go = train.labels == train.classes.index("go")
+    assert go.sum() == 8 and len(set(train.speakers[go])) == 8  # r0-r3 of each corpus
+    assert (train.labels == train.classes.index(SILENCE)).sum() == 20  # each corpus' own noise cuts
+    report = evaluate_twelve_class(ToneEmbedder(), test, [ref, more], cfg, tmp_path / "out", progress=False)
+    assert report["reference"] == [str(ref), str(more)] and report["zero_shot"]["accuracy"] == 1.0
+
+
 def test_twelve_class_confuses_a_word_whose_reference_is_wrong(layouts: tuple[Path, Path], tmp_path: Path) -> None:
     """If the reference 'go' sounds like 'stop', no zero-shot 'go' clip is right, and one real shot mends it."""
     ref, test = layouts
@@ -205,9 +224,9 @@ def test_cli_twelve_class(random_checkpoint: Path, layouts: tuple[Path, Path], t
 def test_validation_clips_are_augmented_reproducibly(layouts: tuple[Path, Path]) -> None:
     ref, _ = layouts
     cfg = TwelveClassConfig(silence_clips=10)
-    clean = embed_reference(ToneEmbedder(), ref, "validation", cfg, progress=False)
-    noisy = embed_reference(ToneEmbedder(), ref, "validation", cfg, progress=False, augment=True)
-    again = embed_reference(ToneEmbedder(), ref, "validation", cfg, progress=False, augment=True)
+    clean = embed_reference(ToneEmbedder(), [ref], "validation", cfg, progress=False)
+    noisy = embed_reference(ToneEmbedder(), [ref], "validation", cfg, progress=False, augment=True)
+    again = embed_reference(ToneEmbedder(), [ref], "validation", cfg, progress=False, augment=True)
     np.testing.assert_array_equal(noisy.embeddings, again.embeddings)  # seeded by cfg.seed
     assert np.array_equal(noisy.labels, clean.labels)
     # Noise and channel effects move word clips off their tone: lower similarity to the clean embedding.

@@ -75,8 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reference",
         metavar="DIR",
+        nargs="+",
         help="12-class mode: the corpus (e.g. the synthetic one) whose words, validation speakers and "
-        "background noise build the classifier",
+        "background noise build the classifier; several are read as one (a word's clips of each in one class)",
     )
     p.add_argument("--draws", type=int, default=10, metavar="N", help="12-class mode: draws per K (10)")
     p.add_argument(
