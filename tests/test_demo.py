@@ -7,8 +7,8 @@ import pytest
 
 from kws.bank import KeywordBank
 from kws.cli import main
-from kws.data.speech_commands import SpeechCommands
 from kws.data.real_pack import heldout_speaker
+from kws.data.speech_commands import SpeechCommands
 from kws.demo import DEMO_DIR, KEYWORDS, LICENCE, make_demo_assets, run_demo
 from kws.embedder import BUNDLED, load_embedder
 from kws.errors import DataError
