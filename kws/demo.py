@@ -1,23 +1,28 @@
 """The main job, end to end on bundled data: enrol three keywords, then detect them.
 
-The bundled clips (``kws/assets/demo/``, a Speech Commands layout) are words the
-default model never trained on, spoken by synthetic speakers it never heard:
-each keyword's enrolment clips are the *training* split, the stream's clips the
-*testing* split (other speakers). Two of the keywords, ``three`` and ``tree``,
-sound alike.
+The bundled clips (``kws/assets/demo/``, a Speech Commands layout) are one real
+person's own voice, the product's use: the same speaker enrols ``open``, ``close``
+and ``speaker`` from three takes each (the *training* split) and then speaks the
+stream (the *testing* split: their other takes of the keywords, and the
+distractors ``speech signal process project print``; ``speech``/``speaker`` sound
+alike). The speaker is one of the real-speech pack's held-out DSPSpeech-20
+speakers (MIT licence, © 2019 Zhongyu Chen), never heard in training; the words
+themselves are in the default model's training data, spoken by other
+DSPSpeech-20 speakers, so this is a new voice saying known words, not new words.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from kws.audio import SAMPLE_RATE, trim_silence, write_audio
+from kws.audio import SAMPLE_RATE, load_audio, trim_silence, write_audio
 from kws.bank import KeywordBank
 from kws.detect import Detector, DetectorConfig
 from kws.events import Event
@@ -28,11 +33,16 @@ from kws.streams import TruthItem, build_stream, match_events
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_DIR", "DISTRACTORS", "DemoResult", "KEYWORDS", "make_demo_assets", "run_demo"]
+__all__ = [
+    "DEMO_DIR", "DISTRACTORS", "DemoResult", "KEYWORDS", "LICENCE", "SOURCE", "make_demo_assets", "run_demo",
+]
 
 DEMO_DIR = ASSETS / "demo"
-KEYWORDS = ("marvin", "three", "tree")
-DISTRACTORS = ("bed", "bird", "four", "sheila", "wow", "learn")
+KEYWORDS = ("open", "close", "speaker")
+DISTRACTORS = ("speech", "signal", "process", "project", "print")
+SOURCE = "dspspeech20"
+# The pack's copy of DSPSpeech-20's MIT notice, which redistributed clips must carry.
+LICENCE = "LICENSES/dspspeech20-MIT.txt"
 
 
 @dataclass
@@ -98,37 +108,73 @@ def run_demo(
 
 
 def make_demo_assets(
-    corpus_root: str | Path,
+    pack_root: str | Path,
     out_dir: Path = DEMO_DIR,
     keywords: Sequence[str] = KEYWORDS,
     distractors: Sequence[str] = DISTRACTORS,
     enrol_clips: int = 3,
+    distractor_clips: int = 4,
+    source: str = SOURCE,
 ) -> Path:
-    """Copy the demo clips out of a synthetic corpus's testing split (speakers unseen in training).
+    """Write the demo clips of one held-out speaker of the real-speech pack at ``pack_root``.
 
-    The first ``enrol_clips`` speakers of each keyword become its enrolment clips
-    (the training split of the demo folder); the other speakers' clips, and the
-    distractors, its stream clips (listed in ``testing_list.txt``). Clips are
-    trimmed to their speech, so the folder stays small.
+    The speaker is the first (by id) of ``source``'s held-out speakers with more
+    than ``enrol_clips`` takes of every keyword and a take of every distractor.
+    Each keyword's first ``enrol_clips`` takes (by file name) are its enrolment
+    clips (the training split), its other takes stream clips (``testing_list.txt``),
+    as are each distractor's first ``distractor_clips`` takes. Clips are trimmed to
+    their speech and named ``<speaker>_nohash_<take>.wav``. The pack's MIT notice
+    (:data:`LICENCE`) is copied in as ``LICENSE`` with a ``README.md`` saying where
+    the clips come from. The folder is built beside ``out_dir`` and then replaces it.
+
+    Raises:
+        DataError: not a pack, no such speaker, or no licence file in the pack.
     """
-    from kws.data.speech_commands import SpeechCommands
+    from kws.data.real_pack import read_pack
 
-    words = list(keywords) + list(distractors)
-    corpus = SpeechCommands(corpus_root, subset="testing", words=words)
+    pack_root = Path(pack_root)
+    licence = pack_root / LICENCE
+    if not licence.is_file():
+        raise DataError(f"{pack_root}: no {LICENCE}; the demo clips must carry their source's licence notice")
+    takes: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    for clip in read_pack(pack_root, "heldout"):
+        if clip.source == source:
+            takes[clip.speaker][clip.word].append(clip.path)
+
+    def usable(by_word: dict[str, list[Path]]) -> bool:
+        return all(len(by_word[w]) > enrol_clips for w in keywords) and all(by_word[w] for w in distractors)
+
+    speaker = next((s for s in sorted(takes) if usable(takes[s])), None)
+    if speaker is None:
+        raise DataError(
+            f"{pack_root}: no held-out {source} speaker has more than {enrol_clips} takes of each of "
+            f"{', '.join(keywords)} and a take of each of {', '.join(distractors)}"
+        )
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     testing = []
-    for word in words:
-        idx = np.flatnonzero(corpus.labels == corpus.classes.index(word))
-        if word in keywords and len(idx) <= enrol_clips:
-            raise DataError(f"{corpus_root}: {word!r} has {len(idx)} testing clips, need more than {enrol_clips}")
-        for n, i in enumerate(idx):
-            clip = corpus.clips[int(i)]
-            rel = f"{word}/{clip.path.name}"
-            write_audio(out_dir / rel, trim_silence(corpus.audio(int(i))))
+    for word in [*keywords, *distractors]:
+        paths = sorted(takes[speaker][word], key=lambda p: p.name)
+        chosen = paths if word in keywords else paths[:distractor_clips]
+        for n, path in enumerate(chosen):
+            rel = f"{word}/{speaker}_nohash_{path.stem.rsplit('_', 1)[-1]}.wav"
+            write_audio(tmp / rel, trim_silence(load_audio(path, SAMPLE_RATE)))
             if word not in keywords or n >= enrol_clips:
                 testing.append(rel)
-    (out_dir / "testing_list.txt").write_text("\n".join(testing) + "\n")
-    (out_dir / "validation_list.txt").write_text("")
+    (tmp / "testing_list.txt").write_text("\n".join(testing) + "\n")
+    (tmp / "validation_list.txt").write_text("")
+    shutil.copyfile(licence, tmp / "LICENSE")
+    (tmp / "README.md").write_text(
+        f"# kws demo clips\n\nOne speaker ({speaker}) of DSPSpeech-20 (github.com/zhongyuchen/DSPSpeech-20, "
+        f"MIT licence, © 2019 Zhongyu Chen; notice in `LICENSE`), via the kws real-speech pack: "
+        f"{enrol_clips} takes each of {', '.join(keywords)} to enrol (the training split), their other "
+        f"takes and {distractor_clips} takes each of {', '.join(distractors)} for the stream "
+        "(`testing_list.txt`); trimmed to the speech, 16 kHz 16-bit WAV. The speaker is held out of the "
+        "bundled models' training; the words are not (other DSPSpeech-20 speakers say them there). "
+        "Rebuilt by `kws demo --make-assets PACK_ROOT`.\n",
+        encoding="utf-8",
+    )
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
     return out_dir

@@ -102,7 +102,7 @@ def demo_bank_path(onnx_embedder, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_stream() -> tuple:
-    """20 s of the demo keywords and distractors over noise (other speakers than the enrolment's), and its keyword truth."""
+    """20 s of the demo keywords and distractors over noise (the enrolling speaker's other takes), and its keyword truth."""
     from kws.demo import DEMO_DIR, DISTRACTORS, KEYWORDS
     from kws.streams import build_stream
 

@@ -14,7 +14,7 @@ from wyoming.wake import Detect, Detection
 
 from kws.audio import SAMPLE_RATE, float_to_pcm16, resample
 from kws.bank import KeywordBank
-from kws.demo import DEMO_DIR, KEYWORDS
+from kws.demo import DEMO_DIR, DISTRACTORS, KEYWORDS
 from kws.detect import Detector, DetectorConfig
 from kws.serve import BatchEngine, KwsServer, ServeConfig, WyomingLimits
 from kws.streams import build_stream
@@ -25,7 +25,7 @@ TIMEOUT = 30.0
 @pytest.fixture(scope="module")
 def silence_stream() -> np.ndarray:
     """8 s of distractor words only: no keyword."""
-    audio, _ = build_stream(DEMO_DIR, ["bed"], [], 8.0, seed=4)
+    audio, _ = build_stream(DEMO_DIR, list(DISTRACTORS), [], 8.0, seed=4)
     return audio
 
 
@@ -78,9 +78,9 @@ def test_batched_streams_give_the_detectors_events(model, request, demo_stream):
         onnx_embedder, demo_bank_path = request.getfixturevalue("scratch_onnx")
     audio, truth = demo_stream
     want = _detector_events(onnx_embedder, demo_bank_path, audio)
-    # Enough events for the comparison to mean something (these are synthetic voices, on which
-    # the default model at its offset for real voices finds half the keywords).
-    assert len(want) >= 0.5 * len(truth) and want, (want, truth)
+    # Enough events for the comparison to mean something (both models find all 5 keywords of
+    # this stream, said by the speaker who enrolled them).
+    assert len(want) >= 0.8 * len(truth) and want, (want, truth)
 
     async def main():
         engine = BatchEngine(onnx_embedder)
@@ -153,7 +153,7 @@ def test_wyoming_describe_detect_and_not_detected(onnx_embedder, demo_bank_path,
             other = await _client(server)
             both = await asyncio.gather(
                 _collect(client, audio, 44100, 2, None, len(want)),
-                _collect(other, audio, SAMPLE_RATE, 1, ["marvin"], sum(k == "marvin" for k, _ in want)),
+                _collect(other, audio, SAMPLE_RATE, 1, [KEYWORDS[0]], sum(k == KEYWORDS[0] for k, _ in want)),
             )
             quiet = await _collect(client, silence_stream, SAMPLE_RATE, 1, None, 0)
             await client.disconnect()
@@ -162,13 +162,13 @@ def test_wyoming_describe_detect_and_not_detected(onnx_embedder, demo_bank_path,
         finally:
             await server.close()
 
-    names, (all_kw, marvin_only), quiet = asyncio.run(main())
+    names, (all_kw, first_only), quiet = asyncio.run(main())
     assert names == list(KEYWORDS)
     got = [(d.name, d.timestamp / 1000) for d in all_kw]
     assert [k for k, _ in got] == [k for k, _ in want]
     # Resampled 44.1 kHz stereo fires within one hop of the 16 kHz detector.
     assert all(abs(t - tw) <= 0.1 + 1e-6 for (_, t), (_, tw) in zip(got, want)), (got, want)
-    assert [(d.name, d.timestamp / 1000) for d in marvin_only] == [w for w in want if w[0] == "marvin"]
+    assert [(d.name, d.timestamp / 1000) for d in first_only] == [w for w in want if w[0] == KEYWORDS[0]]
     assert quiet == "not-detected"
 
 
@@ -229,7 +229,7 @@ def _header(type_: str, data: dict | None = None, payload_length: int = 0) -> by
         (_header("audio-start", {"rate": 16000, "width": 2}), "needs integer rate, width and channels"),
         (_header("audio-chunk", {"rate": 16000, "width": 2, "channels": 1}, payload_length=10**9), "payload of 1000000000 bytes"),
         (b"x" * (70 * 1024) + b"\n", "header longer than"),
-        (_header("detect", {"names": "marvin"}), "must be a list"),
+        (_header("detect", {"names": KEYWORDS[0]}), "must be a list"),
         (_header("detect", {"names": ["nothing-like-it"]}) + _header("audio-start", {"rate": 16000, "width": 2, "channels": 1}), "none of the keywords"),
         (
             _header("audio-start", {"rate": 16000, "width": 2, "channels": 1})
@@ -276,7 +276,7 @@ def test_connection_limit_and_bank_changes_reach_new_streams(onnx_embedder, demo
             before = [m.name for m in Info.from_event(await first.read_event()).wake[0].models]
             refused = await _raw(server, _header("describe"))
             bank = KeywordBank.load(path)
-            bank.remove("tree")
+            bank.remove(KEYWORDS[-1])
             bank.save(path)
             await first.write_event(Describe().event())
             after = [m.name for m in Info.from_event(await first.read_event()).wake[0].models]
@@ -286,7 +286,7 @@ def test_connection_limit_and_bank_changes_reach_new_streams(onnx_embedder, demo
             await server.close()
 
     before, refused, after = asyncio.run(main())
-    assert before == list(KEYWORDS) and after == ["marvin", "three"]
+    assert before == list(KEYWORDS) and after == list(KEYWORDS[:-1])
     assert [a["type"] for a in refused] == ["error"] and "too many connections" in refused[0]["data"]["text"]
 
 
@@ -340,10 +340,10 @@ def test_bank_store_keeps_the_last_good_bank_when_the_file_breaks(onnx_embedder,
     path = tmp_path / "bank.json"
     path.write_bytes(demo_bank_path.read_bytes())
     store = BankStore(path, onnx_embedder.model_id, onnx_embedder.dim)
-    assert store.select(["tree", "nothing"]).names == ["tree"]
+    assert store.select([KEYWORDS[-1], "nothing"]).names == [KEYWORDS[-1]]
     path.write_text('{"format": "kws-bank", "version": 3, "model_id"')  # half-written by hand
     assert store.current().names == list(KEYWORDS)
     bank = KeywordBank.load(demo_bank_path)
-    bank.remove("three")
+    bank.remove(KEYWORDS[1])
     bank.save(path)
-    assert store.current().names == ["marvin", "tree"]
+    assert store.current().names == [KEYWORDS[0], KEYWORDS[2]]

@@ -1,11 +1,11 @@
 """The web page in a real headless Chromium with a fake microphone, driven over the DevTools protocol.
 
-The microphone plays a WAV file in a loop: the word "bird" every 2 s. The bank
-starts with "bed", which the scratch model fires on "bird" (a false alarm; the
+The microphone plays a WAV file in a loop: the word "speaker" every 2 s. The bank
+starts with "signal", which the scratch model fires on "speaker" (a false alarm; the
 default model does not, which is why this page test runs the scratch model). On the page: start
-listening, see "bed" fire, press "not the keyword" (the bank gains a negative),
-enrol "bird" from three takes recorded through getUserMedia and the
-AudioWorklet, see "bird" detected, undo the negative.
+listening, see "signal" fire, press "not the keyword" (the bank gains a negative),
+enrol "speaker" from three takes recorded through getUserMedia and the
+AudioWorklet, see "speaker" detected, undo the negative.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class DevTools:
 
 @pytest.fixture
 def scratch_embedder():
-    """The scratch model on ONNX Runtime: it takes "bird" for "bed", the false alarm the page corrects."""
+    """The scratch model on ONNX Runtime: it takes "speaker" for "signal", the false alarm the page corrects."""
     from kws.embedder import load_embedder
 
     return load_embedder("scratch", backend="onnx", threads=1)
@@ -88,13 +88,13 @@ def scratch_embedder():
 
 @pytest.fixture
 def scene(scratch_embedder, tmp_path) -> tuple[Path, Path]:
-    """The bank (bed) and the fake microphone's WAV ("bird" every 2 s over quiet noise)."""
-    data = SpeechCommands(DEMO_DIR, subset="testing", words=["bed", "bird"])
-    idx = {w: np.flatnonzero(data.labels == data.classes.index(w)) for w in ("bed", "bird")}
+    """The bank (signal) and the fake microphone's WAV ("speaker" every 2 s over quiet noise)."""
+    data = SpeechCommands(DEMO_DIR, subset="testing", words=["signal", "speaker"])
+    idx = {w: np.flatnonzero(data.labels == data.classes.index(w)) for w in ("signal", "speaker")}
     bank = KeywordBank(scratch_embedder.model_id, scratch_embedder.dim)
-    bank.add(enroll(scratch_embedder, "bed", [data.audio(int(i)) for i in idx["bed"][:3]]).keyword)
+    bank.add(enroll(scratch_embedder, "signal", [data.audio(int(i)) for i in idx["signal"][:3]]).keyword)
     bank.save(tmp_path / "bank.json")
-    word = data.audio(int(idx["bird"][3]))
+    word = data.audio(int(idx["speaker"][3]))
     period = np.zeros(int(PERIOD_S * 16000), dtype=np.float32)
     period[: len(word)] = word
     noise = 10 ** (-70 / 20) * np.random.default_rng(0).standard_normal(4 * len(period))
@@ -144,23 +144,23 @@ def test_page_in_chromium_enrols_detects_and_takes_feedback(scratch_embedder, sc
 async def _drive(page: DevTools, demo_bank_path: Path) -> None:
     await page.until("document.querySelectorAll('#keywords tbody tr').length === 1")
     await page.js("document.getElementById('listen').click()")
-    # A false alarm of "bed" on "bird"; its button is enabled once the audio after it has arrived.
-    await page.until("!!document.querySelector('#events li[data-keyword=\"bed\"] button.negative:not([disabled])')")
-    await page.js("document.querySelector('#events li[data-keyword=\"bed\"] button.negative:not([disabled])').click()")
+    # A false alarm of "signal" on "speaker"; its button is enabled once the audio after it has arrived.
+    await page.until("!!document.querySelector('#events li[data-keyword=\"signal\"] button.negative:not([disabled])')")
+    await page.js("document.querySelector('#events li[data-keyword=\"signal\"] button.negative:not([disabled])').click()")
     result = await page.until("document.getElementById('enroll-result').textContent")
-    assert "bed: threshold" in result, result
-    assert [e.kind for e in KeywordBank.load(demo_bank_path)["bed"].history] == ["negative"]
+    assert "signal: threshold" in result, result
+    assert [e.kind for e in KeywordBank.load(demo_bank_path)["signal"].history] == ["negative"]
 
-    await page.js("document.getElementById('name').value = 'bird'")
+    await page.js("document.getElementById('name').value = 'speaker'")
     assert "3 take(s)" in await page.js(RECORD_TAKES)
     await page.js("document.getElementById('enroll').click()")
     result = await page.until("(t => t.startsWith('enrolled') || t.includes('rror') ? t : '')(document.getElementById('enroll-result').textContent)")
-    assert result.startswith("enrolled bird"), result
-    assert KeywordBank.load(demo_bank_path).names == ["bed", "bird"]
+    assert result.startswith("enrolled speaker"), result
+    assert KeywordBank.load(demo_bank_path).names == ["signal", "speaker"]
     # The live stream restarts with the new bank and hears the new keyword.
-    await page.until("!!document.querySelector('#events li[data-keyword=\"bird\"]')")
+    await page.until("!!document.querySelector('#events li[data-keyword=\"speaker\"]')")
     assert await page.js("document.querySelectorAll('#scores .bar').length") == 2
 
-    await page.js("document.querySelector('button.undo[data-keyword=\"bed\"]').click()")
+    await page.js("document.querySelector('button.undo[data-keyword=\"signal\"]').click()")
     await page.until("document.getElementById('enroll-result').textContent.startsWith('undid')")
-    assert KeywordBank.load(demo_bank_path)["bed"].history == []
+    assert KeywordBank.load(demo_bank_path)["signal"].history == []

@@ -11,7 +11,7 @@ import numpy as np
 from kws.audio import float_to_pcm16
 from kws.bank import KeywordBank
 from kws.data.speech_commands import SpeechCommands
-from kws.demo import DEMO_DIR
+from kws.demo import DEMO_DIR, DISTRACTORS, KEYWORDS
 from kws.serve import KwsServer, ServeConfig
 
 TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -37,7 +37,7 @@ def test_token_is_required(onnx_embedder, demo_bank_path):
                 script = await http.get(base + "/static/app.js")
                 codes = [(await http.get(base + "/api/keywords", headers=h)).status for h in ({}, {"X-Kws-Token": "wrong"})]
                 ok = await (await http.get(base + "/api/keywords", headers={"X-Kws-Token": server.token})).json()
-                posted = (await http.post(base + "/api/undo", json={"name": "marvin"})).status
+                posted = (await http.post(base + "/api/undo", json={"name": KEYWORDS[0]})).status
                 try:
                     await http.ws_connect(base + "/api/listen?token=wrong")
                     ws_status = 101
@@ -50,14 +50,15 @@ def test_token_is_required(onnx_embedder, demo_bank_path):
     page, script, codes, ok, posted, ws_status = asyncio.run(main())
     assert page == script == 200
     assert codes == [403, 403] and posted == 403 and ws_status == 403
-    assert [k["name"] for k in ok["keywords"]] == ["marvin", "three", "tree"]
+    assert [k["name"] for k in ok["keywords"]] == list(KEYWORDS)
 
 
 def test_enrol_listen_not_the_keyword_and_undo(onnx_embedder, demo_bank_path, demo_stream, tmp_path):
     path = tmp_path / "bank.json"
     path.write_bytes(demo_bank_path.read_bytes())
-    data = SpeechCommands(DEMO_DIR, subset="testing", words=["sheila", "wow"])
-    takes = {w: [_b64(data.audio(int(i))) for i in np.flatnonzero(data.labels == data.classes.index(w))[:3]] for w in ("sheila", "wow")}
+    new = DISTRACTORS[:2]
+    data = SpeechCommands(DEMO_DIR, subset="testing", words=list(new))
+    takes = {w: [_b64(data.audio(int(i))) for i in np.flatnonzero(data.labels == data.classes.index(w))[:3]] for w in new}
     audio, _ = demo_stream
 
     async def main():
@@ -97,11 +98,11 @@ def test_enrol_listen_not_the_keyword_and_undo(onnx_embedder, demo_bank_path, de
             await server.close()
 
     replies, bad_reply, first, scores, negative, after_negative, undone, gone = asyncio.run(main())
-    assert {r.get("name") for r in replies} == {"sheila", "wow"}, replies
-    assert KeywordBank.load(path).names[:3] == ["marvin", "three", "tree"] and {"sheila", "wow"} <= set(KeywordBank.load(path).names)
+    assert {r.get("name") for r in replies} == set(new), replies
+    assert KeywordBank.load(path).names[:3] == list(KEYWORDS) and set(new) <= set(KeywordBank.load(path).names)
     assert bad_reply[0] == 400 and "base64" in bad_reply[1]["error"]
     # The stream holds the two new keywords too (among the demo's distractor words).
-    assert first["keyword"] in ("marvin", "three", "tree", "sheila", "wow") and scores > 0
+    assert first["keyword"] in (*KEYWORDS, *new) and scores > 0
     assert negative["name"] == first["keyword"] and [e.kind for e in after_negative.history] == ["negative"]
     assert undone == {"name": first["keyword"], "undone": negative["entry"], "kind": "negative"}
     assert KeywordBank.load(path)[first["keyword"]].history == []
@@ -113,7 +114,7 @@ def test_a_new_bank_starts_empty_and_the_page_enrols_into_it(onnx_embedder, tmp_
     from wyoming.info import Describe, Info
 
     path = tmp_path / "new.json"
-    data = SpeechCommands(DEMO_DIR, subset="testing", words=["wow"])
+    data = SpeechCommands(DEMO_DIR, subset="testing", words=[DISTRACTORS[0]])
     takes = [_b64(data.audio(i)) for i in range(3)]
 
     async def main():
@@ -124,7 +125,7 @@ def test_a_new_bank_starts_empty_and_the_page_enrols_into_it(onnx_embedder, tmp_
                 before = await (await http.get(base + "/api/keywords")).json()
                 ws = await http.ws_connect(f"{base}/api/listen?token={server.token}")
                 closed = await ws.receive(timeout=10)
-                await (await http.post(base + "/api/enroll", json={"name": "wow", "takes": takes})).json()
+                await (await http.post(base + "/api/enroll", json={"name": DISTRACTORS[0], "takes": takes})).json()
             client = AsyncTcpClient("127.0.0.1", server.wyoming_port)
             await client.connect()
             await client.write_event(Describe().event())
@@ -137,5 +138,5 @@ def test_a_new_bank_starts_empty_and_the_page_enrols_into_it(onnx_embedder, tmp_
     before, closed, info = asyncio.run(main())
     assert before == {"keywords": []}
     assert closed.type == aiohttp.WSMsgType.CLOSE and "no keywords" in closed.extra
-    assert KeywordBank.load(path).names == ["wow"]
-    assert [m.name for m in info.wake[0].models] == ["wow"]
+    assert KeywordBank.load(path).names == [DISTRACTORS[0]]
+    assert [m.name for m in info.wake[0].models] == [DISTRACTORS[0]]

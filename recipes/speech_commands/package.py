@@ -8,8 +8,9 @@ Writes, from the run's ``best.pt`` (or ``--checkpoint``) and the corpus it was t
   the run's metrics and training config in ``extra``;
 * ``default.onnx``: its ONNX export (parity-checked against PyTorch);
 * ``impostors.npz``: embeddings of ``--per-word`` validation-speaker clips of
-  every corpus word, for threshold calibration at enrolment;
-* ``demo/``: the clips of ``kws demo`` (testing-split speakers, words held out of training).
+  every corpus word, for threshold calibration at enrolment.
+
+The clips of ``kws demo`` (``demo/``) are not model-specific: ``kws demo --make-assets PACK``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import argparse
 from pathlib import Path
 
 from kws.data.speech_commands import list_words
-from kws.demo import make_demo_assets
-from kws.embedder import ASSETS, BUNDLED, TorchEmbedder
+from kws.embedder import BUNDLED, TorchEmbedder
 from kws.impostors import IMPOSTORS_PATH, build_impostor_set
 from kws.export import export_onnx, synthetic_clips
 from kws.model import KeywordModel, load_checkpoint, save_checkpoint
@@ -51,7 +51,6 @@ def main() -> None:
     embedder = TorchEmbedder(model)
     build_impostor_set(embedder, args.data, list_words(args.data), args.per_word, IMPOSTORS_PATH)
     print(f"{IMPOSTORS_PATH}: written")
-    print(f"{make_demo_assets(args.data, ASSETS / 'demo')}: demo clips written")
 
 
 if __name__ == "__main__":
