@@ -247,7 +247,7 @@ def embed_reference(
     classes = sorted({c for p in parts for c in p.classes})
     return EmbeddedCorpus(
         embeddings=np.concatenate([p.embeddings for p in parts]),
-        labels=np.concatenate([[classes.index(p.classes[i]) for i in p.labels] for p in parts]).astype(int),
+        labels=np.concatenate([np.array([classes.index(c) for c in p.classes])[p.labels] for p in parts]),
         classes=classes,
         # Corpora name their speakers independently: one id in two corpora is two speakers.
         speakers=np.concatenate([[f"{k}:{s}" for s in p.speakers] for k, p in enumerate(parts)]),
