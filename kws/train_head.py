@@ -274,12 +274,14 @@ def _cached_set(cfg: Any, name: str, root: str, clips: Sequence[Any], frames: in
            "frames": frames, "copies": copies, "context": context, "stem": _stem_id()}  # fmt: skip
     if conditions:  # only when on, so that caches made before the option existed stay valid
         key["conditions"] = True
+    if copies > 1:  # the noise mixed under the augmented copies (none without the real pack)
+        key["noise"] = hashlib.sha256("\n".join(noise_paths).encode()).hexdigest()
     mel = cfg.model.stem_layers > 0
     if mel:
         key["features"] = "mel"
     # Plain copies keep the name they always had; copies made another way get names of their
     # own, so that switching an option back and forth does not rebuild the cache each time.
-    plain = not (context or conditions)
+    plain = not (context or conditions or noise_paths)
     digest = key["files"] if plain else hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def build() -> FrameSet:

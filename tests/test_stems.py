@@ -228,6 +228,34 @@ def test_stem_frame_cache_rebuilds_when_corrupt(tmp_path):
     assert len(calls) == 3
 
 
+def test_stem_frame_cache_knows_the_noise_under_its_copies(tmp_path, monkeypatch):
+    """Augmented copies made with another noise list are another cache, never reused."""
+    from types import SimpleNamespace
+
+    import kws.train_head as th
+
+    built = []
+
+    def fake_frames(paths, frames, copies, **kw):
+        built.append(list(kw["noise_paths"]))
+        return np.zeros((len(paths), copies, frames, 96), np.float16)
+
+    monkeypatch.setattr(th, "stem_frames", fake_frames)
+    cfg = SimpleNamespace(
+        data=SimpleNamespace(cache_dir=str(tmp_path), context=0.0, conditions=False), model=SimpleNamespace(stem_layers=0)
+    )
+    clips = [SimpleNamespace(path=tmp_path / "a.wav", word="a", speaker="s1")]
+
+    def frames(noise, copies=2):
+        return th._cached_set(cfg, "set", str(tmp_path), clips, 16, copies, 0, noise, progress=False)
+
+    frames([]), frames(["n1.wav"]), frames([]), frames(["n1.wav"])
+    assert built == [[], ["n1.wav"]]  # each built once, each kept beside the other
+    frames(["n2.wav"])
+    frames(["n1.wav"], copies=1), frames(["n2.wav"], copies=1)  # one plain copy has no noise under it
+    assert built == [[], ["n1.wav"], ["n2.wav"], ["n1.wav"]]
+
+
 def test_real_pack_splits_are_speaker_disjoint(tmp_path, fake_pack):
     from kws.data.real_pack import read_pack
 
