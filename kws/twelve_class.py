@@ -14,6 +14,13 @@ reverberation, band-limiting, codec): biases chosen on clean synthetic speech
 trust the ten word prototypes more than mismatched recordings deserve, and
 send words to ``_unknown_``.
 
+Several reference corpora (say, espeak-ng's 36 training voices and the other
+engines' 8) weigh the same in a word's center, whatever their numbers of voices:
+the center is the mean of each corpus's own unit center of the word. Voices of one
+engine differ less from each other than engines do, so pooling their clips lets
+the engine with most voices decide where the word lies (chosen on one half of the
+real speakers: 89.8% → 91.9% in setting (a); see the recipe README).
+
 Two settings are scored (:func:`evaluate_twelve_class`):
 
 (a) zero real examples: every prototype from the reference corpus;
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +56,10 @@ from kws.metrics import normalize, speaker_bootstrap_ci
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BIAS_GRID", "CLASSES", "COMMANDS", "Prototypes", "TwelveClassConfig", "VALIDATION_AUGMENT", "balanced_accuracy",
-    "command_centers", "confusion_matrix", "draw_support", "embed_reference", "evaluate_twelve_class", "fit_biases",
-    "format_twelve_class", "prototypes_from", "summarise", "top_confusions", "twelve_class_labels",
+    "BIAS_GRID", "CLASSES", "COMMANDS", "VALIDATION_AUGMENT", "Prototypes", "ReferenceCorpus", "TwelveClassConfig",
+    "balanced_accuracy", "command_centers", "confusion_matrix", "draw_support", "embed_reference",
+    "evaluate_twelve_class", "fit_biases", "format_twelve_class", "prototypes_from", "summarise", "top_confusions",
+    "twelve_class_labels",
 ]
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -130,11 +138,14 @@ def twelve_class_labels(corpus: EmbeddedCorpus) -> np.ndarray:
     return np.array([index[w] for w in corpus.classes], dtype=np.int64)[corpus.labels]
 
 
-def prototypes_from(corpus: EmbeddedCorpus) -> Prototypes:
+def prototypes_from(corpus: EmbeddedCorpus, sources: np.ndarray | None = None) -> Prototypes:
     """Prototypes from a reference corpus embedded with every word and ``_silence_`` (biases zero).
 
-    Silence prototypes are per recording: a silence clip's "speaker" is its noise file.
+    ``sources``: ``(N,)`` the reference corpus each clip comes from (default: all one);
+    a word's center is the mean of each source's unit center of it. Silence
+    prototypes are per recording: a silence clip's "speaker" is its noise file.
     """
+    sources = np.zeros(len(corpus.labels), dtype=np.int64) if sources is None else np.asarray(sources)
     missing = [w for w in COMMANDS if w not in corpus.classes]
     if missing:
         raise DataError(f"the reference corpus has no clips of {', '.join(missing)}")
@@ -146,7 +157,8 @@ def prototypes_from(corpus: EmbeddedCorpus) -> Prototypes:
                 vectors.append(corpus.embeddings[mine & (corpus.speakers == rec)].mean(axis=0))
                 owner.append(SILENCE_ID)
         elif mine.any():
-            vectors.append(corpus.embeddings[mine].mean(axis=0))
+            centers = [corpus.embeddings[mine & (sources == k)].mean(axis=0) for k in np.unique(sources[mine])]
+            vectors.append(normalize(np.stack(centers)).mean(axis=0))
             owner.append(CLASSES.index(word) if word in COMMANDS else UNKNOWN_ID)
     owner_arr = np.asarray(owner)
     for c in (UNKNOWN_ID, SILENCE_ID):
@@ -231,10 +243,17 @@ def top_confusions(cm: np.ndarray, n: int = 5) -> list[tuple[str, str, int]]:
 # ---------------------------------------------------------------------------- the benchmark
 
 
+@dataclass
+class ReferenceCorpus(EmbeddedCorpus):
+    """One split of the reference corpora, embedded; ``sources`` ``(N,)``: each clip's corpus (index into the roots)."""
+
+    sources: np.ndarray = field(kw_only=True)
+
+
 def embed_reference(
     embedder: Embedder, roots: Sequence[str | Path], subset: str, cfg: TwelveClassConfig, progress: bool,
     augment: bool = False,
-) -> EmbeddedCorpus:  # fmt: skip
+) -> ReferenceCorpus:  # fmt: skip
     """One split of the reference corpora: every word plus ``_silence_`` cuts of each one's background
     noise, a word's clips of every corpus in one class; with ``augment``, put through
     :data:`VALIDATION_AUGMENT` (seeded by ``cfg.seed``)."""
@@ -245,12 +264,13 @@ def embed_reference(
         parts.append(embed_dataset(embedder, ds, progress=progress, centre=cfg.centre, keep_audio=False,
                                    transform=transform))  # fmt: skip
     classes = sorted({c for p in parts for c in p.classes})
-    return EmbeddedCorpus(
+    return ReferenceCorpus(
         embeddings=np.concatenate([p.embeddings for p in parts]),
         labels=np.concatenate([np.array([classes.index(c) for c in p.classes])[p.labels] for p in parts]),
         classes=classes,
         # Corpora name their speakers independently: one id in two corpora is two speakers.
         speakers=np.concatenate([[f"{k}:{s}" for s in p.speakers] for k, p in enumerate(parts)]),
+        sources=np.concatenate([np.full(len(p.labels), k) for k, p in enumerate(parts)]),
     )
 
 
@@ -295,7 +315,7 @@ def evaluate_twelve_class(
     if (present[: len(COMMANDS)] == 0).any():
         raise DataError(f"{corpus_root}: the scored corpus lacks clips of some command words")
 
-    base = prototypes_from(ref_train)
+    base = prototypes_from(ref_train, ref_train.sources)
     val_true = twelve_class_labels(ref_val)
 
     # (a) zero real examples.

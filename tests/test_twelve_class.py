@@ -90,6 +90,20 @@ def test_reference_prototypes_and_label_mapping() -> None:
     assert list(protos.predict(emb)) == list(twelve_class_labels(corpus))
 
 
+def test_each_reference_corpus_weighs_the_same_in_a_word_center() -> None:
+    """Nine clips of 'yes' from one corpus and one from another: the center lies halfway, not near the nine."""
+    a, b = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[1]
+    classes = [*COMMANDS, "cat", SILENCE]
+    labels = np.array([0] * 10 + list(range(1, 12)))
+    emb = np.concatenate([[a] * 9, [b], np.eye(8, dtype=np.float32)[[2] * 11]])
+    corpus = EmbeddedCorpus(emb, labels, classes, np.array([f"s{i}" for i in range(21)]))
+    sources = np.array([0] * 9 + [1] * 12)
+    yes = prototypes_from(corpus, sources).vectors[0]
+    np.testing.assert_allclose(yes, normalize(a + b), atol=1e-6)
+    pooled = prototypes_from(corpus).vectors[0]  # one source: every clip counts the same
+    np.testing.assert_allclose(pooled, normalize(9 * a + b), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- whole pipeline
 
 BAND_HZ = 64.0  # the ToneEmbedder's bands; each word is a tone in the middle of its own band
@@ -181,6 +195,7 @@ def test_several_reference_corpora_are_read_as_one(layouts: tuple[Path, Path], t
     train = embed_reference(ToneEmbedder(), [ref, more], "training", cfg, progress=False)
     go = train.labels == train.classes.index("go")
     assert go.sum() == 8 and len(set(train.speakers[go])) == 8  # r0-r3 of each corpus
+    assert list(train.sources[go]) == [0] * 4 + [1] * 4
     assert (train.labels == train.classes.index(SILENCE)).sum() == 20  # each corpus' own noise cuts
     report = evaluate_twelve_class(ToneEmbedder(), test, [ref, more], cfg, tmp_path / "out", progress=False)
     assert report["reference"] == [str(ref), str(more)] and report["zero_shot"]["accuracy"] == 1.0

@@ -77,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         nargs="+",
         help="12-class mode: the corpus (e.g. the synthetic one) whose words, validation speakers and "
-        "background noise build the classifier; several are read as one (a word's clips of each in one class)",
+        "background noise build the classifier; several are read as one (a word's clips of each in one class, "
+        "each corpus weighing the same in its prototype)",
     )
     p.add_argument("--draws", type=int, default=10, metavar="N", help="12-class mode: draws per K (10)")
     p.add_argument(
