@@ -187,6 +187,9 @@ class Keyword:
         frames: the keyword's own window in stem frames, for a keyword longer than the
             model's window; ``None``: the model's window. Its embeddings (centers,
             positives, feedback) are all at this window.
+        spoken: ``(dim,)`` what synthetic voices saying the keyword add to each center
+            (:mod:`kws.spoken`), kept so that feedback re-makes the centers as enrolment
+            made them; ``None``: enrolled from its clips alone.
     """
 
     name: str
@@ -198,6 +201,7 @@ class Keyword:
     history: list[Entry] = field(default_factory=list)
     negative_rule: str = DEFAULT_NEGATIVE_RULE
     frames: int | None = None
+    spoken: np.ndarray | None = None
 
     @property
     def negatives(self) -> np.ndarray | None:
@@ -241,11 +245,13 @@ class Keyword:
         }
 
     def to_json(self) -> dict[str, Any]:
-        # Only a keyword with a window of its own says so: other keywords are stored as before.
+        # Only a keyword with a window of its own (or spoken voices) says so: others are stored as before.
         window = {} if self.frames is None else {"frames": self.frames}
+        spoken = {} if self.spoken is None else {"spoken": _vec_json(self.spoken)}
         return {
             **self.state_json(),
             **window,
+            **spoken,
             "positives": None if self.positives is None else [_vec_json(p) for p in self.positives],
             "history": [e.to_json() for e in self.history],
         }
@@ -262,6 +268,8 @@ class Keyword:
             positives = None if raw_pos is None else np.asarray(raw_pos, dtype=np.float32)
             history = [Entry.from_json(e, dim) for e in d.get("history", [])]
             frames = d.get("frames")
+            raw_spoken = d.get("spoken")
+            spoken = None if raw_spoken is None else np.asarray(raw_spoken, dtype=np.float32)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BankError(f"keyword {name!r} is malformed ({exc})") from exc
         if centers.ndim != 2 or centers.shape[0] == 0 or centers.shape[1] != dim:
@@ -282,6 +290,8 @@ class Keyword:
                 raise BankError(f"keyword {name!r}: positives have shape {positives.shape}, expected (n, {dim})")
             if not np.all(np.isfinite(positives)) or not _unit_rows(positives):
                 raise BankError(f"keyword {name!r}: positives are not finite unit-length vectors")
+        if spoken is not None and (spoken.shape != (dim,) or not np.all(np.isfinite(spoken))):
+            raise BankError(f"keyword {name!r}: spoken has shape {spoken.shape}, expected ({dim},) finite numbers")
         if rule not in NEGATIVE_RULES:
             raise BankError(f"keyword {name!r}: negative_rule {rule!r} is not one of {', '.join(NEGATIVE_RULES)}")
         if len({e.id for e in history}) != len(history):
@@ -293,7 +303,7 @@ class Keyword:
             )
         return cls(
             name=name, centers=centers, threshold=threshold, samples=samples, info=info,
-            positives=positives, history=history, negative_rule=rule, frames=frames,
+            positives=positives, history=history, negative_rule=rule, frames=frames, spoken=spoken,
         )
 
 

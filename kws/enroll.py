@@ -53,6 +53,7 @@ from kws.scoring import (
     recenter,
     suppressed,
 )
+from kws.spoken import SpokenConfig, spoken_vector
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,8 @@ def enroll(
     fa_per_hour: float | None = None,
     background: Background | None = None,
     detector: DetectorConfig = DetectorConfig(),
+    spoken: SpokenConfig | None = None,
+    say: str | None = None,
 ) -> EnrollResult:
     """Enrol keyword ``name`` from 1–10 clips.
 
@@ -383,6 +386,9 @@ def enroll(
             most this often per hour on ``background`` speech (``None``: the bundled background
             of the model), instead of from isolated impostor clips (see :mod:`kws.background`);
             not for a keyword with a window of its own (the background is embedded at the model's).
+        spoken: also hear the keyword as the installed speech engines say it (``say``, default
+            ``name``), in ``spoken.voices`` voices per source, and add that to its centers
+            (:mod:`kws.spoken`); ``None``: the clips alone. Not for a keyword with a window of its own.
     Returns:
         the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
     Raises:
@@ -408,6 +414,11 @@ def enroll(
             f"speech that --fa-per-hour calibrates on is embedded at the model's window; enrol it without "
             "--fa-per-hour (its threshold then comes from impostor clips)"
         )
+    if frames is not None and spoken is not None:
+        raise EnrollmentError(
+            f"{name!r} is longer than the model's window: the speech engines' voices are spoken into one "
+            "second, so --spoken is for keywords that fit the model's window; enrol it without --spoken"
+        )
     # The keyword's model: the embedder at the keyword's own window (itself for most keywords).
     kw_embedder = embedder.at_frames(frames)
     impostors_at_window = isinstance(impostors, (str, Path)) and Path(impostors).is_dir()
@@ -422,8 +433,13 @@ def enroll(
     n = len(emb)
     clip_emb = normalize(emb.mean(axis=1))
     assign = kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
-    kw_centers = make_centers(emb, assign, np.ones(n, dtype=bool))
-    target = leave_one_out_scores(emb, assign) if n > 1 else np.zeros(0, dtype=np.float32)
+    spoken_info, spoken_vec = None, None
+    if spoken is not None:
+        text = say if say is not None else name
+        spoken_vec, sources = spoken_vector(kw_embedder, text, spoken, cfg.trim_db)
+        spoken_info = {"text": text, "sources": sources, "voices": spoken.voices, "weight": spoken.weight}
+    kw_centers = make_centers(emb, assign, np.ones(n, dtype=bool), spoken_vec)
+    target = leave_one_out_scores(emb, assign, spoken_vec) if n > 1 else np.zeros(0, dtype=np.float32)
 
     if n >= 3 and centers == 1:
         warnings += _check_outliers(target, names, cfg)
@@ -446,6 +462,8 @@ def enroll(
             "they may be taken for each other: enrol more samples of both, or choose a longer phrase"
         )
     info = {"calibration": cal.to_json(), "augment": augment, "clip_checks": list(warnings)}
+    if spoken_info is not None:
+        info["spoken"] = spoken_info
     if frames is not None:
         info["window"] = {
             "frames": frames,
@@ -462,6 +480,7 @@ def enroll(
         info=info,
         positives=emb[:, 0].astype(np.float32),
         frames=frames,
+        spoken=spoken_vec,
     )
     added: list[tuple[Neighbour, float]] = []
     if confusables is not None:

@@ -12,7 +12,7 @@ the numbers with PNG plots beside it. The 12-class Speech Commands benchmark
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,9 @@ class EvalConfig:
         augment_episodes: if > 0, also compare enrolment with and without
             augmentation over this many episodes (``ways``-way, ``augment_shots``-shot).
         augment_shots: K of the augmentation comparison.
+        spoken_voices: if > 0, add to each word's support center in the few-shot and
+            open-set sections its spoken vector, from this many synthetic voices per
+            source (:mod:`kws.spoken`, as ``kws enroll --spoken`` does).
         max_points: at most this many points in the projection plot.
         seed: seed of every random draw.
         speakers: only these speakers' clips (default: all).
@@ -90,6 +93,7 @@ class EvalConfig:
     pair_shots: int = 3
     augment_episodes: int = 0
     augment_shots: int = 3
+    spoken_voices: int = 0
     max_points: int = 3000
     seed: int = 0
     speakers: list[str] | None = None
@@ -176,15 +180,18 @@ def embed_dataset(
 # ---------------------------------------------------------------------------- sections
 
 
-def few_shot_section(corpus: EmbeddedCorpus, cfg: EvalConfig) -> list[dict[str, Any]]:
-    """N-way K-shot accuracy (mean and 95% interval) for each K of ``cfg.shots``."""
+def few_shot_section(
+    corpus: EmbeddedCorpus, cfg: EvalConfig, spoken: Sequence[np.ndarray] | None = None
+) -> list[dict[str, Any]]:
+    """N-way K-shot accuracy (mean and 95% interval) for each K of ``cfg.shots``; ``spoken``: each
+    class's spoken vector (:func:`kws.metrics.episode_predictions`)."""
     rows = []
     speakers = corpus.speakers if cfg.across_speakers else None
     ways = min(cfg.ways, len(corpus.classes))
     for k in cfg.shots:
         try:
             res = few_shot_accuracy(
-                corpus.embeddings, corpus.labels, ways, k, cfg.episodes, cfg.queries, speakers, cfg.seed
+                corpus.embeddings, corpus.labels, ways, k, cfg.episodes, cfg.queries, speakers, cfg.seed, spoken
             )
         except ValueError as exc:
             log.warning("%d-shot episodes skipped: %s", k, exc)
@@ -193,11 +200,13 @@ def few_shot_section(corpus: EmbeddedCorpus, cfg: EvalConfig) -> list[dict[str, 
     return rows
 
 
-def open_set_section(corpus: EmbeddedCorpus, cfg: EvalConfig) -> dict[str, Any]:
+def open_set_section(
+    corpus: EmbeddedCorpus, cfg: EvalConfig, spoken: Sequence[np.ndarray] | None = None
+) -> dict[str, Any]:
     """Detection of enrolled words among the others: mean EER, FRR at 1% and 5% FAR, mean DET curve."""
     rates, frr, at = [], [], []
     for target, impostor in open_set_trials(
-        corpus.embeddings, corpus.labels, cfg.open_set_shots, cfg.open_set_episodes, cfg.seed
+        corpus.embeddings, corpus.labels, cfg.open_set_shots, cfg.open_set_episodes, cfg.seed, spoken
     ):
         rates.append(eer(target, impostor)[0])
         frr.append(frr_curve(target, impostor, DET_FARS))
@@ -455,11 +464,18 @@ def evaluate(
         "speakers": int(len(np.unique(corpus.speakers))),
         "files": {},
     }
+    spoken = None
+    if cfg.spoken_voices > 0:
+        from kws.spoken import SpokenConfig, spoken_vector
+
+        said = [spoken_vector(embedder, w, SpokenConfig(voices=cfg.spoken_voices)) for w in corpus.classes]
+        spoken = [vector for vector, _ in said]
+        report["spoken"] = {w: sources for w, (_, sources) in zip(corpus.classes, said)}
     try:
-        report["open_set"] = open_set_section(corpus, cfg)
+        report["open_set"] = open_set_section(corpus, cfg, spoken)
     except ValueError as exc:
         log.warning("open-set test skipped: %s", exc)
-    report["few_shot"] = few_shot_section(corpus, cfg)
+    report["few_shot"] = few_shot_section(corpus, cfg, spoken)
     report["pairs"] = pairs_section(corpus, cfg)
     if cfg.augment_episodes > 0:
         report["augmentation"] = augmentation_section(embedder, corpus, cfg)
@@ -481,6 +497,10 @@ def evaluate(
 def format_table(report: dict[str, Any]) -> str:
     """A short plain-text summary of a report."""
     lines = [f"{report['clips']} clips, {len(report['words'])} words, {report['speakers']} speakers"]
+    if "spoken" in report:
+        sources = sorted({s for names in report["spoken"].values() for s in names})
+        voices = report["config"]["spoken_voices"]
+        lines.append(f"  each enrolment center with the word spoken by {voices} voices of: {', '.join(sources)}")
     for r in report["few_shot"]:
         lines.append(f"  {r['ways']}-way {r['shots']}-shot accuracy   {100 * r['mean']:5.1f}% ± {100 * r['ci95']:.1f}")
     if "open_set" in report:

@@ -8,7 +8,7 @@ alike", and a detector accepts a score at or above its threshold.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Episode", "FewShotResult", "class_centers", "det_curve", "eer", "episode_predictions", "few_shot_accuracy",
     "few_shot_episodes", "frr_at_far", "frr_curve", "nearest_center_accuracy", "normalize", "open_set_eer",
-    "open_set_trials", "speaker_bootstrap_ci", "threshold_at_far", "thresholds_at_far",
+    "open_set_trials", "speaker_bootstrap_ci", "threshold_at_far", "thresholds_at_far", "with_spoken",
 ]
 
 
@@ -186,15 +186,29 @@ def few_shot_episodes(
     return out
 
 
-def episode_predictions(embeddings: np.ndarray, episode: Episode) -> tuple[np.ndarray, np.ndarray]:
+def with_spoken(centers: np.ndarray, spoken: np.ndarray | None) -> np.ndarray:
+    """Centers ``(k, D)`` with a keyword's ``spoken`` vector ``(D,)`` added (what synthetic voices
+    saying it contribute, :func:`kws.spoken.spoken_vector`), renormalised; ``None``: as they are."""
+    if spoken is None:
+        return centers
+    return normalize(normalize(centers) + np.asarray(spoken)[None])
+
+
+def episode_predictions(
+    embeddings: np.ndarray, episode: Episode, spoken: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-center classification of one episode's queries.
 
     Args:
         embeddings: ``(N, D)`` unit-norm.
+        spoken: per label value, its spoken vector ``(D,)``, added to its support
+            center (:func:`with_spoken`); ``None``: the support alone.
     Returns:
         ``true`` and ``predicted`` positions in ``episode.classes``, each ``(n_queries,)``.
     """
     centers = normalize(np.stack([embeddings[s].mean(axis=0) for s in episode.support]))
+    if spoken is not None:
+        centers = np.concatenate([with_spoken(c[None], spoken[k]) for c, k in zip(centers, episode.classes)])
     q = np.concatenate(episode.queries)
     true = np.concatenate([np.full(len(qi), j) for j, qi in enumerate(episode.queries)])
     return true, np.argmax(embeddings[q] @ centers.T, axis=1)
@@ -209,11 +223,13 @@ def few_shot_accuracy(
     queries: int = 5,
     speakers: np.ndarray | None = None,
     seed: int = 0,
+    spoken: Sequence[np.ndarray] | None = None,
 ) -> FewShotResult:
     """N-way K-shot accuracy of nearest-center classification over random episodes.
 
     Episodes are drawn by :func:`few_shot_episodes`; a class's center is the
-    renormalised mean of its support embeddings, and each query is classified
+    renormalised mean of its support embeddings (with ``spoken``, its spoken vector
+    added, see :func:`episode_predictions`), and each query is classified
     by the nearest center (cosine).
 
     Args:
@@ -224,7 +240,7 @@ def few_shot_accuracy(
     embeddings = normalize(embeddings)
     acc = np.array(
         [
-            np.mean(np.equal(*episode_predictions(embeddings, ep)))
+            np.mean(np.equal(*episode_predictions(embeddings, ep, spoken)))
             for ep in few_shot_episodes(labels, n_way, k_shot, episodes, queries, speakers, seed)
         ]
     )
@@ -331,17 +347,19 @@ def frr_curve(target: np.ndarray, impostor: np.ndarray, fars: np.ndarray) -> np.
 
 
 def open_set_trials(
-    embeddings: np.ndarray, labels: np.ndarray, k_shot: int = 3, episodes: int = 100, seed: int = 0
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    embeddings: np.ndarray, labels: np.ndarray, k_shot: int = 3, episodes: int = 100, seed: int = 0,
+    spoken: Sequence[np.ndarray] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Target and impostor scores of random enrolment episodes (see :func:`open_set_eer`).
 
     Yields, per episode, ``target`` ``(Q,)`` (queries against their own center)
     and ``impostor`` ``(Q * (C - 1),)`` (queries against every other center).
+    ``spoken``: as for :func:`episode_predictions`.
     """
     embeddings = normalize(embeddings)
     labels = np.asarray(labels)
-    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    by_class = [idx for idx in by_class if len(idx) > k_shot]
+    values = [c for c in np.unique(labels) if np.sum(labels == c) > k_shot]
+    by_class = [np.flatnonzero(labels == c) for c in values]
     if len(by_class) < 2:
         raise ValueError(f"open-set scoring needs at least 2 classes with more than {k_shot} clips")
     rng = np.random.default_rng(seed)
@@ -349,7 +367,8 @@ def open_set_trials(
         centers, q_idx, q_class = [], [], []
         for c, idx in enumerate(by_class):
             perm = rng.permutation(idx)
-            centers.append(normalize(embeddings[perm[:k_shot]].mean(axis=0)))
+            center = normalize(embeddings[perm[:k_shot]].mean(axis=0))
+            centers.append(center if spoken is None else with_spoken(center[None], spoken[values[c]])[0])
             q_idx.append(perm[k_shot:])
             q_class.append(np.full(len(idx) - k_shot, c))
         scores = embeddings[np.concatenate(q_idx)] @ np.stack(centers).T

@@ -24,7 +24,7 @@ import numpy as np
 
 from kws.bank import Keyword, KeywordBank, apply_negatives
 from kws.errors import EnrollmentError
-from kws.metrics import normalize, threshold_at_far
+from kws.metrics import normalize, threshold_at_far, with_spoken
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +74,22 @@ def kmeans_assign(clip_emb: np.ndarray, k: int, iters: int) -> np.ndarray:
     return np.argmax(clip_emb @ centers.T, axis=1)
 
 
-def make_centers(emb: np.ndarray, assign: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Renormalised mean of ``emb`` ``(n, m, D)`` per cluster, over kept clips; empty clusters dropped."""
+def make_centers(emb: np.ndarray, assign: np.ndarray, keep: np.ndarray, spoken: np.ndarray | None = None) -> np.ndarray:
+    """Renormalised mean of ``emb`` ``(n, m, D)`` per cluster, over kept clips; empty clusters dropped;
+    with the keyword's ``spoken`` vector ``(D,)`` added (:func:`kws.metrics.with_spoken`)."""
     dim = emb.shape[-1]
-    return np.stack([normalize(emb[(assign == c) & keep].reshape(-1, dim).mean(axis=0)) for c in np.unique(assign[keep])])
+    centers = np.stack([normalize(emb[(assign == c) & keep].reshape(-1, dim).mean(axis=0)) for c in np.unique(assign[keep])])
+    return with_spoken(centers, spoken)
 
 
-def leave_one_out_scores(emb: np.ndarray, assign: np.ndarray) -> np.ndarray:
+def leave_one_out_scores(emb: np.ndarray, assign: np.ndarray, spoken: np.ndarray | None = None) -> np.ndarray:
     """Each clip's score against the centers made without it.
 
     Args:
         emb: ``(n, m, D)``: per clip, its own embedding first, then those of its
             augmented copies (``m = 1`` without augmentation).
         assign: ``(n,)`` cluster of each clip.
+        spoken: the keyword's spoken vector ``(D,)``, in every center (see :func:`make_centers`).
     Returns:
         ``(n,)`` best cosine of each clip's own embedding to the others' centers
         (augmented copies of a clip never score it).
@@ -95,7 +98,7 @@ def leave_one_out_scores(emb: np.ndarray, assign: np.ndarray) -> np.ndarray:
     scores = np.empty(n, dtype=np.float32)
     for i in range(n):
         keep = np.arange(n) != i
-        scores[i] = float((make_centers(emb, assign, keep) @ emb[i, 0]).max())
+        scores[i] = float((make_centers(emb, assign, keep, spoken) @ emb[i, 0]).max())
     return scores
 
 
@@ -240,8 +243,8 @@ def recenter(keyword: Keyword, cfg: FeedbackConfig) -> tuple[np.ndarray, np.ndar
     k = min(len(enrolled["centers"]), len(positives))
     emb = positives[:, None]
     assign = kmeans_assign(positives, k, cfg.kmeans_iters) if k > 1 else np.zeros(len(positives), dtype=int)
-    centers = make_centers(emb, assign, np.ones(len(positives), dtype=bool)).astype(np.float32)
-    target = leave_one_out_scores(emb, assign) if len(positives) > 1 else np.zeros(0, np.float32)
+    centers = make_centers(emb, assign, np.ones(len(positives), dtype=bool), keyword.spoken).astype(np.float32)
+    target = leave_one_out_scores(emb, assign, keyword.spoken) if len(positives) > 1 else np.zeros(0, np.float32)
     return centers, target, positives
 
 

@@ -49,6 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "recall it expects and warns, with the best budget reachable, when N cannot be met",
     )
     p.add_argument("--background", metavar="FILE", help="background stream (.npz) for --fa-per-hour (default: bundled)")
+    p.add_argument(
+        "--spoken",
+        type=int,
+        nargs="?",
+        const=16,
+        metavar="N",
+        help="also hear the keyword as the installed speech engines say it (espeak-ng; SVOX Pico and RHVoice "
+        "if installed), N voices per source (16), and add that to its center: on real speakers it lifts 3-shot "
+        "accuracy by about 5 points (more from 1 clip); for keywords of real words, up to the model's window",
+    )
+    p.add_argument("--say", metavar="TEXT", help="with --spoken: what the engines say (default: KEYWORD), e.g. 'hey kay'")
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each recording (2.0 s)")
     add_device_arguments(p)
@@ -85,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     from kws.confusables import ConfusableConfig
     from kws.enroll import enroll
     from kws.errors import EnrollmentError
+    from kws.spoken import SpokenConfig
 
     if args.record is not None and args.clips:
         raise EnrollmentError("give clip files or --record N, not both")
@@ -92,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         raise EnrollmentError("give the keyword's clip files, or --record N to record them")
     if args.record is None and (args.device, args.rate, args.channels) != (None, None, None):
         raise EnrollmentError("--device, --rate and --channels apply to --record N only")
+    if args.say is not None and args.spoken is None:
+        raise EnrollmentError("--say goes with --spoken (what the speech engines say)")
     name = keyword_name(args.keyword)
     bank_path = Path(args.bank)
     # The bank as it is now, to check early and to name similar keywords; it is read
@@ -126,6 +140,8 @@ def _run(args: argparse.Namespace) -> int:
         confusables=None if args.no_confusables else ConfusableConfig(),
         fa_per_hour=args.fa_per_hour,
         background=background,
+        spoken=None if args.spoken is None else SpokenConfig(voices=args.spoken),
+        say=args.say,
     )
     with locked_bank(bank_path, model_id=embedder.model_id, dim=embedder.dim) as current:
         if name in current and not args.replace:
@@ -134,6 +150,9 @@ def _run(args: argparse.Namespace) -> int:
 
     cal = result.calibration
     print(f"enrolled {name!r} from {result.keyword.samples} clip(s) into {bank_path}")
+    spoken = result.keyword.info.get("spoken")
+    if spoken is not None:
+        print(f"  spoken               {spoken['text']!r} by {spoken['voices']} voices of {', '.join(spoken['sources'])}")
     window = result.keyword.info.get("window")
     if window is not None:
         print(

@@ -62,6 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also compare enrolment with and without augmentation over N episodes",
     )
     p.add_argument(
+        "--spoken",
+        type=int,
+        nargs="?",
+        const=16,
+        default=0,
+        metavar="N",
+        help="add each word as the installed speech engines say it (N voices per source, 16) to its enrolment "
+        "center in the few-shot and open-set figures, as kws enroll --spoken does",
+    )
+    p.add_argument(
         "--no-centre",
         dest="centre",
         action="store_false",
@@ -114,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         pairs=args.pairs,
         across_speakers=not args.same_speakers,
         augment_episodes=args.augment_episodes,
+        spoken_voices=args.spoken,
         seed=args.seed,
         centre=args.centre,
         speakers=read_speaker_list(args.speakers),

@@ -35,12 +35,13 @@ KEYWORDS = {"speech-commands": ["yes", "down", "left", "stop"], "own-voice": ["o
 KWS = [sys.executable, "-m", "kws"]
 
 
-def enrol(bank: Path, word: str, takes: list[str], model: str, force: bool) -> list[str]:
+def enrol(bank: Path, word: str, takes: list[str], args: argparse.Namespace) -> list[str]:
     """Enrol ``word`` from the first 3 of ``takes``, replacing a take that kws flags by the next; the takes used."""
     clips, spare = takes[:3], takes[3:]
+    options = [*(["--force"] if args.force else []), *(["--spoken"] if args.spoken else [])]
     while True:
-        run = subprocess.run([*KWS, "enroll", word, *clips, "--bank", str(bank), "--model", model, "--replace",
-                              *(["--force"] if force else [])], capture_output=True, text=True, check=False)  # fmt: skip
+        run = subprocess.run([*KWS, "enroll", word, *clips, "--bank", str(bank), "--model", args.model, "--replace",
+                              *options], capture_output=True, text=True, check=False)  # fmt: skip
         flagged = [c for c in clips if f"{c}: " in run.stdout + run.stderr]
         if not flagged or not spare:
             break
@@ -71,7 +72,7 @@ def speech_commands(args: argparse.Namespace, out: Path) -> list[dict]:
     bank.unlink(missing_ok=True)
     for word in KEYWORDS[args.kind]:
         takes = [str(c) for s in enrolling for c in sorted((SC / word).glob(f"{s}_nohash_*.wav"))[:1]]
-        enrol(bank, word, takes, args.model, args.force)
+        enrol(bank, word, takes, args)
     distractors = [w for w in SC_WORDS if w not in KEYWORDS[args.kind]]
     return [stream_eval(SC, bank, args.model, distractors, 20.0, out, ["--speakers", str(out / "stream_speakers.txt")])]
 
@@ -89,7 +90,7 @@ def own_voice(args: argparse.Namespace, out: Path) -> list[dict]:
         bank.unlink(missing_ok=True)
         enrolled = set()
         for word in KEYWORDS[args.kind]:
-            enrolled |= set(enrol(bank, word, [str(c.path) for c in mine if c.word == word], args.model, args.force))
+            enrolled |= set(enrol(bank, word, [str(c.path) for c in mine if c.word == word], args))
         for c in mine:  # the speaker's other takes, as a Speech Commands-layout corpus for the stream
             if str(c.path) not in enrolled:
                 path = corpus / c.word / f"{speaker}_nohash_{c.path.stem.rsplit('_', 1)[-1]}.wav"
@@ -107,6 +108,7 @@ def main() -> int:
     ap.add_argument("--model", default="speech-embedding", help="model name or path (default speech-embedding)")
     ap.add_argument("--out", required=True, help="output folder (banks, streams, reports)")
     ap.add_argument("--force", action="store_true", help="enrol keywords whose calibration is hopeless too")
+    ap.add_argument("--spoken", action="store_true", help="enrol with kws enroll --spoken (the engines' voices too)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,138 @@
+"""A keyword as speech engines say it (kws.spoken): the vector, enrolment, the bank, feedback and eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kws.bank import KeywordBank
+from kws.errors import BankError, EnrollmentError
+from kws.metrics import few_shot_accuracy, normalize, open_set_trials, with_spoken
+from kws.spoken import SpokenConfig, spoken_centers, spoken_sources, spoken_vector
+
+FEW = SpokenConfig(voices=3)
+
+
+def test_with_spoken_adds_the_vector_and_renormalises() -> None:
+    c = normalize(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32))
+    v = np.array([0.0, 0.0, 1.0], np.float32)
+    np.testing.assert_allclose(with_spoken(c, v), normalize(c + v), atol=1e-6)
+    assert with_spoken(c, None) is c
+
+
+def test_spoken_vector_lifts_few_shot_accuracy_toward_the_right_word() -> None:
+    """Two words whose clips overlap: a spoken vector pointing at each word's own side separates them."""
+    rng = np.random.default_rng(0)
+    a, b = np.eye(4, dtype=np.float32)[0], np.eye(4, dtype=np.float32)[1]
+    shared = np.eye(4, dtype=np.float32)[2]
+    clips = [normalize(shared + 0.35 * w + 0.6 * rng.standard_normal((40, 4)).astype(np.float32)) for w in (a, b)]
+    emb, labels = np.concatenate(clips), np.repeat([0, 1], 40)
+    plain = few_shot_accuracy(emb, labels, 2, 1, 200, 5, seed=0).mean
+    helped = few_shot_accuracy(emb, labels, 2, 1, 200, 5, seed=0, spoken=[0.8 * a, 0.8 * b]).mean
+    wrong = few_shot_accuracy(emb, labels, 2, 1, 200, 5, seed=0, spoken=[0.8 * b, 0.8 * a]).mean
+    assert wrong < plain < helped
+    # Without spoken vectors the open-set trials are exactly those of before (same draws).
+    first = next(open_set_trials(emb, labels, 3, 1, 0))
+    again = next(open_set_trials(emb, labels, 3, 1, 0, None))
+    np.testing.assert_array_equal(first[0], again[0])
+
+
+def test_engines_say_the_word(onnx_embedder) -> None:
+    sources = spoken_sources()
+    assert "espeak-ng" in sources and "mbrola" not in sum(sources.values(), ())
+    yes, names = spoken_centers(onnx_embedder, "yes", FEW)
+    stop, _ = spoken_centers(onnx_embedder, "stop", FEW)
+    assert names == list(sources) and yes.shape == (len(sources), onnx_embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(yes, axis=1), 1.0, atol=1e-5)
+    # Each source hears the same word alike and another word otherwise.
+    assert (np.sum(yes * stop, axis=1) < 0.5).all()
+    if len(names) > 1:
+        assert float(yes[0] @ yes[1]) > 0.5
+    vector, _ = spoken_vector(onnx_embedder, "yes", FEW)
+    np.testing.assert_allclose(vector, FEW.weight * yes.sum(axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("text", ["", "123", "hey!", "é", "two  spaces"])
+def test_text_the_engines_cannot_read_is_refused(onnx_embedder, text: str) -> None:
+    with pytest.raises(EnrollmentError, match="cannot be spoken"):
+        spoken_centers(onnx_embedder, text, FEW)
+
+
+def test_bad_spoken_settings_refused(onnx_embedder) -> None:
+    for cfg in (SpokenConfig(voices=0), SpokenConfig(weight=0.0)):
+        with pytest.raises(EnrollmentError):
+            spoken_centers(onnx_embedder, "yes", cfg)
+
+
+def _open_clips():
+    from kws.data.speech_commands import SpeechCommands
+    from kws.demo import DEMO_DIR
+
+    data = SpeechCommands(DEMO_DIR, subset="all", words=["open"])
+    return [data.audio(i) for i in range(len(data))]
+
+
+def test_enrol_with_spoken_voices_and_feedback_keeps_them(onnx_embedder, tmp_path: Path) -> None:
+    from kws.enroll import enroll
+    from kws.feedback import add_positive
+    from kws.impostors import load_impostors
+
+    clips = _open_clips()
+    plain = enroll(onnx_embedder, "open", clips[:3]).keyword
+    res = enroll(onnx_embedder, "open", clips[:3], spoken=FEW, say="open")
+    kw = res.keyword
+    vector, sources = spoken_vector(onnx_embedder, "open", FEW)
+    np.testing.assert_allclose(kw.spoken, vector, atol=1e-5)
+    np.testing.assert_allclose(kw.centers, with_spoken(plain.centers, vector), atol=1e-5)
+    assert kw.info["spoken"] == {"text": "open", "sources": sources, "voices": 3, "weight": FEW.weight}
+    # The center moved toward the voices, and its own clips still pass (leave-one-out, spoken vector kept).
+    said = normalize(vector)
+    assert float(kw.centers[0] @ said) > float(plain.centers[0] @ said)
+    assert (res.calibration.target_scores >= kw.threshold).all()
+
+    bank = KeywordBank(onnx_embedder.model_id, onnx_embedder.dim)
+    bank.add(kw)
+    path = tmp_path / "bank.json"
+    bank.save(path)
+    loaded = KeywordBank.load(path, model_id=onnx_embedder.model_id)
+    np.testing.assert_allclose(loaded["open"].spoken, kw.spoken, atol=1e-6)
+    # A positive re-makes the center from all positives, the spoken vector still in it.
+    add_positive(onnx_embedder, loaded, "open", clips[3], impostors=load_impostors(onnx_embedder))
+    positives = loaded["open"].all_positives
+    np.testing.assert_allclose(loaded["open"].centers[0], with_spoken(normalize(positives.mean(0))[None], vector)[0], atol=1e-5)
+
+    data = json.loads(path.read_text())
+    data["keywords"]["open"]["spoken"] = [0.1, 0.2]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BankError, match="spoken has shape"):
+        KeywordBank.load(path)
+
+
+def test_cli_say_needs_spoken(random_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    from kws.cli import main
+
+    clip = tmp_path / "c.wav"
+    from kws.audio import write_audio
+
+    write_audio(clip, 0.1 * np.ones(16000, np.float32))
+    code = main(["enroll", "x", str(clip), "--bank", str(tmp_path / "b.json"), "--say", "x", "--model", str(random_checkpoint)])
+    assert code != 0 and "--say goes with --spoken" in capsys.readouterr().err
+
+
+def test_cli_eval_spoken_adds_each_words_voices(tiny_corpus: Path, tmp_path: Path, capsys) -> None:
+    """On the tiny synthetic corpus (other espeak-ng voices than the spoken ones), one clip plus the voices
+    beats one clip alone."""
+    from kws.cli import main
+
+    args = ["eval", str(tiny_corpus), "--subset", "all", "--shots", "1", "--ways", "6", "--episodes", "100",
+            "--open-set-episodes", "3", "--model", "speech-embedding"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--out", str(tmp_path / "spoken"), "--spoken", "2"]) == 0
+    assert "with the word spoken by 2 voices of: espeak-ng" in capsys.readouterr().out
+    plain, spoken = (json.loads((tmp_path / k / "report.json").read_text()) for k in ("plain", "spoken"))
+    assert set(spoken["spoken"]) == set(spoken["words"]) and "spoken" not in plain
+    assert all(sources[0] == "espeak-ng" for sources in spoken["spoken"].values())
+    assert spoken["few_shot"][0]["mean"] > plain["few_shot"][0]["mean"]
