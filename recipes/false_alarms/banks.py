@@ -12,6 +12,8 @@
 
 ``--fa-per-hour N`` calibrates each keyword to a false-alarm budget on the bundled background
 speech (:mod:`kws.background`). ``--confusables`` enrols each keyword with its confusable words as negatives (:mod:`kws.confusables`).
+``--spoken`` adds the speech engines' voices of each keyword (:mod:`kws.spoken`; the two made-up
+wake words said as "think engine" and "on word").
 """
 
 from __future__ import annotations
@@ -29,16 +31,21 @@ from kws.data.real_pack import read_pack, read_sentences
 from kws.embedder import load_embedder
 from kws.enroll import enroll
 from kws.phonemes import edit_distance, phonemes_of
+from kws.spoken import SpokenConfig
 
 SYNTH_KEYWORDS = ("three", "bed", "right", "nine", "four")
 REAL_KEYWORDS = ("operator", "thinkengine", "onword", "wildfire", "voyager")
+# What the speech engines say for a wake word that is not an English word.
+SAY = {"thinkengine": "think engine", "onword": "on word"}
 
 
 def _enrol_all(embedder, bank: KeywordBank, clips: dict[str, list[Path]], options: dict) -> dict:
     timings = {}
     for word, files in clips.items():
         start = time.perf_counter()
-        res = enroll(embedder, word, [load_audio(f, embedder.sample_rate) for f in files], bank=bank, force=True, **options)
+        say = SAY.get(word) if options.get("spoken") else None
+        res = enroll(embedder, word, [load_audio(f, embedder.sample_rate) for f in files], bank=bank, force=True,
+                     say=say, **options)  # fmt: skip
         timings[word] = time.perf_counter() - start
         bank.add(res.keyword, replace=True)
         print(f"  {word}: threshold {res.threshold:.3f} ({timings[word]:.2f} s) from {', '.join(f.name for f in files)}")
@@ -59,8 +66,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the banks")
     parser.add_argument("--confusables", action="store_true", help="add confusable words as negatives")
     parser.add_argument("--fa-per-hour", type=float, help="calibrate each keyword to this budget on running speech")
+    parser.add_argument("--spoken", action="store_true", help="add the speech engines' voices of each keyword")
     args = parser.parse_args()
-    options = {"confusables": ConfusableConfig() if args.confusables else None, "fa_per_hour": args.fa_per_hour}
+    options = {"confusables": ConfusableConfig() if args.confusables else None, "fa_per_hour": args.fa_per_hour,
+               "spoken": SpokenConfig() if args.spoken else None}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     embedder = load_embedder(args.model, threads=1)
