@@ -388,7 +388,7 @@ def enroll(
             not for a keyword with a window of its own (the background is embedded at the model's).
         spoken: also hear the keyword as the installed speech engines say it (``say``, default
             ``name``), in ``spoken.voices`` voices per source, and add that to its centers
-            (:mod:`kws.spoken`); ``None``: the clips alone. Not for a keyword with a window of its own.
+            (:mod:`kws.spoken`), at the keyword's window; ``None``: the clips alone.
     Returns:
         the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
     Raises:
@@ -413,11 +413,6 @@ def enroll(
             f"{name!r} is longer than the model's window: it gets its own ({frames} stem frames), but the background "
             f"speech that --fa-per-hour calibrates on is embedded at the model's window; enrol it without "
             "--fa-per-hour (its threshold then comes from impostor clips)"
-        )
-    if frames is not None and spoken is not None:
-        raise EnrollmentError(
-            f"{name!r} is longer than the model's window: the speech engines' voices are spoken into one "
-            "second, so --spoken is for keywords that fit the model's window; enrol it without --spoken"
         )
     # The keyword's model: the embedder at the keyword's own window (itself for most keywords).
     kw_embedder = embedder.at_frames(frames)

@@ -82,8 +82,9 @@ def spoken_centers(
 ) -> tuple[np.ndarray, list[str]]:
     """``text`` spoken by each source's voices: unit centers ``(n_sources, D)`` and the sources' names.
 
-    Each clip is centred in the model's window as enrolment centres its clips
-    (``trim_db``). A voice whose engine fails is left out (logged); a source with no
+    Each voice says it within ``embedder``'s window (faster if it must: a long keyword's
+    embedder is at its own window, :meth:`kws.embedder.Embedder.at_frames`), centred as
+    enrolment centres its clips (``trim_db``). A voice whose engine fails is left out (logged); a source with no
     voice left is dropped. Raises :class:`EnrollmentError` for text the engines cannot
     read as words, and when no engine is installed or none could say it.
     """
@@ -104,7 +105,7 @@ def spoken_centers(
 
         def say(speaker):
             try:
-                return speak(text, speaker)
+                return speak(text, speaker, samples=embedder.window_samples)
             except DataError as exc:
                 log.info("%s: voice %s left out (%s)", name, speaker.id, exc)
                 return None

@@ -136,3 +136,19 @@ def test_cli_eval_spoken_adds_each_words_voices(tiny_corpus: Path, tmp_path: Pat
     assert set(spoken["spoken"]) == set(spoken["words"]) and "spoken" not in plain
     assert all(sources[0] == "espeak-ng" for sources in spoken["spoken"].values())
     assert spoken["few_shot"][0]["mean"] > plain["few_shot"][0]["mean"]
+
+
+def test_a_phrase_longer_than_the_window_is_spoken_at_its_own_window(onnx_embedder) -> None:
+    from kws.data.speech_commands import SpeechCommands
+    from kws.demo import DEMO_DIR
+    from kws.enroll import enroll
+
+    data = SpeechCommands(DEMO_DIR, subset="all", words=["open", "speaker"])
+    takes = {w: [data.audio(i) for i in np.flatnonzero(data.labels == data.classes.index(w))[:3]] for w in data.classes}
+    gap = np.zeros(2400, np.float32)
+    clips = [np.concatenate([a, gap, b]) for a, b in zip(takes["open"], takes["speaker"])]
+    kw = enroll(onnx_embedder, "open speaker", clips, spoken=FEW).keyword
+    assert kw.frames is not None and kw.frames > onnx_embedder.frames  # a window of its own
+    at = onnx_embedder.at_frames(kw.frames)
+    vector, _ = spoken_vector(at, "open speaker", FEW)
+    np.testing.assert_allclose(kw.spoken, vector, atol=1e-5)

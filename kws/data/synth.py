@@ -468,12 +468,13 @@ def _render(word: str, speaker: SpeakerSpec, speed: int) -> tuple[np.ndarray, in
     return (audio.mean(axis=1) if audio.ndim == 2 else audio), rate
 
 
-def speak(word: str, speaker: SpeakerSpec, max_tries: int = 5) -> np.ndarray:
-    """``word`` in ``speaker``'s voice, centred in 1 s and peak-normalised: ``(16000,)`` float32.
+def speak(word: str, speaker: SpeakerSpec, max_tries: int = 5, samples: int = CLIP_SAMPLES) -> np.ndarray:
+    """``word`` in ``speaker``'s voice, centred in ``samples`` (1 s) and peak-normalised: ``(samples,)`` float32.
 
-    A word longer than 0.95 s is spoken again faster. Raises :class:`DataError`
-    if the engine fails, says nothing, or cannot fit the word in a second.
+    A word longer than 95% of that is spoken again faster. Raises :class:`DataError`
+    if the engine fails, says nothing, or cannot fit the word.
     """
+    longest = samples * MAX_WORD_SAMPLES // CLIP_SAMPLES
     speed = speaker.speed
     for _ in range(max_tries):
         audio, rate = _render(word, speaker, speed)
@@ -481,11 +482,11 @@ def speak(word: str, speaker: SpeakerSpec, max_tries: int = 5) -> np.ndarray:
         peak = float(np.abs(audio).max()) if len(audio) else 0.0
         if peak == 0.0:
             raise DataError(f"{speaker.engine} produced silence for {word!r} with voice {speaker.id}")
-        if len(audio) <= MAX_WORD_SAMPLES:
-            return (pad_or_crop(audio, CLIP_SAMPLES) * (PEAK_LEVEL / peak)).astype(np.float32)
+        if len(audio) <= longest:
+            return (pad_or_crop(audio, samples) * (PEAK_LEVEL / peak)).astype(np.float32)
         # Duration is not quite inversely proportional to speed: aim a little faster than needed.
-        speed = int(speed * max(1.2, 1.15 * len(audio) / MAX_WORD_SAMPLES))
-    raise DataError(f"{word!r} does not fit in {MAX_WORD_SAMPLES} samples even at {speed} words/min")
+        speed = int(speed * max(1.2, 1.15 * len(audio) / longest))
+    raise DataError(f"{word!r} does not fit in {longest} samples even at {speed} words/min")
 
 
 def _synth_clip(task: tuple[str, SpeakerSpec, str]) -> tuple[str, str]:

@@ -44,8 +44,9 @@ from kws.detect import DetectorConfig
 from kws.embedder import Embedder, load_embedder
 from kws.errors import EnrollmentError
 from kws.enroll import EnrollConfig, clip_speech, enroll, find_speech, keyword_frames
-from kws.metrics import few_shot_episodes, normalize
+from kws.metrics import few_shot_episodes, normalize, with_spoken
 from kws.streams import TruthItem, embed_stream, evaluate_hops
+from kws.spoken import SpokenConfig, spoken_vector
 
 SC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "speech_commands_v0.02_test_dev"
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -106,14 +107,23 @@ class Windows:
 
 
 def few_shot(embedder: Embedder, speech: list[np.ndarray], labels: np.ndarray, spk: np.ndarray, own_window: bool,
-             episodes: int, cfg: EnrollConfig) -> dict:  # fmt: skip
-    """10-way 3-shot across speakers; with ``own_window`` each class at its own window (queries too)."""
+             episodes: int, cfg: EnrollConfig, spoken: SpokenConfig | None) -> dict:  # fmt: skip
+    """10-way 3-shot across speakers; with ``own_window`` each class at its own window (queries too);
+    with ``spoken``, each center with its keyword's spoken vector at that window (as ``kws enroll --spoken``)."""
     emb = Windows(embedder, speech)
+    said: dict = {}
+
+    def vector(label: str, frames: int | None) -> np.ndarray | None:
+        if spoken is not None and (label, frames) not in said:
+            said[label, frames] = spoken_vector(embedder.at_frames(frames), label, spoken, cfg.trim_db)[0]
+        return said.get((label, frames))
+
     acc, own = [], []
     for ep in few_shot_episodes(labels, 10, 3, episodes, 5, spk, seed=0):
         frames = [keyword_frames(embedder, [speech[i] for i in s], config=cfg) if own_window else None for s in ep.support]
         own += [f is not None for f in frames]
-        centers = [normalize(emb(f)[s].mean(axis=0)) for f, s in zip(frames, ep.support)]
+        centers = [with_spoken(normalize(emb(f)[s].mean(axis=0))[None], vector(label, f))[0]
+                   for f, s, label in zip(frames, ep.support, ep.classes)]  # fmt: skip
         q = np.concatenate(ep.queries)
         true = np.concatenate([np.full(len(qi), j) for j, qi in enumerate(ep.queries)])
         scores = np.stack([emb(f)[q] @ c for f, c in zip(frames, centers)], axis=1)
@@ -124,7 +134,8 @@ def few_shot(embedder: Embedder, speech: list[np.ndarray], labels: np.ndarray, s
 
 
 def stream_check(embedder: Embedder, clips: list[np.ndarray], labels: list[str], spk: list[str], cfg: EnrollConfig,
-                 detector: DetectorConfig, confirm_ms: list[float], seed: int = 1) -> dict[float, dict]:  # fmt: skip
+                 detector: DetectorConfig, confirm_ms: list[float], spoken: SpokenConfig | None,
+                 seed: int = 1) -> dict[float, dict]:  # fmt: skip
     """Enrol each class from its first three speakers; detect it in a stream of the other clips, with
     each confirmation time (:attr:`DetectorConfig.confirm_ms`)."""
     bank = KeywordBank(embedder.model_id, embedder.dim)
@@ -134,7 +145,7 @@ def stream_check(embedder: Embedder, clips: list[np.ndarray], labels: list[str],
         for j in range(len(mine) - 2):  # a take enrolment refuses (another word, a bad take): the next speakers
             idx = mine[j : j + 3]
             try:
-                bank.add(enroll(embedder, name, [clips[i] for i in idx], config=cfg, force=True).keyword)
+                bank.add(enroll(embedder, name, [clips[i] for i in idx], config=cfg, force=True, spoken=spoken).keyword)
             except EnrollmentError as exc:
                 logging.getLogger(__name__).warning("%s: %s", name, exc)
                 continue
@@ -187,8 +198,10 @@ def main() -> None:
     parser.add_argument("--confirm-ms", type=float, nargs="+", default=[DetectorConfig.confirm_ms],
                         help="the detector's confirmation times to replay the stream with (default: the detector's)")
     parser.add_argument("--no-crop", action="store_true", help="leave out the phrases cropped to the model's window")
+    parser.add_argument("--spoken", action="store_true", help="enrol with the speech engines' voices too (kws.spoken)")
     parser.add_argument("--out", default="runs/long_keywords")
     args = parser.parse_args()
+    spoken = SpokenConfig() if args.spoken else None
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger(__name__).setLevel(logging.WARNING)
 
@@ -198,6 +211,7 @@ def main() -> None:
     forced = dataclasses.replace(cfg, window_margin_s=-cfg.max_speech_s)
     speakers, speech = speaker_clips(args.half)
     report: dict = {"half": args.half, "model_id": embedder.model_id, "margin_s": args.margin, "offset": args.offset,
+                    "spoken": args.spoken,
                     "rows": {}}  # fmt: skip
     for phrases in (False, True):
         clips, labels, spk = make_clips(speakers, speech, phrases)
@@ -212,10 +226,10 @@ def main() -> None:
         for what, c in rows:
             row = {"clips": len(clips), "refused_too_long": refused, "speakers": len(set(spk)), "speech_s_median": float(np.median(lengths)),
                    "speech_s_max": float(lengths.max()),
-                   "few_shot": few_shot(embedder, found, np.array(labels), np.array(spk), c is cfg, args.episodes, c)}  # fmt: skip
+                   "few_shot": few_shot(embedder, found, np.array(labels), np.array(spk), c is cfg, args.episodes, c, spoken)}  # fmt: skip
             if not args.no_stream:
                 row["stream"] = stream_check(embedder, clips, labels, spk, c, DetectorConfig(threshold_offset=args.offset),
-                                             args.confirm_ms)  # fmt: skip
+                                             args.confirm_ms, spoken)  # fmt: skip
             report["rows"][f"{kind}, {what}"] = row
             print(f"{kind}, {what}: {json.dumps(row)}", flush=True)
     out = Path(args.out)
