@@ -68,12 +68,16 @@ def test_enrol_listen_not_the_keyword_and_undo(onnx_embedder, demo_bank_path, de
         try:
             async with aiohttp.ClientSession(timeout=TIMEOUT, headers=h) as http:
                 # Two browsers enrolling at once: both keywords land in the file.
+                # The first with the speech engines' voices too.
                 enrolled = await asyncio.gather(
-                    *(http.post(base + "/api/enroll", json={"name": w, "takes": t}) for w, t in takes.items())
-                )
+                    *(http.post(base + "/api/enroll", json={"name": w, "takes": t, "spoken": w == new[0]})
+                      for w, t in takes.items())
+                )  # fmt: skip
                 replies = [await r.json() for r in enrolled]
                 bad = await http.post(base + "/api/enroll", json={"name": "x", "takes": ["not base64!"]})
                 bad_reply = (bad.status, await bad.json())
+                bad_spoken = await http.post(base + "/api/enroll", json={"name": "x", "takes": takes[new[1]], "spoken": "yes"})
+                assert bad_spoken.status == 400 and "spoken is true or false" in (await bad_spoken.json())["error"]
                 ws = await http.ws_connect(f"{base}/api/listen?token={server.token}")
                 pcm = float_to_pcm16(audio).tobytes()
                 for i in range(0, len(pcm), 3200):
@@ -100,6 +104,9 @@ def test_enrol_listen_not_the_keyword_and_undo(onnx_embedder, demo_bank_path, de
     replies, bad_reply, first, scores, negative, after_negative, undone, gone = asyncio.run(main())
     assert {r.get("name") for r in replies} == set(new), replies
     assert KeywordBank.load(path).names[:3] == list(KEYWORDS) and set(new) <= set(KeywordBank.load(path).names)
+    saved = KeywordBank.load(path)
+    assert saved[new[0]].spoken is not None and saved[new[0]].info["spoken"]["text"] == new[0]
+    assert saved[new[1]].spoken is None
     assert bad_reply[0] == 400 and "base64" in bad_reply[1]["error"]
     # The stream holds the two new keywords too (among the demo's distractor words).
     assert first["keyword"] in (*KEYWORDS, *new) and scores > 0

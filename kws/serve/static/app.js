@@ -192,7 +192,7 @@ $("take").onclick = async () => {
 $("enroll").onclick = async () => {
   const name = $("name").value.trim();
   $("enroll").disabled = true;
-  await change(() => api("/api/enroll", { name, takes }), (r) =>
+  await change(() => api("/api/enroll", { name, takes, spoken: $("spoken").checked }), (r) =>
     `enrolled ${r.name} (threshold ${r.threshold.toFixed(3)})` + (r.warnings.length ? `; warning: ${r.warnings.join("; ")}` : ""));
   takes = [];
   $("takes").textContent = "";
