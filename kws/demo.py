@@ -29,6 +29,7 @@ from kws.events import Event
 from kws.embedder import ASSETS, Embedder
 from kws.enroll import EnrollResult, enroll
 from kws.errors import DataError
+from kws.spoken import SpokenConfig
 from kws.streams import TruthItem, build_stream, match_events
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def run_demo(
     seed: int = 0,
     cfg: DetectorConfig = DetectorConfig(),
     data_dir: Path = DEMO_DIR,
+    spoken: SpokenConfig | None = None,
 ) -> DemoResult:
     """Enrol :data:`KEYWORDS` from the bundled clips, then detect them in a generated stream.
 
@@ -73,6 +75,7 @@ def run_demo(
         embedder: the model (the bundled default, for the README's demo).
         bank_path: if given, the bank is also saved there (to reuse with ``kws detect``).
         minutes: length of the generated stream.
+        spoken: enrol with the speech engines' voices too (:mod:`kws.spoken`).
     """
     from kws.data.speech_commands import SpeechCommands
 
@@ -82,7 +85,8 @@ def run_demo(
     for word in KEYWORDS:
         idx = np.flatnonzero(enrol_set.labels == enrol_set.classes.index(word))
         clips = [enrol_set.audio(int(i)) for i in idx]
-        result = enroll(embedder, word, clips, bank=bank, clip_names=[enrol_set.clips[i].path.name for i in idx])
+        result = enroll(embedder, word, clips, bank=bank, clip_names=[enrol_set.clips[i].path.name for i in idx],
+                        spoken=spoken)  # fmt: skip
         bank.add(result.keyword)
         enrolled.append(result)
     if bank_path is not None:
