@@ -14,6 +14,9 @@ and Piper voices are left out (:data:`OTHER_ENGINES`).
 
 The weight was chosen on one half of the real Speech Commands speakers and
 reported on the other (``kws eval … --spoken``; the speech-embedding recipe README).
+It helps where a keyword must be heard from people who did not enrol it; on the
+enroller's own voice it can cost recall, since the bundled impostors are synthetic
+speech too and the keyword's threshold rises with the voices.
 """
 
 from __future__ import annotations
