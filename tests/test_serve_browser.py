@@ -75,7 +75,10 @@ class DevTools:
             if value:
                 return value
             await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {expression}")
+        # What the page showed, to tell a slow page from one that never heard the word.
+        shown = await self.js("['status', 'scores', 'events', 'enroll-result'].map(i => i + ': ' + "
+                              "document.getElementById(i).textContent.slice(0, 300)).join(' | ')")  # fmt: skip
+        raise AssertionError(f"timed out waiting for {expression}; page: {shown}")
 
 
 @pytest.fixture
@@ -157,8 +160,9 @@ async def _drive(page: DevTools, demo_bank_path: Path) -> None:
     result = await page.until("(t => t.startsWith('enrolled') || t.includes('rror') ? t : '')(document.getElementById('enroll-result').textContent)")
     assert result.startswith("enrolled speaker"), result
     assert KeywordBank.load(demo_bank_path).names == ["signal", "speaker"]
-    # The live stream restarts with the new bank and hears the new keyword.
-    await page.until("!!document.querySelector('#events li[data-keyword=\"speaker\"]')")
+    # The live stream restarts with the new bank and hears the new keyword (a word every 2 s; a
+    # loaded machine may take a while to restart the stream).
+    await page.until("!!document.querySelector('#events li[data-keyword=\"speaker\"]')", timeout_s=60.0)
     assert await page.js("document.querySelectorAll('#scores .bar').length") == 2
 
     await page.js("document.querySelector('button.undo[data-keyword=\"signal\"]').click()")
