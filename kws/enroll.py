@@ -431,7 +431,7 @@ def enroll(
     spoken_info, spoken_vec = None, None
     if spoken is not None:
         text = say if say is not None else name
-        spoken_vec, sources = spoken_vector(kw_embedder, text, spoken, cfg.trim_db)
+        spoken_vec, sources = spoken_vector(kw_embedder, text, impostors, spoken, cfg.trim_db)
         spoken_info = {"text": text, "sources": sources, "voices": spoken.voices, "weight": spoken.weight}
     kw_centers = make_centers(emb, assign, np.ones(n, dtype=bool), spoken_vec)
     target = leave_one_out_scores(emb, assign, spoken_vec) if n > 1 else np.zeros(0, dtype=np.float32)

@@ -64,6 +64,9 @@ class EvalConfig:
         across_speakers: queries only from speakers absent from the support set.
         open_set_shots: enrolment clips per word in the open-set test.
         open_set_episodes: enrolment episodes of the open-set test.
+        open_set_unknown: in the open-set test, also score the corpus's other words (every
+            word folder not evaluated, and ``_unknown_``) against every center, as impostors
+            that are never enrolled.
         pairs: minimal pairs to report; ``None``: the ``close_pairs`` closest pairs of word centers.
         close_pairs: how many close pairs to find when ``pairs`` is ``None``.
         pair_shots: enrolment clips per word in the pair test.
@@ -88,6 +91,7 @@ class EvalConfig:
     across_speakers: bool = True
     open_set_shots: int = 3
     open_set_episodes: int = 100
+    open_set_unknown: bool = False
     pairs: list[tuple[str, str]] | None = None
     close_pairs: int = 5
     pair_shots: int = 3
@@ -201,13 +205,18 @@ def few_shot_section(
 
 
 def open_set_section(
-    corpus: EmbeddedCorpus, cfg: EvalConfig, spoken: Sequence[np.ndarray] | None = None
+    corpus: EmbeddedCorpus,
+    cfg: EvalConfig,
+    spoken: Sequence[np.ndarray] | None = None,
+    others: EmbeddedCorpus | None = None,
 ) -> dict[str, Any]:
-    """Detection of enrolled words among the others: mean EER, FRR at 1% and 5% FAR, mean DET curve."""
+    """Detection of enrolled words among the others: mean EER, FRR at 1% and 5% FAR, mean DET curve.
+    ``others``: clips of words never enrolled, impostors for every word (``cfg.open_set_unknown``)."""
     rates, frr, at = [], [], []
     for target, impostor in open_set_trials(
-        corpus.embeddings, corpus.labels, cfg.open_set_shots, cfg.open_set_episodes, cfg.seed, spoken
-    ):
+        corpus.embeddings, corpus.labels, cfg.open_set_shots, cfg.open_set_episodes, cfg.seed, spoken,
+        None if others is None else others.embeddings,
+    ):  # fmt: skip
         rates.append(eer(target, impostor)[0])
         frr.append(frr_curve(target, impostor, DET_FARS))
         at.append(frr_curve(target, impostor, np.array([0.01, 0.05])))
@@ -216,6 +225,7 @@ def open_set_section(
     return {
         "shots": cfg.open_set_shots,
         "episodes": cfg.open_set_episodes,
+        "other_word_clips": 0 if others is None else int(len(others.labels)),
         "eer": float(np.mean(rates)),
         "eer_ci95": float(1.96 * np.std(rates) / np.sqrt(len(rates))),
         "frr_at_far_1": float(frr_1),
@@ -466,13 +476,29 @@ def evaluate(
     }
     spoken = None
     if cfg.spoken_voices > 0:
+        from kws.impostors import load_impostors
         from kws.spoken import SpokenConfig, spoken_vector
 
-        said = [spoken_vector(embedder, w, SpokenConfig(voices=cfg.spoken_voices)) for w in corpus.classes]
+        said = [
+            spoken_vector(embedder, w, load_impostors(embedder, exclude=w), SpokenConfig(voices=cfg.spoken_voices))
+            for w in corpus.classes
+        ]
         spoken = [vector for vector, _ in said]
         report["spoken"] = {w: sources for w, (_, sources) in zip(corpus.classes, said)}
+    others = None
+    if cfg.open_set_unknown:
+        from kws.data.speech_commands import SpeechCommands
+
+        # Every word the evaluation leaves out, and the test archive's _unknown_ clips.
+        ds = SpeechCommands(
+            corpus_root, subset=cfg.subset, words=[], heldout_words=corpus.classes, include_unknown=True,
+            speakers=cfg.speakers,
+        )  # fmt: skip
+        if len(ds) == 0:
+            raise DataError(f"{corpus_root}: no clips of other words to score as impostors (--open-set-unknown)")
+        others = embed_dataset(embedder, ds, progress, cfg.centre)
     try:
-        report["open_set"] = open_set_section(corpus, cfg, spoken)
+        report["open_set"] = open_set_section(corpus, cfg, spoken, others)
     except ValueError as exc:
         log.warning("open-set test skipped: %s", exc)
     report["few_shot"] = few_shot_section(corpus, cfg, spoken)
@@ -505,7 +531,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {r['ways']}-way {r['shots']}-shot accuracy   {100 * r['mean']:5.1f}% ± {100 * r['ci95']:.1f}")
     if "open_set" in report:
         o = report["open_set"]
-        lines.append(f"  open-set EER ({o['shots']}-shot)      {100 * o['eer']:5.1f}% ± {100 * o['eer_ci95']:.1f}")
+        what = f"{o['shots']}-shot" + (f", {o['other_word_clips']} clips of other words" if o.get("other_word_clips") else "")
+        lines.append(f"  {'open-set EER (' + what + ')':<26} {100 * o['eer']:5.1f}% ± {100 * o['eer_ci95']:.1f}")
         lines.append(f"  FRR at 1% / 5% FAR          {100 * o['frr_at_far_1']:5.1f}% / {100 * o['frr_at_far_5']:.1f}%")
     for p in report["pairs"]:
         lines.append(

@@ -348,13 +348,14 @@ def frr_curve(target: np.ndarray, impostor: np.ndarray, fars: np.ndarray) -> np.
 
 def open_set_trials(
     embeddings: np.ndarray, labels: np.ndarray, k_shot: int = 3, episodes: int = 100, seed: int = 0,
-    spoken: Sequence[np.ndarray] | None = None,
+    spoken: Sequence[np.ndarray] | None = None, others: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Target and impostor scores of random enrolment episodes (see :func:`open_set_eer`).
 
     Yields, per episode, ``target`` ``(Q,)`` (queries against their own center)
-    and ``impostor`` ``(Q * (C - 1),)`` (queries against every other center).
-    ``spoken``: as for :func:`episode_predictions`.
+    and ``impostor`` ``(Q * (C - 1) + M * C,)`` (queries against every other center,
+    then each of ``others`` ``(M, D)``, clips of words never enrolled, against every
+    center; ``M`` = 0 without them). ``spoken``: as for :func:`episode_predictions`.
     """
     embeddings = normalize(embeddings)
     labels = np.asarray(labels)
@@ -374,7 +375,10 @@ def open_set_trials(
         scores = embeddings[np.concatenate(q_idx)] @ np.stack(centers).T
         own = np.zeros(scores.shape, dtype=bool)
         own[np.arange(len(scores)), np.concatenate(q_class)] = True
-        yield scores[own], scores[~own]
+        impostor = scores[~own]
+        if others is not None:
+            impostor = np.concatenate([impostor, (normalize(others) @ np.stack(centers).T).ravel()])
+        yield scores[own], impostor
 
 
 def open_set_eer(

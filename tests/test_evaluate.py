@@ -78,6 +78,27 @@ def test_open_set_section_matches_metrics() -> None:
     assert np.all(np.diff(got["det"]["frr"]) <= 1e-12)  # FRR falls as FAR grows
 
 
+def test_open_set_other_words_are_impostors_of_every_word() -> None:
+    corpus = small_corpus(1)
+    plain = list(metrics.open_set_trials(corpus.embeddings, corpus.labels, 2, 3, 0))
+    # Clips of a word never enrolled: near 'cat' (hard impostors) and far from everything.
+    rng = np.random.default_rng(5)
+    near = metrics.normalize(corpus.embeddings[:4] + 0.05 * rng.standard_normal((4, 8)))
+    far = metrics.normalize(-corpus.embeddings[:4])
+    for others, harder in ((near, True), (far, False)):
+        trials = list(metrics.open_set_trials(corpus.embeddings, corpus.labels, 2, 3, 0, None, others))
+        for (t0, i0), (t, i) in zip(plain, trials):
+            np.testing.assert_array_equal(t, t0)  # the same draws; targets unchanged
+            assert len(i) == len(i0) + len(others) * 4 and np.array_equal(i[: len(i0)], i0)
+        eers = [metrics.eer(t, i)[0] for t, i in trials]
+        before = [metrics.eer(t, i)[0] for t, i in plain]
+        assert (np.mean(eers) > np.mean(before)) == harder
+    cfg = EvalConfig(open_set_shots=2, open_set_episodes=3)
+    others = EmbeddedCorpus(near, np.zeros(4, int), ["x"], np.array(["s9"] * 4))
+    got = open_set_section(corpus, cfg, others=others)
+    assert got["other_word_clips"] == 4 and got["eer"] > open_set_section(corpus, cfg)["eer"]
+
+
 def test_projection_is_pca() -> None:
     corpus = small_corpus()
     proj = projection(corpus, max_points=1000, seed=0)
@@ -111,3 +132,13 @@ def test_cli_eval_on_tiny_corpus(random_checkpoint: Path, tiny_corpus: Path, tmp
     assert report["clips"] > 0 and set(report["words"]) >= {"cat", "bat"}
     assert main(args[:4] + ["--words", "cat", "nope", "--model", str(random_checkpoint)]) == 2
     assert "nope" in capsys.readouterr().err
+    # Open-set detection at 2 shots, the corpus's other words scored as impostors of the two evaluated.
+    two = [*args[:6], "--words", "cat", "bat", "--shots", "1", "--ways", "2", "--episodes", "5",
+           "--open-set-episodes", "3", "--open-set-shots", "2", "--open-set-unknown", "--model", str(random_checkpoint)]  # fmt: skip
+    assert main(two) == 0
+    assert "open-set EER (2-shot, " in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    words = len(report["words"])
+    assert report["open_set"]["shots"] == 2 and report["open_set"]["other_word_clips"] == report["clips"] * (6 - words) // words
+    with pytest.raises(SystemExit):
+        main([*two[:-2], "--open-set-shots", "0"])

@@ -10,6 +10,7 @@ import pytest
 
 from kws.bank import KeywordBank
 from kws.errors import BankError, EnrollmentError
+from kws.impostors import load_impostors
 from kws.metrics import few_shot_accuracy, normalize, open_set_trials, with_spoken
 from kws.spoken import SpokenConfig, spoken_centers, spoken_sources, spoken_vector
 
@@ -51,8 +52,18 @@ def test_engines_say_the_word(onnx_embedder) -> None:
     assert (np.sum(yes * stop, axis=1) < 0.5).all()
     if len(names) > 1:
         assert float(yes[0] @ yes[1]) > 0.5
-    vector, _ = spoken_vector(onnx_embedder, "yes", FEW)
-    np.testing.assert_allclose(vector, FEW.weight * yes.sum(axis=0), atol=1e-5)
+    others = load_impostors(onnx_embedder, exclude="yes")
+    common = normalize(others).mean(axis=0)
+    vector, _ = spoken_vector(onnx_embedder, "yes", others, FEW)
+    np.testing.assert_allclose(vector, FEW.weight * (yes - common).sum(axis=0), atol=1e-5)
+    # What every word's voices share is taken out: the vector leans less toward other words than the centers do.
+    assert float(normalize(vector) @ common) < float(normalize(yes.sum(axis=0)) @ common)
+
+
+def test_other_words_of_the_wrong_shape_are_refused(onnx_embedder) -> None:
+    for others in (np.zeros((0, onnx_embedder.dim)), np.zeros((5, onnx_embedder.dim + 1)), np.zeros(onnx_embedder.dim)):
+        with pytest.raises(EnrollmentError, match="other words"):
+            spoken_vector(onnx_embedder, "yes", others, FEW)
 
 
 @pytest.mark.parametrize("text", ["", "123", "hey!", "é", "two  spaces"])
@@ -78,13 +89,12 @@ def _open_clips():
 def test_enrol_with_spoken_voices_and_feedback_keeps_them(onnx_embedder, tmp_path: Path) -> None:
     from kws.enroll import enroll
     from kws.feedback import add_positive
-    from kws.impostors import load_impostors
 
     clips = _open_clips()
     plain = enroll(onnx_embedder, "open", clips[:3]).keyword
     res = enroll(onnx_embedder, "open", clips[:3], spoken=FEW, say="open")
     kw = res.keyword
-    vector, sources = spoken_vector(onnx_embedder, "open", FEW)
+    vector, sources = spoken_vector(onnx_embedder, "open", load_impostors(onnx_embedder, exclude="open"), FEW)
     np.testing.assert_allclose(kw.spoken, vector, atol=1e-5)
     np.testing.assert_allclose(kw.centers, with_spoken(plain.centers, vector), atol=1e-5)
     assert kw.info["spoken"] == {"text": "open", "sources": sources, "voices": 3, "weight": FEW.weight}
@@ -150,5 +160,5 @@ def test_a_phrase_longer_than_the_window_is_spoken_at_its_own_window(onnx_embedd
     kw = enroll(onnx_embedder, "open speaker", clips, spoken=FEW).keyword
     assert kw.frames is not None and kw.frames > onnx_embedder.frames  # a window of its own
     at = onnx_embedder.at_frames(kw.frames)
-    vector, _ = spoken_vector(at, "open speaker", FEW)
+    vector, _ = spoken_vector(at, "open speaker", load_impostors(at, exclude="open speaker"), FEW)
     np.testing.assert_allclose(kw.spoken, vector, atol=1e-5)

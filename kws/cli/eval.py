@@ -18,6 +18,13 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive(text: str) -> int:
+    values = _int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
+
+
 def _pair(text: str) -> tuple[str, str]:
     parts = text.split(":")
     if len(parts) != 2 or not all(parts):
@@ -48,6 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ways", type=int, default=10, metavar="N", help="N of the episodes (10)")
     p.add_argument("--episodes", type=int, default=300, metavar="N", help="episodes per K (300)")
     p.add_argument("--open-set-episodes", type=int, default=100, metavar="N", help="open-set episodes (100)")
+    p.add_argument(
+        "--open-set-shots", type=_positive, default=3, metavar="K", help="enrolment clips per word in the open-set test (3)"
+    )
+    p.add_argument(
+        "--open-set-unknown",
+        action="store_true",
+        help="in the open-set test, also score the corpus's other words (folders not in --words, and _unknown_) "
+        "against every enrolled word, as impostors",
+    )
     p.add_argument("--pairs", nargs="+", type=_pair, metavar="A:B", help="minimal pairs (default: closest pairs)")
     p.add_argument(
         "--same-speakers",
@@ -121,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         ways=args.ways,
         episodes=args.episodes,
         open_set_episodes=args.open_set_episodes,
+        open_set_shots=args.open_set_shots,
+        open_set_unknown=args.open_set_unknown,
         pairs=args.pairs,
         across_speakers=not args.same_speakers,
         augment_episodes=args.augment_episodes,

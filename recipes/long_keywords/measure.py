@@ -43,6 +43,7 @@ from kws.bank import KeywordBank
 from kws.detect import DetectorConfig
 from kws.embedder import Embedder, load_embedder
 from kws.errors import EnrollmentError
+from kws.impostors import load_impostors
 from kws.enroll import EnrollConfig, clip_speech, enroll, find_speech, keyword_frames
 from kws.metrics import few_shot_episodes, normalize, with_spoken
 from kws.streams import TruthItem, embed_stream, evaluate_hops
@@ -115,7 +116,8 @@ def few_shot(embedder: Embedder, speech: list[np.ndarray], labels: np.ndarray, s
 
     def vector(label: str, frames: int | None) -> np.ndarray | None:
         if spoken is not None and (label, frames) not in said:
-            said[label, frames] = spoken_vector(embedder.at_frames(frames), label, spoken, cfg.trim_db)[0]
+            at = embedder.at_frames(frames)
+            said[label, frames] = spoken_vector(at, label, load_impostors(at, exclude=label), spoken, cfg.trim_db)[0]
         return said.get((label, frames))
 
     acc, own = [], []
