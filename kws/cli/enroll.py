@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also hear the keyword as the installed speech engines say it (espeak-ng; SVOX Pico and RHVoice "
         "if installed), N voices per source (16), and add that to its center: for words the engines can read and "
         "that other people will say too (across real speakers it lifts 3-shot accuracy by about 5 points, 1-shot "
-        "by 9; on the enroller's own voice it can cost recall); its threshold sits higher: detect about 0.04 lower",
+        "by 10); on the enroller's own voice it can cost recall at the default offset: detect 0.02-0.04 lower",
     )
     p.add_argument("--say", metavar="TEXT", help="with --spoken: what the engines say (default: KEYWORD), e.g. 'hey kay'")
     p.add_argument("--record", type=int, metavar="N", help="record N clips from the microphone instead of files")
