@@ -76,6 +76,9 @@ class EvalConfig:
         spoken_voices: if > 0, add to each word's support center in the few-shot and
             open-set sections its spoken vector, from this many synthetic voices per
             source (:mod:`kws.spoken`, as ``kws enroll --spoken`` does).
+        impostors: with ``spoken_voices``, the other words whose mean the spoken vectors leave
+            out: an impostor-set ``.npz`` or a folder of clips (as ``kws enroll --impostors``);
+            ``None``: the model's bundled set.
         max_points: at most this many points in the projection plot.
         seed: seed of every random draw.
         speakers: only these speakers' clips (default: all).
@@ -98,6 +101,7 @@ class EvalConfig:
     augment_episodes: int = 0
     augment_shots: int = 3
     spoken_voices: int = 0
+    impostors: str | None = None
     max_points: int = 3000
     seed: int = 0
     speakers: list[str] | None = None
@@ -451,6 +455,17 @@ def plot_few_shot(rows: list[dict[str, Any]], path: Path) -> None:
 # ---------------------------------------------------------------------------- report
 
 
+def _other_words(embedder: Embedder, path: str | None, words: Sequence[str]) -> list[np.ndarray]:
+    """For each of ``words``, the impostor embeddings ``(M, D)`` that enrolling it would use."""
+    from kws.impostors import embed_impostor_folder, impostors_from_path
+
+    if path is not None and Path(path).is_dir():
+        # Embedded once: without one word's clips, a mean over many words barely moves.
+        shared = embed_impostor_folder(embedder, path)
+        return [shared] * len(words)
+    return [impostors_from_path(embedder, path, exclude=w) for w in words]
+
+
 def evaluate(
     embedder: Embedder, corpus_root: str | Path, cfg: EvalConfig, out_dir: str | Path, progress: bool = True
 ) -> dict[str, Any]:
@@ -476,12 +491,11 @@ def evaluate(
     }
     spoken = None
     if cfg.spoken_voices > 0:
-        from kws.impostors import load_impostors
         from kws.spoken import SpokenConfig, spoken_vector
 
         said = [
-            spoken_vector(embedder, w, load_impostors(embedder, exclude=w), SpokenConfig(voices=cfg.spoken_voices))
-            for w in corpus.classes
+            spoken_vector(embedder, w, others, SpokenConfig(voices=cfg.spoken_voices))
+            for w, others in zip(corpus.classes, _other_words(embedder, cfg.impostors, corpus.classes))
         ]
         spoken = [vector for vector, _ in said]
         report["spoken"] = {w: sources for w, (_, sources) in zip(corpus.classes, said)}

@@ -105,7 +105,8 @@ def spoken_centers(
         raise EnrollmentError("no speech engine is installed to speak the keyword: install espeak-ng (apt)")
     centers, names = [], []
     for name, engines in sources.items():
-        speakers = make_speakers(config.voices, config.seed, engines=engines)
+        # Fewer voices than engines: the first engines only (each engine needs a voice of its own).
+        speakers = make_speakers(config.voices, config.seed, engines=engines[: config.voices])
 
         def say(speaker):
             try:

@@ -148,6 +148,21 @@ def test_cli_eval_spoken_adds_each_words_voices(tiny_corpus: Path, tmp_path: Pat
     assert spoken["few_shot"][0]["mean"] > plain["few_shot"][0]["mean"]
 
 
+def test_cli_eval_spoken_with_a_model_of_no_bundled_impostors(
+    random_checkpoint: Path, tiny_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    from kws.cli import main
+
+    args = ["eval", str(tiny_corpus), "--subset", "all", "--shots", "1", "--ways", "2", "--episodes", "5",
+            "--open-set-episodes", "2", "--words", "cat", "bat", "--model", str(random_checkpoint),
+            "--out", str(tmp_path / "r"), "--spoken", "1"]  # fmt: skip
+    assert main(args) != 0 and "impostor set" in capsys.readouterr().err
+    assert main([*args, "--impostors", str(tiny_corpus)]) == 0
+    assert set(json.loads((tmp_path / "r" / "report.json").read_text())["spoken"]) == {"cat", "bat"}
+    assert main([*args[:-2], "--impostors", str(tiny_corpus)]) != 0
+    assert "--impostors goes with --spoken" in capsys.readouterr().err
+
+
 def test_a_phrase_longer_than_the_window_is_spoken_at_its_own_window(onnx_embedder) -> None:
     from kws.data.speech_commands import SpeechCommands
     from kws.demo import DEMO_DIR

@@ -88,6 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "center in the few-shot and open-set figures, as kws enroll --spoken does",
     )
     p.add_argument(
+        "--impostors",
+        metavar="PATH",
+        help="with --spoken: other words' speech whose mean the engines' voices leave out, an impostor-set .npz "
+        "or a folder of clips, as for kws enroll (default: the model's bundled set)",
+    )
+    p.add_argument(
         "--no-centre",
         dest="centre",
         action="store_false",
@@ -127,8 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.twelve_class:
         return _run_twelve_class(args)
+    from kws.errors import ConfigError
     from kws.evaluate import EvalConfig, evaluate, format_table
 
+    if args.impostors is not None and not args.spoken:
+        raise ConfigError("--impostors goes with --spoken (the other words the speech engines' voices are set against)")
     words = [w for item in args.words for w in item.split(",") if w] if args.words else None
     cfg = EvalConfig(
         subset=args.subset or "testing",
@@ -143,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         across_speakers=not args.same_speakers,
         augment_episodes=args.augment_episodes,
         spoken_voices=args.spoken,
+        impostors=args.impostors,
         seed=args.seed,
         centre=args.centre,
         speakers=read_speaker_list(args.speakers),
