@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -115,9 +116,22 @@ def test_stream_eval_cli_writes_json_and_plot(tiny_corpus, random_checkpoint, tm
     assert json.loads((out / "stream_eval.json").read_text()) == report
     assert main(args[:5] + ["0.4"] + args[6:]) != 0
     assert "another stream" in capsys.readouterr().err
+    # So does a corpus whose clips changed under the same arguments (the same path).
+    import shutil
+
+    from kws.audio import load_audio, write_audio
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    moved = [*args[:1], str(corpus), *args[2:-1], str(tmp_path / "moved.npz")]
+    assert main(moved) == 0
+    for wav in (corpus / KEYWORDS[0]).glob("*.wav"):
+        write_audio(wav, 0.5 * load_audio(wav))
+    assert main(moved) != 0
+    assert "another stream" in capsys.readouterr().err
 
 
-def test_sentence_stream_places_each_keyword_at_its_labelled_time(tmp_path):
+def test_sentence_stream_places_each_keyword_at_its_labelled_time(tmp_path, caplog):
     from kws.audio import write_audio
     from kws.streams import build_sentence_stream
 
@@ -141,3 +155,11 @@ def test_sentence_stream_places_each_keyword_at_its_labelled_time(tmp_path):
         assert np.all(span == pytest.approx(0.5))
     short, _ = build_sentence_stream(tmp_path, "all", duration_s=1.0, seed=1)
     assert len(short) < 9 * SAMPLE_RATE  # the keyword sentences only
+    # Labels that are not an interval (as the pack has) leave their sentence out, with a warning.
+    rows += ['s/0.wav,x,wildfire,spk9,,,,"whole sentence, word at 5.134-0.949 s",',
+             's/1.wav,x,onword,spk9,,,,"whole sentence, word at 0.000-0.000 s",']  # fmt: skip
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="kws.data.real_pack"):
+        _, again = build_sentence_stream(tmp_path, "all", seed=1)
+    assert sorted(t.word for t in again) == ["operator", "voyager"]
+    assert "5.134-0.949 s, not an interval" in caplog.text and "0.000-0.000 s, not an interval" in caplog.text

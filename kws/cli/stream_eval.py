@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 
 from kws.cli._common import (
     add_detector_arguments,
@@ -99,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         source = f"corpus {Path(args.corpus).resolve()} {args.subset} {sorted(bank.names)} {sorted(distractors)} {minutes} {args.seed}"
         if speakers is not None:
             source += f" speakers {sorted(speakers)}"
+    # The audio's own digest: a corpus or pack that changed under the same arguments is another stream.
+    source += f" audio {hashlib.sha256(audio.tobytes()).hexdigest()[:16]}"
     source += f" hop {cfg.hop_ms} vad {cfg.vad} {cfg.vad_floor_dbfs}"
     if bank.windows != [None]:  # keywords with windows of their own are embedded at those too
         source += f" windows {bank.windows}"

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 
 from kws.errors import DataError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLIPS_CSV", "COLUMNS", "PackClip", "PackSentence", "UNLABELLED_SENTENCE", "WORD_CONTEXTS", "heldout_speaker",
@@ -97,13 +100,22 @@ def read_sentences(
     root: str | Path, split: str = "all", heldout_fraction: float = 0.15, labelled: bool = True
 ) -> list[PackSentence]:
     """The pack's whole sentences: with a labelled keyword inside (``labelled``), else those
-    without a transcript (real running speech with no keyword). Arguments as :func:`read_pack`."""
+    without a transcript (real running speech with no keyword). Arguments as :func:`read_pack`.
+
+    A sentence whose keyword time is not an interval (the pack has ``0.000-0.000`` and an end
+    before its start) is left out, with a warning: its keyword could be neither found nor
+    silenced where it is."""
     root = Path(root)
     out = []
     for r in _rows(root, split, heldout_fraction):
         m = _WORD_AT.fullmatch(r["context"])
         if labelled and m and r["word"]:
-            out.append(PackSentence(root / r["path"], r["word"].lower(), r["speaker"], float(m[1]), float(m[2])))
+            start, end = float(m[1]), float(m[2])
+            if not start < end:
+                log.warning("%s: keyword %r labelled at %s-%s s, not an interval: sentence left out",
+                            r["path"], r["word"], m[1], m[2])  # fmt: skip
+                continue
+            out.append(PackSentence(root / r["path"], r["word"].lower(), r["speaker"], start, end))
         elif not labelled and r["context"] == UNLABELLED_SENTENCE:
             out.append(PackSentence(root / r["path"], "", r["speaker"], None, None))
     return out
