@@ -234,6 +234,8 @@ def test_cli_twelve_class(random_checkpoint: Path, layouts: tuple[Path, Path], t
     assert sum(map(sum, report["zero_shot"]["confusion"])) == 76
     assert main([*args, "--twelve-class"]) == 2
     assert "--reference" in capsys.readouterr().err
+    assert main([*args, "--twelve-class", "--reference", str(ref), "--spoken", "--open-set-unknown"]) == 2
+    assert "--spoken, --open-set-unknown: not for --twelve-class" in capsys.readouterr().err
 
 
 def test_validation_clips_are_augmented_reproducibly(layouts: tuple[Path, Path]) -> None:

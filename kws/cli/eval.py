@@ -173,6 +173,10 @@ def _run_twelve_class(args: argparse.Namespace) -> int:
         raise ConfigError(f"--draws must be at least 1, got {args.draws}")
     if args.words:
         raise ConfigError("--twelve-class scores the ten Speech Commands words; --words does not apply")
+    few_shot_only = [f for f, on in (("--spoken", args.spoken), ("--impostors", args.impostors),
+                                     ("--open-set-unknown", args.open_set_unknown)) if on]  # fmt: skip
+    if few_shot_only:
+        raise ConfigError(f"{', '.join(few_shot_only)}: not for --twelve-class (its classifier has no enrolment)")
     cfg = TwelveClassConfig(
         subset=args.subset or "all",
         shots=args.shots or (1, 3, 5, 10),
