@@ -494,8 +494,8 @@ def evaluate(
         from kws.spoken import SpokenConfig, spoken_vector
 
         said = [
-            spoken_vector(embedder, w, others, SpokenConfig(voices=cfg.spoken_voices))
-            for w, others in zip(corpus.classes, _other_words(embedder, cfg.impostors, corpus.classes))
+            spoken_vector(embedder, w, impostors, SpokenConfig(voices=cfg.spoken_voices))
+            for w, impostors in zip(corpus.classes, _other_words(embedder, cfg.impostors, corpus.classes))
         ]
         spoken = [vector for vector, _ in said]
         report["spoken"] = {w: sources for w, (_, sources) in zip(corpus.classes, said)}
