@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from kws.audio import centre_speech
-from kws.data.synth import SpeakerSpec, speak
+from kws.data.synth import SpeakerSpec, speak_many
 from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError
 from kws.fileio import atomic_path
@@ -166,10 +165,7 @@ def find_neighbours(
 
 def speak_words(words: Sequence[str], voices: Sequence[SpeakerSpec]) -> np.ndarray:
     """Each word in each voice (espeak-ng, a few at a time): ``(n_words, n_voices, 16000)`` float32."""
-    tasks = [(w, v) for w in words for v in voices]
-    # espeak-ng runs as a subprocess: threads overlap its start-up, which dominates for one word.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        clips = list(pool.map(lambda t: speak(*t), tasks))
+    clips = speak_many([(w, v) for w in words for v in voices])
     return np.stack(clips).reshape(len(words), len(voices), -1)
 
 

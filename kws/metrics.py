@@ -358,6 +358,7 @@ def open_set_trials(
     center; ``M`` = 0 without them). ``spoken``: as for :func:`episode_predictions`.
     """
     embeddings = normalize(embeddings)
+    others = None if others is None else normalize(others)
     labels = np.asarray(labels)
     values = [c for c in np.unique(labels) if np.sum(labels == c) > k_shot]
     by_class = [np.flatnonzero(labels == c) for c in values]
@@ -372,12 +373,13 @@ def open_set_trials(
             centers.append(center if spoken is None else with_spoken(center[None], spoken[values[c]])[0])
             q_idx.append(perm[k_shot:])
             q_class.append(np.full(len(idx) - k_shot, c))
-        scores = embeddings[np.concatenate(q_idx)] @ np.stack(centers).T
+        centers = np.stack(centers)
+        scores = embeddings[np.concatenate(q_idx)] @ centers.T
         own = np.zeros(scores.shape, dtype=bool)
         own[np.arange(len(scores)), np.concatenate(q_class)] = True
         impostor = scores[~own]
         if others is not None:
-            impostor = np.concatenate([impostor, (normalize(others) @ np.stack(centers).T).ravel()])
+            impostor = np.concatenate([impostor, (others @ centers.T).ravel()])
         yield scores[own], impostor
 
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from kws.audio import TRIM_DB, centre_speech
 from kws.embedder import Embedder
-from kws.errors import DataError, EnrollmentError
+from kws.errors import EnrollmentError
 from kws.metrics import normalize
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def spoken_centers(
     voice left is dropped. Raises :class:`EnrollmentError` for text the engines cannot
     read as words, and when no engine is installed or none could say it.
     """
-    from kws.data.synth import make_speakers, speak
+    from kws.data.synth import make_speakers, speak_many
 
     config.validate()
     if not _SPEAKABLE.match(text):
@@ -107,17 +106,8 @@ def spoken_centers(
     for name, engines in sources.items():
         # Fewer voices than engines: the first engines only (each engine needs a voice of its own).
         speakers = make_speakers(config.voices, config.seed, engines=engines[: config.voices])
-
-        def say(speaker):
-            try:
-                return speak(text, speaker, samples=embedder.window_samples)
-            except DataError as exc:
-                log.info("%s: voice %s left out (%s)", name, speaker.id, exc)
-                return None
-
-        # The engines run as subprocesses: threads overlap their start-up, which dominates for one word.
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            clips = [c for c in pool.map(say, speakers) if c is not None]
+        said = speak_many([(text, s) for s in speakers], samples=embedder.window_samples, skip_failed=True)
+        clips = [c for c in said if c is not None]
         if not clips:
             log.warning("no %s voice could say %r", name, text)
             continue

@@ -34,6 +34,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from importlib.util import find_spec
@@ -53,7 +55,7 @@ __all__ = [
     "DEFAULT_ENGINES", "ENGINES", "ESPEAK", "Engine", "MAX_WORD_SAMPLES", "MBROLA_DIR", "NOISE_LEVEL", "NORMAL_SPEED",
     "PEAK_LEVEL", "PIPER_VOICE_PACKAGES", "PITCH_RANGE", "RHVOICE_VOICES_DIR", "SPEED_RANGE", "SpeakerSpec",
     "SynthConfig", "babble", "check_engines", "colored_noise", "corpus_readme", "engine_command", "english_voices",
-    "installed_engines", "load_vocab", "make_speakers", "resolve_engines", "speak", "split_speakers", "synthesize",
+    "installed_engines", "load_vocab", "make_speakers", "resolve_engines", "speak", "speak_many", "split_speakers", "synthesize",
     "validate_words", "voice_variants", "write_background_noise",
 ]
 
@@ -487,6 +489,30 @@ def speak(word: str, speaker: SpeakerSpec, max_tries: int = 5, samples: int = CL
         # Duration is not quite inversely proportional to speed: aim a little faster than needed.
         speed = int(speed * max(1.2, 1.15 * len(audio) / longest))
     raise DataError(f"{word!r} does not fit in {longest} samples even at {speed} words/min")
+
+
+def speak_many(
+    tasks: Sequence[tuple[str, SpeakerSpec]], samples: int = CLIP_SAMPLES, skip_failed: bool = False
+) -> list[np.ndarray | None]:
+    """Each ``(text, speaker)`` of ``tasks`` spoken as :func:`speak` does, a few at a time.
+
+    The engines run as subprocesses: threads overlap their start-up, which dominates for one
+    word. With ``skip_failed``, a task whose engine fails gives ``None`` (logged) instead of
+    raising :class:`DataError`.
+    """
+
+    def one(task: tuple[str, SpeakerSpec]) -> np.ndarray | None:
+        text, speaker = task
+        try:
+            return speak(text, speaker, samples=samples)
+        except DataError as exc:
+            if not skip_failed:
+                raise
+            log.info("voice %s left out for %r (%s)", speaker.id, text, exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(one, tasks))
 
 
 def _synth_clip(task: tuple[str, SpeakerSpec, str]) -> tuple[str, str]:
