@@ -265,6 +265,26 @@ def test_real_pack_splits_are_speaker_disjoint(tmp_path, fake_pack):
     assert held and not {c.speaker for c in train} & {c.speaker for c in held}
 
 
+def test_real_pack_leaves_out_a_clip_too_long_for_a_word_and_refuses_an_unreadable_one(tmp_path, fake_pack, caplog):
+    import logging
+
+    from kws.audio import SAMPLE_RATE, write_audio
+    from kws.data.real_pack import MAX_WORD_CLIP_S, read_pack
+    from kws.errors import DataError
+
+    root = fake_pack(tmp_path / "pack")
+    before = read_pack(root)
+    long_clip = before[0].path
+    write_audio(long_clip, np.zeros(int((MAX_WORD_CLIP_S + 1) * SAMPLE_RATE), dtype=np.float32))
+    with caplog.at_level(logging.WARNING, logger="kws.data.real_pack"):
+        after = read_pack(root)
+    assert [c.path for c in after] == [c.path for c in before[1:]]
+    assert long_clip.name in caplog.text and "left out" in caplog.text
+    long_clip.write_bytes(b"not audio")
+    with pytest.raises(DataError, match=long_clip.name):
+        read_pack(root)
+
+
 @pytest.mark.slow
 def test_head_trains_on_a_pack_and_writes_a_run(tmp_path, fake_pack):
     from kws.model import HeadModel, load_model

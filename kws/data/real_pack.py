@@ -3,7 +3,8 @@ through its ``clips.csv``.
 
 Every row names the clip's path, source, word, speaker, channel, context and licence.
 Word clips are the rows with a word whose context is ``isolated`` or ``in sentence``
-(a word cut out of running speech). Sentences (:func:`read_sentences`) are the rows
+(a word cut out of running speech); a word clip longer than ``MAX_WORD_CLIP_S`` is a bad cut
+and is left out, with a warning. Sentences (:func:`read_sentences`) are the rows
 of whole recordings: ``whole sentence, word at S-E s`` (a keyword inside spontaneous
 speech, at its labelled time) and ``sentence (no transcript)``. Speakers are kept apart between the training
 and held-out splits by a stable hash of the speaker id, so a split never changes
@@ -19,13 +20,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
 
 from kws.errors import DataError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CLIPS_CSV", "COLUMNS", "PackClip", "PackSentence", "UNLABELLED_SENTENCE", "WORD_CONTEXTS", "heldout_speaker",
+    "CLIPS_CSV", "COLUMNS", "MAX_WORD_CLIP_S", "PackClip", "PackSentence", "UNLABELLED_SENTENCE", "WORD_CONTEXTS", "heldout_speaker",
     "noise_files", "read_pack", "read_sentences",
 ]
 
@@ -33,6 +35,9 @@ CLIPS_CSV = "clips.csv"
 WORD_CONTEXTS = ("isolated", "in sentence")
 _WORD_AT = re.compile(r"whole sentence, word at ([0-9.]+)-([0-9.]+) s")
 UNLABELLED_SENTENCE = "sentence (no transcript)"
+# Twice the longest speech kws enrols (2 s): the pack's word clips last up to 2.6 s, and one
+# "in sentence" clip of 5.5 s holds far more than its word.
+MAX_WORD_CLIP_S = 4.0
 COLUMNS = ("path", "source", "word", "speaker", "channel", "context", "licence")
 
 
@@ -86,14 +91,24 @@ def read_pack(root: str | Path, split: str = "all", heldout_fraction: float = 0.
         heldout_fraction: share of the speakers held out.
 
     Raises:
-        DataError: no ``clips.csv``, a malformed one, or an unknown split.
+        DataError: no ``clips.csv``, a malformed one, an unknown split, or a clip that cannot be read.
     """
     root = Path(root)
-    return [
-        PackClip(root / r["path"], r["word"].lower(), r["speaker"], r["source"], r["context"])
-        for r in _rows(root, split, heldout_fraction)
-        if r["word"] and r["context"] in WORD_CONTEXTS
-    ]
+    out = []
+    for r in _rows(root, split, heldout_fraction):
+        if not (r["word"] and r["context"] in WORD_CONTEXTS):
+            continue
+        path = root / r["path"]
+        try:
+            seconds = sf.info(str(path)).duration
+        except (OSError, RuntimeError) as e:  # soundfile's errors derive from RuntimeError
+            raise DataError(f"{path}: cannot read the clip ({e})") from e
+        if seconds > MAX_WORD_CLIP_S:
+            log.warning("%s: %r clip of %.1f s, longer than any word (%.0f s): left out", r["path"], r["word"],
+                        seconds, MAX_WORD_CLIP_S)  # fmt: skip
+            continue
+        out.append(PackClip(path, r["word"].lower(), r["speaker"], r["source"], r["context"]))
+    return out
 
 
 def read_sentences(
