@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ from kws.embedder import ASSETS, Embedder
 from kws.errors import DataError
 from kws.fileio import atomic_path
 from kws.metrics import normalize
-from kws.phonemes import edit_distance, phonemes, phonemes_of
+from kws.phonemes import edit_distance, phonemes, phonemes_of, speakable
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,6 @@ VOICES = (
 )
 # espeak-ng reads digits, symbols and other scripts as something else (digits as number
 # words, other scripts letter by letter): only such text has phonemes worth matching.
-_SPEAKABLE = re.compile(r"[A-Za-z][A-Za-z' -]*")
 _VOWELS = set("aeiouæɑɒɐəɚɛɜɝɪɔʊʌ")
 
 
@@ -106,7 +104,7 @@ def keyword_phonemes(text: str) -> tuple[str, ...] | None:
     """The keyword text's phonemes, or ``None`` when espeak-ng cannot say it as written
     (digits, symbols, another script)."""
     text = text.strip()
-    if not _SPEAKABLE.fullmatch(text):
+    if not speakable(text):
         return None
     return phonemes(text) or None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 
@@ -19,15 +20,23 @@ from kws.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["edit_distance", "minimal_pairs", "phonemes", "phonemes_of"]
+__all__ = ["edit_distance", "minimal_pairs", "phonemes", "phonemes_of", "speakable"]
 
 _SEP = "_"
+# Words in plain letters, one space, apostrophe or hyphen between them: what every speech engine reads
+# as words (digits, symbols and other scripts are read out letter by letter, or not at all).
+_SPEAKABLE = re.compile(r"[A-Za-z]+(?:[ '-][A-Za-z]+)*")
 _STRESS = "ˈˌ"
 
 
 def _split(line: str) -> tuple[str, ...]:
     tokens = [t.strip(_STRESS) for chunk in line.split() for t in chunk.split(_SEP)]
     return tuple(t for t in tokens if t)
+
+
+def speakable(text: str) -> bool:
+    """Can the speech engines say ``text`` as words (``hey computer``, ``o'clock``; not ``R2-D2``)?"""
+    return _SPEAKABLE.fullmatch(text) is not None
 
 
 def phonemes(word: str, voice: str = "en-us") -> tuple[str, ...]:

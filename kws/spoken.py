@@ -22,7 +22,6 @@ pull the center away from that speaker.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,13 +30,13 @@ from kws.audio import TRIM_DB, centre_speech
 from kws.embedder import Embedder
 from kws.errors import EnrollmentError
 from kws.metrics import normalize
+from kws.phonemes import speakable
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SpokenConfig", "spoken_centers", "spoken_sources", "spoken_vector"]
 
 # What the engines can read as words: letters, with spaces, apostrophes and hyphens between them.
-_SPEAKABLE = re.compile(r"^[A-Za-z]+(?:[ '-][A-Za-z]+)*$")
 # The engines other than espeak-ng that may speak a keyword. Not MBROLA (its licence bars products
 # that are sold), nor Piper (it samples its voice anew each time: one keyword enrolled twice from
 # the same clips would differ).
@@ -94,7 +93,7 @@ def spoken_centers(
     from kws.data.synth import make_speakers, speak_many
 
     config.validate()
-    if not _SPEAKABLE.match(text):
+    if not speakable(text):
         raise EnrollmentError(
             f"{text!r} cannot be spoken by the speech engines: give the keyword's words in plain letters "
             "(spaces, apostrophes and hyphens between them), e.g. --say 'hey computer'"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kws.errors import DataError
-from kws.phonemes import edit_distance, minimal_pairs, phonemes, phonemes_of
+from kws.phonemes import edit_distance, minimal_pairs, phonemes, phonemes_of, speakable
 
 
 def test_phonemes_are_split_and_stress_free() -> None:
@@ -45,3 +45,13 @@ def test_phonemes_of_many_words_in_one_call_match_one_call_each() -> None:
     assert phonemes_of(words) == [phonemes(w) for w in words]
     with pytest.raises(DataError, match="empty"):
         phonemes_of(["cat", " "])
+
+
+@pytest.mark.parametrize("text", ["yes", "hey computer", "o'clock", "walkie-talkie"])
+def test_words_in_plain_letters_are_speakable(text: str) -> None:
+    assert speakable(text)
+
+
+@pytest.mark.parametrize("text", ["", "123", "R2-D2", "hey!", "é", "two  spaces", " yes", "yes-", "日本語"])
+def test_digits_symbols_other_scripts_and_loose_separators_are_not_speakable(text: str) -> None:
+    assert not speakable(text)
