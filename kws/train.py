@@ -48,7 +48,9 @@ from kws.errors import CheckpointError, ConfigError, DataError, KwsError
 from kws.features import SpecAugment
 from kws.losses import CenterLoss, ClassifierHead, DistillLoss, JointLoss, build_metric_loss
 from kws.model import KeywordModel, ModelConfig, load_checkpoint, preset, save_checkpoint
-from kws.train_config import SCHEDULES, EpochEvalConfig, LossConfig, ModelSection, OptimConfig, TrainConfig, resolve_words
+from kws.train_config import (
+    SCHEDULES, EpochEvalConfig, LossConfig, ModelSection, OptimConfig, TrainConfig, kept_speakers, resolve_words,
+)  # fmt: skip
 
 __all__ = [
     "train", "build_run", "train_epoch", "end_epoch", "evaluate_epoch", "Run", "EpochStats", "TrainStep",
@@ -390,7 +392,7 @@ def _teacher_targets(
     loaded, clean), each trimmed of silence so that the teacher centres it in its own window.
 
     Rows of zeros are clips left without one: synthetic clips of speakers past the first
-    ``data.max_speakers`` (the teacher's stem is what costs CPU time). Cached in
+    ``data.max_speakers``, or not in ``data.speakers`` (the teacher's stem is what costs CPU time). Cached in
     ``data.cache_dir``, keyed by the clips and the teacher, with a checksum
     (:func:`kws.train_head.cached`).
     """
@@ -400,8 +402,8 @@ def _teacher_targets(
     from kws.train_head import FrameSet, cached
 
     chosen = np.ones(len(audio), dtype=bool)
-    if cfg.data.max_speakers:
-        kept = sorted(set(speakers[synthetic].tolist()))[: cfg.data.max_speakers]
+    kept = kept_speakers(cfg.data, speakers[synthetic].tolist())
+    if kept is not None:
         chosen = ~synthetic | np.isin(speakers, kept)
     idx = np.flatnonzero(chosen)
     files = hashlib.sha256("\n".join(paths[i] for i in idx).encode()).hexdigest()

@@ -28,7 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = [
     "DataConfig", "ModelSection", "LossConfig", "OptimConfig", "LoopConfig", "EpochEvalConfig", "TrainConfig",
-    "SCHEDULES", "DEVICES", "config_from_dict", "parse_override", "load_config", "resolve_words",
+    "SCHEDULES", "DEVICES", "config_from_dict", "parse_override", "load_config", "kept_speakers", "resolve_words",
 ]  # fmt: skip
 
 SCHEDULES = ("cosine", "onecycle")
@@ -71,6 +71,9 @@ class DataConfig:
     cache_dir: str = "data/stem_cache"
     copies: int = 2
     max_speakers: int = 0
+    # The training speakers of data.root to use instead of its first max_speakers (ids, as in
+    # its speakers.json); other corpora keep their first max_speakers.
+    speakers: list[str] = field(default_factory=list)
     # Scratch encoder: a model (bundled name or checkpoint, as load_embedder takes it) whose
     # embeddings of the clean training clips the encoder learns to reproduce, weighted by
     # loss.distill; "" for none.
@@ -397,6 +400,23 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
             raise ConfigError(f"--set {text!r}: [{section}] is not a table")
         table[name] = value
     return config_from_dict(d, source + (" with --set" if overrides else ""))
+
+
+def kept_speakers(cfg: DataConfig, available: Any, root: bool = True) -> list[str] | None:
+    """The synthetic training speakers to use out of ``available`` (a corpus's training
+    speakers): ``cfg.speakers`` for ``data.root`` (``root``), else the first ``cfg.max_speakers``
+    in sorted order; ``None`` for all of them.
+
+    Raises:
+        ConfigError: a speaker of ``cfg.speakers`` that is not a training speaker of the corpus.
+    """
+    available = sorted(set(available))
+    if root and cfg.speakers:
+        missing = sorted(set(cfg.speakers) - set(available))
+        if missing:
+            raise ConfigError(f"data.speakers: {', '.join(missing)} not among the training speakers of {cfg.root}")
+        return list(cfg.speakers)
+    return available[: cfg.max_speakers] if cfg.max_speakers else None
 
 
 def resolve_words(cfg: DataConfig) -> tuple[list[str] | None, list[str]]:

@@ -240,11 +240,12 @@ def _checksum(frames: np.ndarray) -> str:
 def _synthetic_set(cfg: Any, root: str, subset: str, words: list[str] | None, heldout: list[str], frames: int,
                    copies: int, noise_paths: list[str], progress: bool) -> FrameSet:  # fmt: skip
     from kws.data.speech_commands import SpeechCommands
+    from kws.train_config import kept_speakers
 
     ds = SpeechCommands(root, subset, words=words, heldout_words=heldout)
     keep = np.arange(len(ds))
-    if cfg.data.max_speakers and subset == "training":
-        chosen = sorted(set(ds.speakers.tolist()))[: cfg.data.max_speakers]
+    chosen = kept_speakers(cfg.data, ds.speakers.tolist(), root == cfg.data.root) if subset == "training" else None
+    if chosen is not None:
         keep = np.flatnonzero(np.isin(ds.speakers, chosen))
     clips = [ds.clips[i] for i in keep]
     return _cached_set(cfg, f"synthetic-{subset}", root, clips, frames, copies, cfg.train.seed, noise_paths, progress)

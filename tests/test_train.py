@@ -189,6 +189,20 @@ def test_recipe_config_holds_out_speech_commands_words() -> None:
     assert cfg.model.size == "small"
 
 
+def test_training_speakers_named_or_the_first_n() -> None:
+    from kws.errors import ConfigError
+    from kws.train_config import DataConfig, kept_speakers
+
+    available = ["d", "b", "a", "c", "b"]
+    assert kept_speakers(DataConfig(), available) is None  # all of them
+    assert kept_speakers(DataConfig(max_speakers=2), available) == ["a", "b"]
+    named = DataConfig(max_speakers=2, speakers=["d", "c"])
+    assert kept_speakers(named, available) == ["d", "c"]
+    assert kept_speakers(named, available, root=False) == ["a", "b"]  # another corpus: its first 2
+    with pytest.raises(ConfigError, match="data.speakers: x not among"):
+        kept_speakers(DataConfig(speakers=["a", "x"]), available)
+
+
 def test_lr_schedules() -> None:
     total, warmup = 100, 10
     cosine = [lr_factor(s, total, warmup, "cosine", 0.01) for s in range(total)]
