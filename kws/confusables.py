@@ -50,8 +50,6 @@ VOICES = (
     SpeakerSpec("gmw/en-US", "m3", 190, 35, 100),
     SpeakerSpec("gmw/en", "f4", 170, 70, 100),
 )
-# espeak-ng reads digits, symbols and other scripts as something else (digits as number
-# words, other scripts letter by letter): only such text has phonemes worth matching.
 _VOWELS = set("aeiouæɑɒɐəɚɛɜɝɪɔʊʌ")
 
 

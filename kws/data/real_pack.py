@@ -27,8 +27,8 @@ from kws.errors import DataError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CLIPS_CSV", "COLUMNS", "MAX_WORD_CLIP_S", "PackClip", "PackSentence", "UNLABELLED_SENTENCE", "WORD_CONTEXTS", "heldout_speaker",
-    "noise_files", "read_pack", "read_sentences",
+    "CLIPS_CSV", "COLUMNS", "MAX_WORD_CLIP_S", "PackClip", "PackSentence", "UNLABELLED_SENTENCE", "WORD_CONTEXTS",
+    "heldout_speaker", "noise_files", "read_pack", "read_sentences",
 ]
 
 CLIPS_CSV = "clips.csv"
