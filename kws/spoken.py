@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SpokenConfig", "spoken_centers", "spoken_sources", "spoken_vector"]
 
-# What the engines can read as words: letters, with spaces, apostrophes and hyphens between them.
 # The engines other than espeak-ng that may speak a keyword. Not MBROLA (its licence bars products
 # that are sold), nor Piper (it samples its voice anew each time: one keyword enrolled twice from
 # the same clips would differ).

@@ -392,8 +392,8 @@ def _teacher_targets(
     loaded, clean), each trimmed of silence so that the teacher centres it in its own window.
 
     Rows of zeros are clips left without one: synthetic clips of speakers past the first
-    ``data.max_speakers``, or not in ``data.speakers`` (the teacher's stem is what costs CPU time). Cached in
-    ``data.cache_dir``, keyed by the clips and the teacher, with a checksum
+    ``data.max_speakers``, or not in ``data.speakers`` (the teacher's stem is what costs CPU
+    time). Cached in ``data.cache_dir``, keyed by the clips and the teacher, with a checksum
     (:func:`kws.train_head.cached`).
     """
     import hashlib

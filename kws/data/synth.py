@@ -55,8 +55,8 @@ __all__ = [
     "DEFAULT_ENGINES", "ENGINES", "ESPEAK", "Engine", "MAX_WORD_SAMPLES", "MBROLA_DIR", "NOISE_LEVEL", "NORMAL_SPEED",
     "PEAK_LEVEL", "PIPER_VOICE_PACKAGES", "PITCH_RANGE", "RHVOICE_VOICES_DIR", "SPEED_RANGE", "SpeakerSpec",
     "SynthConfig", "babble", "check_engines", "colored_noise", "corpus_readme", "engine_command", "english_voices",
-    "installed_engines", "load_vocab", "make_speakers", "resolve_engines", "speak", "speak_many", "split_speakers", "synthesize",
-    "validate_words", "voice_variants", "write_background_noise",
+    "installed_engines", "load_vocab", "make_speakers", "resolve_engines", "speak", "speak_many", "split_speakers",
+    "synthesize", "validate_words", "voice_variants", "write_background_noise",
 ]
 
 ESPEAK = "espeak-ng"
