@@ -67,6 +67,11 @@ class Background:
     def hours(self) -> float:
         return len(self.embeddings) * self.hop_s / 3600
 
+    def kept(self, word: str) -> np.ndarray:
+        """``(hops,)`` the hops that count against keyword ``word``: embedded (not gated) and not holding it."""
+        own = np.array([word.lower() in w.split() for w in self.words], dtype=bool)
+        return ~np.isnan(self.embeddings[:, 0]) & ~own
+
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             # float16 halves the bundled file; scores need no more than 3 digits.
@@ -128,9 +133,7 @@ def smoothed_scores(keyword: Keyword, background: Background, smoothing: int) ->
     """``(hops,)`` the keyword's smoothed score on each hop of the background, as the detector's
     trigger sees it (gated hops and windows holding the keyword itself count as the lowest score)."""
     scores = np.full(len(background.embeddings), GATED_SCORE, dtype=np.float32)
-    kept = ~np.isnan(background.embeddings[:, 0])
-    own = np.array([keyword.name.lower() in w.split() for w in background.words], dtype=bool)
-    kept &= ~own
+    kept = background.kept(keyword.name)
     scores[kept] = keyword.score(background.embeddings[kept])
     padded = np.concatenate([np.full(smoothing - 1, GATED_SCORE, np.float32), scores])
     return np.convolve(padded, np.ones(smoothing) / smoothing, mode="valid").astype(np.float32)

@@ -42,7 +42,7 @@ from kws.enroll import EnrollConfig
 from kws.errors import AudioError, BankError, EnrollmentError
 from kws.events import read_sidecar
 from kws.fileio import timestamp
-from kws.impostors import load_impostors
+from kws.impostors import calibration_impostors
 from kws.metrics import normalize
 from kws.scoring import (
     Calibration,
@@ -227,7 +227,7 @@ def _add(
             "re-enrol it (kws enroll --replace) before adding positives"
         )
     if impostors is None:
-        impostors = load_impostors(embedder, exclude=name)
+        impostors = calibration_impostors(embedder, None, exclude=name)
     impostors = normalize(np.asarray(impostors, dtype=np.float32))
     starts, emb, how, audio = _clip_windows(embedder, kw, clip, kind == "negative", DetectorConfig())
     emb = normalize(emb).astype(np.float32)
@@ -302,7 +302,8 @@ def add_negative(
 
     Args:
         clip: an event clip or any audio file, or ``(samples,)`` audio at the embedder's rate.
-        impostors: ``(M, dim)`` other speech for re-calibration; ``None``: the bundled set.
+        impostors: ``(M, dim)`` other speech for re-calibration; ``None``: the bundled set and running
+            speech, as at enrolment (:func:`kws.impostors.calibration_impostors`).
         source: name recorded in the history (default: the file name).
     Raises:
         EnrollmentError: the clip sounds like the keyword itself (not added).

@@ -4,6 +4,8 @@ enrolment and feedback calibrate a threshold.
 At run time an impostor set is the bundled one of the embedder's model
 (``kws/assets/impostors.npz``, or ``impostors_*.npz`` for the other bundled
 models), an ``.npz`` the user made, or a folder of clips embedded on the spot.
+A keyword calibrated on the bundled set is also calibrated on windows of the model's
+bundled running speech (:func:`running_speech`).
 :func:`build_impostor_set` makes such an ``.npz`` from a corpus in Speech
 Commands layout (a recipe's packaging step, not a run-time one).
 """
@@ -22,13 +24,16 @@ from kws.errors import DataError, EnrollmentError
 from kws.fileio import atomic_path
 
 __all__ = [
-    "IMPOSTORS_PATH", "load_impostors", "impostors_from_path", "embed_impostor_folder", "embed_files",
-    "build_impostor_set",
+    "IMPOSTORS_PATH", "RUNNING_SPACING_S", "load_impostors", "impostors_from_path", "running_speech",
+    "calibration_impostors", "embed_impostor_folder", "embed_files", "build_impostor_set",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 IMPOSTORS_PATH = ASSETS / "impostors.npz"
+# Neighbouring hops of the background are near copies of one another: one window per 0.4 s
+# keeps its variety, and leaves the bundled words about a third of the calibration set.
+RUNNING_SPACING_S = 0.4
 
 
 def load_impostors(embedder: Embedder, exclude: str | None = None, path: Path = IMPOSTORS_PATH) -> np.ndarray:
@@ -125,6 +130,33 @@ def impostors_from_path(embedder: Embedder, path: str | Path | None, exclude: st
     if path.is_dir():
         return embed_impostor_folder(embedder, path, exclude=exclude)
     return load_impostors(embedder, exclude=exclude, path=path)
+
+
+def running_speech(embedder: Embedder, exclude: str | None = None) -> np.ndarray:
+    """Windows of the model's bundled background speech (:mod:`kws.background`) as impostors ``(R, D)``.
+
+    Isolated words say how often a word is taken for the keyword; running speech, real voices
+    among it, adds the parts of words and the joins between them that a stream shows the
+    detector. One window every :data:`RUNNING_SPACING_S`; gated windows and those holding
+    ``exclude`` are left out. ``(0, D)`` for a model without a bundled background.
+    """
+    from kws.background import load_background
+
+    try:
+        background = load_background(embedder)
+    except EnrollmentError:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    spaced = np.arange(len(background.embeddings)) % max(1, round(RUNNING_SPACING_S / background.hop_s)) == 0
+    return background.embeddings[spaced & background.kept(exclude or "")]
+
+
+def calibration_impostors(embedder: Embedder, path: str | Path | None, exclude: str | None = None) -> np.ndarray:
+    """What a keyword's threshold is calibrated on ``(M, D)``: :func:`impostors_from_path`, and for
+    the bundled set (``path`` ``None``) the model's running speech too (:func:`running_speech`)."""
+    impostors = impostors_from_path(embedder, path, exclude)
+    if path is not None:
+        return impostors
+    return np.concatenate([impostors, running_speech(embedder, exclude)])
 
 
 def build_impostor_set(

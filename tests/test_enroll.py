@@ -15,7 +15,8 @@ from kws.enroll import (
     enroll,
     prepare_clips,
 )
-from kws.impostors import embed_impostor_folder, load_impostors
+from kws.background import Background
+from kws.impostors import calibration_impostors, embed_impostor_folder, load_impostors, running_speech
 from kws.errors import EnrollmentError
 from kws.scoring import calibrate
 
@@ -208,6 +209,40 @@ def test_bundled_impostors_model_check_and_word_exclusion(emb: BandEmbedder, tmp
         load_impostors(emb, path=path)
     with pytest.raises(EnrollmentError, match="--impostors DIR"):
         load_impostors(emb, path=tmp_path / "missing.npz")
+
+
+def test_running_speech_impostors_are_spaced_embedded_windows_without_the_keyword(
+    emb: BandEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    windows = gaussian_impostors(20, seed=1)
+    windows[12] = np.nan  # a hop the energy gate skipped
+    words = np.array(["yes no" if i in (4, 8) else "" for i in range(20)])
+    Background(windows, words, hop_s=0.1, model_id=emb.model_id).save(tmp_path / "background_fake.npz")
+    monkeypatch.setattr("kws.background.ASSETS", tmp_path)
+    # One window per 0.4 s: hops 0, 4, 8, 12, 16; 4 and 8 hold the keyword, 12 was gated.
+    np.testing.assert_allclose(running_speech(emb, exclude="yes"), windows[[0, 16]], atol=1e-3)
+    assert len(running_speech(emb)) == 4
+
+    class Other(BandEmbedder):
+        model_id = "no-background"
+
+    assert running_speech(Other()).shape == (0, 32)
+    # An impostor set the user names is calibrated on as it is, without running speech.
+    path = tmp_path / "imp.npz"
+    np.savez(path, model_id=np.array(emb.model_id), embeddings=gaussian_impostors(3), words=np.array(["a", "b", "c"]))
+    assert len(calibration_impostors(emb, path, exclude="yes")) == 3
+
+
+def test_bundled_calibration_holds_the_model_s_running_speech(onnx_embedder) -> None:
+    from kws.data.speech_commands import SpeechCommands
+    from kws.demo import DEMO_DIR
+
+    data = SpeechCommands(DEMO_DIR, subset="training", words=["open"])
+    clips = [data.audio(i) for i in range(len(data))]
+    words, running = load_impostors(onnx_embedder, exclude="open"), running_speech(onnx_embedder, exclude="open")
+    assert len(running) > len(words)  # the bundled model has a bundled background
+    assert enroll(onnx_embedder, "open", clips).calibration.impostors == len(words) + len(running)
+    assert enroll(onnx_embedder, "open", clips, impostors=words).calibration.impostors == len(words)
 
 
 def test_impostor_folder_skips_keyword_and_noise(emb: BandEmbedder, tmp_path: Path) -> None:
