@@ -29,7 +29,7 @@ from kws.events import Event
 from kws.embedder import ASSETS, Embedder
 from kws.enroll import EnrollResult, enroll
 from kws.errors import DataError
-from kws.spoken import SpokenConfig
+from kws.spoken import SPOKEN_DEFAULT, SpokenConfig
 from kws.streams import TruthItem, build_stream, match_events
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def run_demo(
     seed: int = 0,
     cfg: DetectorConfig = DetectorConfig(),
     data_dir: Path = DEMO_DIR,
-    spoken: SpokenConfig | None = None,
+    spoken: SpokenConfig | None = SPOKEN_DEFAULT,
 ) -> DemoResult:
     """Enrol :data:`KEYWORDS` from the bundled clips, then detect them in a generated stream.
 
@@ -75,7 +75,7 @@ def run_demo(
         embedder: the model (the bundled default, for the README's demo).
         bank_path: if given, the bank is also saved there (to reuse with ``kws detect``).
         minutes: length of the generated stream.
-        spoken: enrol with the speech engines' voices too (:mod:`kws.spoken`).
+        spoken: the speech engines' voices added to each keyword (:mod:`kws.spoken`); ``None``: the clips alone.
     """
     from kws.data.speech_commands import SpeechCommands
 

@@ -389,7 +389,9 @@ def enroll(
             not for a keyword with a window of its own (the background is embedded at the model's).
         spoken: also hear the keyword as the installed speech engines say it (``say``, default
             ``name``), in ``spoken.voices`` voices per source, and add that to its centers
-            (:mod:`kws.spoken`), at the keyword's window; ``None``: the clips alone.
+            (:mod:`kws.spoken`), at the keyword's window; ``None``: the clips alone. kws's own
+            entry points (``kws enroll``, :meth:`kws.Spotter.enroll`, ``kws serve``, ``kws demo``)
+            pass :data:`kws.spoken.SPOKEN_DEFAULT` unless told otherwise.
     Returns:
         the keyword (add it with ``bank.add(result.keyword)``), its calibration and warnings.
     Raises:
@@ -434,9 +436,16 @@ def enroll(
     assign = kmeans_assign(clip_emb, centers, cfg.kmeans_iters) if centers > 1 else np.zeros(n, dtype=int)
     spoken_info, spoken_vec = None, None
     if spoken is not None:
+        spoken.validate()
         text = say if say is not None else name
-        spoken_vec, sources = spoken_vector(kw_embedder, text, other_words, spoken, cfg.trim_db)
-        spoken_info = {"text": text, "sources": sources, "voices": spoken.voices, "weight": spoken.weight}
+        try:
+            spoken_vec, sources = spoken_vector(kw_embedder, text, other_words, spoken, cfg.trim_db)
+        except EnrollmentError as exc:
+            if spoken.required:
+                raise
+            warnings.append(f"enrolled from the clips alone: {exc}")
+        else:
+            spoken_info = {"text": text, "sources": sources, "voices": spoken.voices, "weight": spoken.weight}
     kw_centers = make_centers(emb, assign, np.ones(n, dtype=bool), spoken_vec)
     target = leave_one_out_scores(emb, assign, spoken_vec) if n > 1 else np.zeros(0, dtype=np.float32)
 

@@ -83,13 +83,16 @@ class Spotter:
         """Enrol keyword ``name`` from 1-10 clips and add it to the bank.
 
         ``options`` go to :func:`kws.enroll.enroll` (``impostors``, ``target_far``,
-        ``centers``, ``augment``, ``force`` …). Raises
+        ``centers``, ``augment``, ``force`` …); ``spoken`` is :data:`kws.spoken.SPOKEN_DEFAULT`
+        unless given (``spoken=None``: the clips alone). Raises
         :class:`~kws.errors.EnrollmentError` for clips that cannot make a keyword,
         or a ``name`` already enrolled unless ``replace``.
         """
         from kws.enroll import enroll
         from kws.errors import EnrollmentError
+        from kws.spoken import SPOKEN_DEFAULT
 
+        options.setdefault("spoken", SPOKEN_DEFAULT)
         name = keyword_name(name)
         if name in self.bank and not replace:
             raise EnrollmentError(f"{name!r} is already enrolled; pass replace=True to enrol it again")

@@ -121,15 +121,35 @@ def test_enrol_with_spoken_voices_and_feedback_keeps_them(onnx_embedder, tmp_pat
         KeywordBank.load(path)
 
 
-def test_cli_say_needs_spoken(random_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    from kws.cli import main
-
-    clip = tmp_path / "c.wav"
+def test_cli_enrols_with_the_voices_by_default_and_from_the_clips_alone_when_they_cannot_say_it(
+    random_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
     from kws.audio import write_audio
+    from kws.cli import main
+    from tests.test_enroll import tone
 
-    write_audio(clip, 0.1 * np.ones(16000, np.float32))
-    code = main(["enroll", "x", str(clip), "--bank", str(tmp_path / "b.json"), "--say", "x", "--model", str(random_checkpoint)])
-    assert code != 0 and "--say goes with --spoken" in capsys.readouterr().err
+    clips = []
+    for i in range(3):
+        clips.append(str(tmp_path / f"kw{i}.wav"))
+        write_audio(clips[-1], tone(600, seed=i))
+    for i in range(12):
+        write_audio(tmp_path / "imp" / f"i{i}.wav", tone(300 + 250 * i, seed=20 + i))
+    bank = tmp_path / "b.json"
+    args = [*clips, "--bank", str(bank), "--model", str(random_checkpoint), "--impostors", str(tmp_path / "imp"),
+            "--no-confusables", "--force"]  # fmt: skip
+    assert main(["enroll", "beep", *args]) == 0
+    assert "spoken               'beep' by 16 voices of espeak-ng" in capsys.readouterr().out
+    assert KeywordBank.load(bank)["beep"].spoken is not None
+    # Digits are not words the engines read: by default the clips alone, said so; asked for, refused.
+    assert main(["enroll", "beep2", *args]) == 0
+    assert "warning: enrolled from the clips alone: 'beep2' cannot be spoken" in capsys.readouterr().out
+    assert KeywordBank.load(bank)["beep2"].spoken is None
+    assert main(["enroll", "beep3", *args, "--spoken"]) == 2
+    assert "'beep3' cannot be spoken" in capsys.readouterr().err
+    assert main(["enroll", "beep4", *args, "--no-spoken"]) == 0
+    assert KeywordBank.load(bank)["beep4"].spoken is None
+    assert main(["enroll", "beep5", *args, "--no-spoken", "--say", "beep"]) == 2
+    assert "does not go with --no-spoken" in capsys.readouterr().err
 
 
 def test_cli_eval_spoken_adds_each_words_voices(tiny_corpus: Path, tmp_path: Path, capsys) -> None:

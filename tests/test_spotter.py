@@ -81,5 +81,8 @@ def test_spotter_feedback_and_refusals(spotter: kws.Spotter, tmp_path: Path) -> 
     assert spotter.bank[WORD].negatives is not None and len(spotter.bank[WORD].negatives) >= 1
     with pytest.raises(EnrollmentError, match="already enrolled"):
         spotter.enroll(f" {WORD} ", _enrol_clips(WORD))
+    # Enrolled as kws enroll does by default: the speech engines' voices added; spoken=None: the clips alone.
+    assert spotter.bank[WORD].spoken is not None
+    assert spotter.enroll(WORD, _enrol_clips(WORD), replace=True, spoken=None).keyword.spoken is None
     with pytest.raises(BankError):
         kws.Spotter(bank=KeywordBank("another-model", spotter.embedder.dim))

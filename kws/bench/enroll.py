@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 NAME = "enroll"
-HELP = "time to enrol a keyword from 3 clips on one thread (confusable words included; --spoken: the engines' voices)"
+HELP = "time to enrol a keyword from 3 clips on one thread (confusable words and the speech engines' voices included)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-confusables", action="store_true", help="enrol without confusable words (as `kws enroll --no-confusables`)"
     )
-    parser.add_argument("--spoken", action="store_true", help="enrol with the speech engines' voices too (--spoken)")
+    parser.add_argument("--no-spoken", action="store_true", help="enrol from the clips alone (as `kws enroll --no-spoken`)")
     parser.add_argument("--keyword", default="three", help="keyword text, whose confusable words are found (three)")
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict:
     from kws.confusables import ConfusableConfig
     from kws.embedder import load_embedder
     from kws.enroll import enroll
-    from kws.spoken import SpokenConfig
+    from kws.spoken import SPOKEN_DEFAULT
 
     embedder = load_embedder(args.model, backend=args.backend, threads=1)
     rng = np.random.default_rng(0)
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict:
     # Random unit vectors stand in for the impostor set: scoring cost depends only on its size.
     impostors = rng.standard_normal((args.impostors, embedder.dim)).astype(np.float32)
     confusables = None if args.no_confusables else ConfusableConfig()
-    spoken = SpokenConfig() if args.spoken else None
+    spoken = None if args.no_spoken else SPOKEN_DEFAULT
     options = dict(impostors=impostors, augment=args.augment, confusables=confusables, force=True, spoken=spoken)
     result = enroll(embedder, args.keyword, clips, **options)  # warm-up
     times = []
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     print(
         f"enrol {args.keyword!r} from 3 clips on 1 thread ({figures['backend']}, augment={args.augment}, "
-        f"spoken={args.spoken}, "
+        f"spoken={not args.no_spoken}, "
         f"{args.impostors} impostors, {figures['confusables']} confusable words): "
         f"median {figures['median_ms']:.1f} ms, p90 {figures['p90_ms']:.1f} ms over {args.repeats} runs"
     )

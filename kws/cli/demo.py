@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=1.0, help="length of the generated stream (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream (default 0)")
     p.add_argument("--bank", metavar="PATH", help="also save the demo's bank here (for `kws detect`)")
-    p.add_argument("--spoken", action="store_true", help="enrol with the speech engines' voices too (kws enroll --spoken)")
+    p.add_argument("--no-spoken", action="store_true", help="enrol from the clips alone (kws enroll --no-spoken)")
     p.add_argument("--make-assets", metavar="PACK", help=argparse.SUPPRESS)  # rebuilds kws/assets/demo from the real-speech pack
     add_detector_arguments(p)
     add_model_arguments(p)
@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
     embedder = embedder_from_args(args)
     print(f"model {embedder.model_id} ({type(embedder).__name__}, {embedder.dim}-d embeddings)")
     cfg = detector_config_from_args(args, embedder)
-    from kws.spoken import SpokenConfig
+    from kws.spoken import SPOKEN_DEFAULT
 
     result = run_demo(embedder, bank_path=args.bank, minutes=args.minutes, seed=args.seed, cfg=cfg,
-                      spoken=SpokenConfig() if args.spoken else None)  # fmt: skip
+                      spoken=None if args.no_spoken else SPOKEN_DEFAULT)  # fmt: skip
     offset = cfg.threshold_offset
     print(f"\nenrolled (3 clips each; in a stream each threshold is raised by {offset:+.2f}):")
     for r in result.enrolled:

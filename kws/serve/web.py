@@ -35,7 +35,7 @@ from kws.enroll import MAX_CLIPS, enroll
 from kws.errors import KwsError
 from kws.scoring import fire_threshold
 from kws.serve.engine import BankStore, BatchEngine, Stream
-from kws.spoken import SpokenConfig
+from kws.spoken import SPOKEN_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class WebApp:
                 raise KwsError(f"take {i + 1} lasts {len(clip) / SAMPLE_RATE:.2f} s; record 0.2 to {self.limits.max_take_s:g} s")
             clips.append(clip)
         replace = bool(body.get("replace", False))
-        spoken = body.get("spoken", False)
+        spoken = body.get("spoken", True)
         if not isinstance(spoken, bool):
             raise KwsError("spoken is true or false (also hear the keyword as the speech engines say it)")
 
@@ -191,7 +191,7 @@ class WebApp:
             if name in bank and not replace:
                 raise KwsError(f"{name!r} is already enrolled; remove it first or enrol with replace")
             result = enroll(self.engine.embedder, name, clips, bank=bank, clip_names=[f"take {i + 1}" for i in range(len(clips))],
-                            spoken=SpokenConfig() if spoken else None)  # fmt: skip
+                            spoken=SPOKEN_DEFAULT if spoken else None)  # fmt: skip
             bank.add(result.keyword, replace=replace)
             return {"name": name, "threshold": round(result.threshold, 4), "warnings": result.warnings}
 

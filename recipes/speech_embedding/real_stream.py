@@ -38,7 +38,7 @@ KWS = [sys.executable, "-m", "kws"]
 def enrol(bank: Path, word: str, takes: list[str], args: argparse.Namespace) -> list[str]:
     """Enrol ``word`` from the first 3 of ``takes``, replacing a take that kws flags by the next; the takes used."""
     clips, spare = takes[:3], takes[3:]
-    options = [*(["--force"] if args.force else []), *(["--spoken"] if args.spoken else [])]
+    options = [*(["--force"] if args.force else []), "--spoken" if args.spoken else "--no-spoken"]
     while True:
         run = subprocess.run([*KWS, "enroll", word, *clips, "--bank", str(bank), "--model", args.model, "--replace",
                               *options], capture_output=True, text=True, check=False)  # fmt: skip
@@ -108,7 +108,8 @@ def main() -> int:
     ap.add_argument("--model", default="speech-embedding", help="model name or path (default speech-embedding)")
     ap.add_argument("--out", required=True, help="output folder (banks, streams, reports)")
     ap.add_argument("--force", action="store_true", help="enrol keywords whose calibration is hopeless too")
-    ap.add_argument("--spoken", action="store_true", help="enrol with kws enroll --spoken (the engines' voices too)")
+    ap.add_argument("--spoken", action="store_true",
+                    help="enrol with the engines' voices too (kws enroll's default); without it --no-spoken")  # fmt: skip
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
