@@ -85,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="add each word as the installed speech engines say it (N voices per source, 16) to its enrolment "
-        "center in the few-shot and open-set figures, as kws enroll --spoken does",
+        "center in the few-shot and open-set figures, as kws enroll does by default (without it: the clips "
+        "alone, as kws enroll --no-spoken)",
     )
     p.add_argument(
         "--impostors",
