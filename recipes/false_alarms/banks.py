@@ -13,7 +13,8 @@
 ``--fa-per-hour N`` calibrates each keyword to a false-alarm budget on the bundled background
 speech (:mod:`kws.background`). ``--confusables`` enrols each keyword with its confusable words as negatives (:mod:`kws.confusables`).
 ``--spoken`` adds the speech engines' voices of each keyword (:mod:`kws.spoken`; the two made-up
-wake words said as "think engine" and "on word").
+wake words said as "think engine" and "on word"). A take enrolment refuses is replaced by the
+word's next one (with espeak-ng's voices alone, one of ``nine``'s synthetic takes is).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kws.confusables import ConfusableConfig
 from kws.data.real_pack import read_pack, read_sentences
 from kws.embedder import load_embedder
 from kws.enroll import enroll
+from kws.errors import EnrollmentError
 from kws.phonemes import edit_distance, phonemes_of
 from kws.spoken import SpokenConfig
 
@@ -39,13 +41,25 @@ REAL_KEYWORDS = ("operator", "thinkengine", "onword", "wildfire", "voyager")
 SAY = {"thinkengine": "think engine", "onword": "on word"}
 
 
-def _enrol_all(embedder, bank: KeywordBank, clips: dict[str, list[Path]], options: dict) -> dict:
+def _enrol_all(embedder, bank: KeywordBank, takes: dict[str, list[Path]], options: dict) -> dict:
+    """Enrol each word from the first 3 of its takes; a take enrolment refuses (a take unlike the
+    others) is replaced by the next, as a user would record it again."""
     timings = {}
-    for word, files in clips.items():
+    for word, candidates in takes.items():
+        files, spare = list(candidates[:3]), list(candidates[3:])
         start = time.perf_counter()
         say = SAY.get(word) if options.get("spoken") else None
-        res = enroll(embedder, word, [load_audio(f, embedder.sample_rate) for f in files], bank=bank, force=True,
-                     say=say, **options)  # fmt: skip
+        while True:
+            try:
+                res = enroll(embedder, word, [load_audio(f, embedder.sample_rate) for f in files], bank=bank,
+                             clip_names=[f.name for f in files], force=True, say=say, **options)  # fmt: skip
+                break
+            except EnrollmentError as exc:
+                refused = [f for f in files if str(exc).startswith(f"{f.name}: ")]
+                if not refused or not spare:
+                    raise
+                print(f"  {word}: {exc}; the next take instead")
+                files = [f for f in files if f not in refused] + [spare.pop(0) for _ in refused if spare]
         timings[word] = time.perf_counter() - start
         bank.add(res.keyword, replace=True)
         print(f"  {word}: threshold {res.threshold:.3f} ({timings[word]:.2f} s) from {', '.join(f.name for f in files)}")
@@ -86,7 +100,8 @@ def main() -> None:
     clips = {}
     for k in SYNTH_KEYWORDS:
         train = sorted(p for p in (synth / k).glob("*.wav") if f"{k}/{p.name}" not in testing)
-        clips[k] = [train[i] for i in sorted(rng.choice(len(train), 3, replace=False))]
+        chosen = [train[i] for i in sorted(rng.choice(len(train), 3, replace=False))]
+        clips[k] = chosen + [p for p in train if p not in chosen]
     print(f"synthetic bank ({len(neighbours)} neighbours: {' '.join(neighbours)})")
     bank = KeywordBank(embedder.model_id, embedder.dim)
     timings = _enrol_all(embedder, bank, clips, options)
@@ -97,7 +112,7 @@ def main() -> None:
     clips = {}
     for k in REAL_KEYWORDS:
         mine = sorted((c for c in isolated if c.word == k and c.speaker not in callers_in_stream), key=lambda c: c.path)
-        clips[k] = [c.path for c in mine[:3]]
+        clips[k] = [c.path for c in mine]
     print("real bank")
     bank = KeywordBank(embedder.model_id, embedder.dim)
     timings.update(_enrol_all(embedder, bank, clips, options))
