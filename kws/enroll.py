@@ -424,7 +424,7 @@ def enroll(
     other_words = impostors
     if impostors is None or isinstance(impostors, (str, Path)):
         other_words = impostors_from_path(kw_embedder, impostors, exclude=name)
-        impostors = calibration_impostors(kw_embedder, impostors, exclude=name)
+        impostors = calibration_impostors(kw_embedder, impostors, exclude=name, frames=frames)
     impostors = normalize(impostors)
     if impostors.ndim != 2 or impostors.shape[1] != embedder.dim or len(impostors) == 0:
         raise EnrollmentError(f"impostor embeddings have shape {impostors.shape}, expected (M, {embedder.dim})")

@@ -227,7 +227,7 @@ def _add(
             "re-enrol it (kws enroll --replace) before adding positives"
         )
     if impostors is None:
-        impostors = calibration_impostors(embedder, None, exclude=name)
+        impostors = calibration_impostors(embedder, None, exclude=name, frames=kw.frames)
     impostors = normalize(np.asarray(impostors, dtype=np.float32))
     starts, emb, how, audio = _clip_windows(embedder, kw, clip, kind == "negative", DetectorConfig())
     emb = normalize(emb).astype(np.float32)

@@ -243,6 +243,8 @@ def test_bundled_calibration_holds_the_model_s_running_speech(onnx_embedder) -> 
     assert len(running) > len(words)  # the bundled model has a bundled background
     assert enroll(onnx_embedder, "open", clips).calibration.impostors == len(words) + len(running)
     assert enroll(onnx_embedder, "open", clips, impostors=words).calibration.impostors == len(words)
+    # A keyword with a window of its own: the running speech, at the model's window, is left out.
+    assert len(calibration_impostors(onnx_embedder, None, exclude="open", frames=30)) == len(words)
 
 
 def test_impostor_folder_skips_keyword_and_noise(emb: BandEmbedder, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from kws.audio import check_audio_path
     from kws.bank import KeywordBank, keyword_name, locked_bank
-    from kws.impostors import calibration_impostors
+    from kws.impostors import impostors_from_path
     from kws.feedback import add_negative, add_positive
     from kws.scoring import FeedbackConfig
 
@@ -43,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     KeywordBank.load(args.bank)[keyword]  # clear errors for an unknown keyword or clip before any work
     check_audio_path(args.clip)
     embedder = embedder_from_args(args)
-    impostors = calibration_impostors(embedder, args.impostors, exclude=keyword)
+    # The bundled set is the feedback's own to load: it depends on the keyword's window.
+    impostors = None if args.impostors is None else impostors_from_path(embedder, args.impostors, exclude=keyword)
     add = add_negative if args.negative else add_positive
     with locked_bank(args.bank, model_id=embedder.model_id) as bank:
         res = add(embedder, bank, keyword, args.clip, impostors=impostors, config=FeedbackConfig(negative_rule=args.rule))
