@@ -37,7 +37,7 @@ from kws.detect import DetectorConfig
 from kws.embedder import Embedder
 from kws.errors import EnrollmentError
 from kws.fileio import timestamp
-from kws.impostors import calibration_impostors, load_impostors
+from kws.impostors import impostors_from_path, with_running_speech
 from kws.metrics import normalize
 from kws.scoring import (
     KMEANS_ITERS,
@@ -370,7 +370,7 @@ def enroll(
         impostors: ``(M, D)`` embeddings of other speech, or a path to them (an impostor-set
             ``.npz`` or a folder of clips, see :func:`kws.impostors.impostors_from_path`); ``None``:
             the bundled set (if it was made for this model) and, for a keyword at the model's window,
-            windows of its bundled running speech (:func:`kws.impostors.calibration_impostors`);
+            windows of its bundled running speech (:func:`kws.impostors.with_running_speech`);
             without the clips of ``name`` itself.
             A keyword with a window of its own (:func:`keyword_frames`) is calibrated on a folder's
             clips embedded at that window; stored embeddings are at the model's window
@@ -423,7 +423,11 @@ def enroll(
     impostors_at_window = isinstance(impostors, (str, Path)) and Path(impostors).is_dir()
     bundled = impostors is None
     if impostors is None or isinstance(impostors, (str, Path)):
-        impostors = calibration_impostors(kw_embedder, impostors, exclude=name, frames=frames)
+        impostors = impostors_from_path(kw_embedder, impostors, exclude=name)
+    # The speech engines' voices are set against other words, the threshold against running speech too.
+    other_words = impostors
+    if bundled:
+        impostors = with_running_speech(kw_embedder, impostors, exclude=name, frames=frames)
     impostors = normalize(impostors)
     if impostors.ndim != 2 or impostors.shape[1] != embedder.dim or len(impostors) == 0:
         raise EnrollmentError(f"impostor embeddings have shape {impostors.shape}, expected (M, {embedder.dim})")
@@ -437,8 +441,6 @@ def enroll(
     if spoken is not None:
         spoken.validate()
         text = say if say is not None else name
-        # The voices are set against other words, not against running speech.
-        other_words = load_impostors(kw_embedder, exclude=name) if bundled else impostors
         try:
             spoken_vec, sources = spoken_vector(kw_embedder, text, other_words, spoken, cfg.trim_db)
         except EnrollmentError as exc:

@@ -42,7 +42,7 @@ from kws.enroll import EnrollConfig
 from kws.errors import AudioError, BankError, EnrollmentError
 from kws.events import read_sidecar
 from kws.fileio import timestamp
-from kws.impostors import calibration_impostors
+from kws.impostors import load_impostors, with_running_speech
 from kws.metrics import normalize
 from kws.scoring import (
     Calibration,
@@ -227,7 +227,8 @@ def _add(
             "re-enrol it (kws enroll --replace) before adding positives"
         )
     if impostors is None:
-        impostors = calibration_impostors(embedder, None, exclude=name, frames=kw.frames)
+        words = load_impostors(embedder, exclude=name)
+        impostors = with_running_speech(embedder, words, exclude=name, frames=kw.frames)
     impostors = normalize(np.asarray(impostors, dtype=np.float32))
     starts, emb, how, audio = _clip_windows(embedder, kw, clip, kind == "negative", DetectorConfig())
     emb = normalize(emb).astype(np.float32)
@@ -303,7 +304,7 @@ def add_negative(
     Args:
         clip: an event clip or any audio file, or ``(samples,)`` audio at the embedder's rate.
         impostors: ``(M, dim)`` other speech for re-calibration; ``None``: the bundled set and running
-            speech, as at enrolment (:func:`kws.impostors.calibration_impostors`).
+            speech, as at enrolment (:func:`kws.impostors.with_running_speech`).
         source: name recorded in the history (default: the file name).
     Raises:
         EnrollmentError: the clip sounds like the keyword itself (not added).

@@ -25,7 +25,7 @@ from kws.fileio import atomic_path
 
 __all__ = [
     "IMPOSTORS_PATH", "RUNNING_SPACING_S", "load_impostors", "impostors_from_path", "running_speech",
-    "calibration_impostors", "embed_impostor_folder", "embed_files", "build_impostor_set",
+    "with_running_speech", "embed_impostor_folder", "embed_files", "build_impostor_set",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -150,17 +150,16 @@ def running_speech(embedder: Embedder, exclude: str | None = None) -> np.ndarray
     return background.embeddings[spaced & background.kept(exclude or "")]
 
 
-def calibration_impostors(
-    embedder: Embedder, path: str | Path | None, exclude: str | None = None, frames: int | None = None
+def with_running_speech(
+    embedder: Embedder, words: np.ndarray, exclude: str | None = None, frames: int | None = None
 ) -> np.ndarray:
-    """What a keyword's threshold is calibrated on ``(M, D)``: :func:`impostors_from_path`, and for
-    the bundled set (``path`` ``None``) the model's running speech too (:func:`running_speech`),
-    unless the keyword has a window of its own (``frames``): the running speech is embedded at
-    the model's window, and on two-word phrases it cost recall at every false-alarm rate."""
-    impostors = impostors_from_path(embedder, path, exclude)
-    if path is not None or frames is not None:
-        return impostors
-    return np.concatenate([impostors, running_speech(embedder, exclude)])
+    """What a keyword is calibrated on when it is calibrated on the bundled impostor ``words``
+    ``(M, D)``: those and the model's running speech (:func:`running_speech`), unless the keyword
+    has a window of its own (``frames``): the running speech is embedded at the model's window,
+    and on two-word phrases it cost recall at every false-alarm rate."""
+    if frames is not None:
+        return words
+    return np.concatenate([words, running_speech(embedder, exclude)])
 
 
 def build_impostor_set(

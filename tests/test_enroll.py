@@ -16,7 +16,7 @@ from kws.enroll import (
     prepare_clips,
 )
 from kws.background import Background
-from kws.impostors import calibration_impostors, embed_impostor_folder, load_impostors, running_speech
+from kws.impostors import embed_impostor_folder, load_impostors, running_speech, with_running_speech
 from kws.errors import EnrollmentError
 from kws.scoring import calibrate
 
@@ -230,7 +230,8 @@ def test_running_speech_impostors_are_spaced_embedded_windows_without_the_keywor
     # An impostor set the user names is calibrated on as it is, without running speech.
     path = tmp_path / "imp.npz"
     np.savez(path, model_id=np.array(emb.model_id), embeddings=gaussian_impostors(3), words=np.array(["a", "b", "c"]))
-    assert len(calibration_impostors(emb, path, exclude="yes")) == 3
+    clips = [tone(600, seed=i) for i in range(3)]
+    assert enroll(emb, "yes", clips, impostors=path, force=True).calibration.impostors == 3
 
 
 def test_bundled_calibration_holds_the_model_s_running_speech(onnx_embedder) -> None:
@@ -244,7 +245,7 @@ def test_bundled_calibration_holds_the_model_s_running_speech(onnx_embedder) -> 
     assert enroll(onnx_embedder, "open", clips).calibration.impostors == len(words) + len(running)
     assert enroll(onnx_embedder, "open", clips, impostors=words).calibration.impostors == len(words)
     # A keyword with a window of its own: the running speech, at the model's window, is left out.
-    assert len(calibration_impostors(onnx_embedder, None, exclude="open", frames=30)) == len(words)
+    assert len(with_running_speech(onnx_embedder, words, exclude="open", frames=30)) == len(words)
 
 
 def test_impostor_folder_skips_keyword_and_noise(emb: BandEmbedder, tmp_path: Path) -> None:
