@@ -9,8 +9,11 @@ needed to resume) and ``best.pt`` (best held-out few-shot accuracy). The
 configuration is :mod:`kws.train_config`; a head over a pretrained stem trains
 in :mod:`kws.train_head`.
 
-With ``data.real_pack`` the pack's training-speaker clips join the synthetic ones (labels
-shared by word), and its held-out speakers give a real-speech curve that chooses ``best.pt``.
+``data.extra_roots`` (other synthetic corpora, e.g. other speech engines') and ``data.real_pack``
+(the pack's training-speaker clips) join ``data.root``'s clips, labels shared by word, each
+source weighted in a word's K clips by ``data.weights``; the pack's held-out speakers give a
+real-speech curve that chooses ``best.pt``. With ``data.conditions`` half of each batch's clips
+are taken from a copy of the training set made through recording conditions when the run starts.
 With ``data.teacher`` the encoder also learns to reproduce that model's embeddings of its
 training clips (computed once, cached in ``data.cache_dir``), weighted by ``loss.distill``.
 
@@ -61,6 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
+# With data.conditions, the share of a batch's clips taken from their copy through recording conditions.
+CONDITIONED_SHARE = 0.5
 METRICS_CSV, METRICS_JSONL = "metrics.csv", "metrics.jsonl"
 
 
@@ -121,6 +126,7 @@ class Run:
     labels: torch.Tensor  # (N,) on the training device
     teacher: torch.Tensor | None  # (N, D_teacher) the teacher's embeddings (zeros: none), on the training device
     unlabelled: torch.Tensor | None  # int16 (M, samples) of data.unlabelled_root; None when train.unlabelled is 0
+    conditioned: torch.Tensor | None  # int16 (N, samples): audio through recording conditions (data.conditions)
     eval_data: _EvalSet | None  # rank 0 only
     model: KeywordModel
     loss: JointLoss
@@ -168,15 +174,31 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
     teacher_model = _load_teacher(cfg.data.teacher) if cfg.data.teacher else None  # fails before any data is read
     words, heldout = resolve_words(cfg.data)
     train_set = SpeechCommands(cfg.data.root, "training", words=words, heldout_words=heldout)
-    audio_np = train_set.load_all(progress=progress and is_main, pcm16=True)
-    classes, labels_np = list(train_set.classes), train_set.labels
-    paths, speakers = [str(c.path) for c in train_set.clips], train_set.speakers
+    # Every source's clips, data.root's first (the epoch evaluation's reference clips index them).
+    sources = [_Source(train_set.load_all(progress=progress and is_main, pcm16=True),
+                       np.array(train_set.classes)[train_set.labels], train_set.speakers,
+                       [str(c.path) for c in train_set.clips])]  # fmt: skip
+    for root in cfg.data.extra_roots:
+        extra = SpeechCommands(root, "training", words=words, heldout_words=heldout)
+        if len(extra) == 0:
+            raise DataError(f"data.extra_roots: {root} has no training clips of the training words")
+        sources.append(_Source(extra.load_all(progress=progress and is_main, pcm16=True),
+                               np.array(extra.classes)[extra.labels], extra.speakers, [str(c.path) for c in extra.clips]))
+    synthetic = np.concatenate([np.ones(len(s.words), dtype=bool) for s in sources])
     if cfg.data.real_pack:
-        pack = _pack_clips(cfg, "training", heldout, audio_np.shape[1], progress and is_main)
-        classes += sorted(set(pack.words.tolist()) - set(classes))
-        labels_np = np.concatenate([labels_np, np.array([classes.index(w) for w in pack.words])])
-        audio_np = np.concatenate([audio_np, pack.audio])
-        paths, speakers = paths + pack.paths, np.concatenate([speakers, pack.speakers])
+        sources.append(_pack_clips(cfg, "training", heldout, sources[0].audio.shape[1], progress and is_main))
+        synthetic = np.concatenate([synthetic, np.zeros(len(sources[-1].words), dtype=bool)])
+    classes = list(train_set.classes)
+    for source in sources[1:]:
+        classes += sorted(set(source.words.tolist()) - set(classes))
+    index = {w: i for i, w in enumerate(classes)}
+    labels_np = np.array([index[w] for s in sources for w in s.words], dtype=np.int64)
+    audio_np = np.concatenate([s.audio for s in sources])
+    paths, speakers = [p for s in sources for p in s.paths], np.concatenate([s.speakers for s in sources])
+    weights = None
+    if cfg.data.weights:
+        weights = np.concatenate([np.full(len(s.words), w) for s, w in zip(sources, cfg.data.weights)])
+    del sources
     if len(classes) < cfg.train.p:
         raise ConfigError(f"train.p={cfg.train.p} exceeds the {len(classes)} training words")
     log.info(
@@ -185,7 +207,6 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
     )  # fmt: skip
     teacher = None
     if teacher_model is not None:
-        synthetic = np.arange(len(labels_np)) < len(train_set)
         words_np = np.array(classes)[labels_np]
         if not is_main:
             dist.barrier()  # rank 0 fills the cache once; the other ranks then read it
@@ -194,8 +215,10 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
         if is_main:
             dist.barrier()
     audio = torch.from_numpy(audio_np)
+    conditioned = torch.from_numpy(_conditioned(cfg, audio_np, progress and is_main)) if cfg.data.conditions else None
     if cfg.data.on_device and device.type == "cuda":
         audio = audio.to(device)
+        conditioned = None if conditioned is None else conditioned.to(device)
     labels = torch.from_numpy(labels_np).to(device)
     unlabelled = _unlabelled_audio(cfg, classes, heldout, progress and is_main)
     if unlabelled is not None and cfg.data.on_device and device.type == "cuda":
@@ -209,10 +232,10 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
     augmenter = Augmenter(cfg.augment, background_noise(cfg.data.root)).to(device)
     optimizer = make_optimizer(list(model.parameters()) + list(loss.parameters()), cfg.optim)
     sampler_type = HardClassSampler if cfg.train.sampler == "hard_class" else PKSampler
-    sampler = sampler_type(labels_np, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size)
+    sampler = sampler_type(labels_np, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size, weights)
     run = Run(
         cfg=cfg, dist=dist, bf16=bf16, classes=classes, heldout=heldout, audio=audio, labels=labels,
-        teacher=teacher, unlabelled=unlabelled, eval_data=eval_data, model=model, loss=loss, step_module=step_module,
+        teacher=teacher, unlabelled=unlabelled, conditioned=conditioned, eval_data=eval_data, model=model, loss=loss, step_module=step_module,
         augmenter=augmenter, optimizer=optimizer, sampler=sampler,
         steps_per_epoch=cfg.train.steps_per_epoch or len(sampler),
     )  # fmt: skip
@@ -332,6 +355,9 @@ def _batch(run: Run, batch: list[int], gen: torch.Generator) -> tuple[torch.Tens
     device, n_unl = run.dist.device, run.cfg.train.unlabelled
     idx = torch.as_tensor(batch, device=run.audio.device)
     wave = _to_float(run.audio[idx].to(device, non_blocking=True))
+    if run.conditioned is not None:
+        swap = torch.rand(len(batch), generator=gen, device=device) < CONDITIONED_SHARE
+        wave = torch.where(swap[:, None], _to_float(run.conditioned[idx].to(device, non_blocking=True)), wave)
     y = run.labels[idx.to(device)]
     targets = None if run.teacher is None else run.teacher[idx.to(device)]
     if n_unl:
@@ -344,14 +370,16 @@ def _batch(run: Run, batch: list[int], gen: torch.Generator) -> tuple[torch.Tens
 
 
 @dataclass
-class _PackClips:
+class _Source:
+    """One source's clips, as loaded."""
+
     audio: np.ndarray  # int16 (N, samples)
     words: np.ndarray
     speakers: np.ndarray
     paths: list[str]
 
 
-def _pack_clips(cfg: TrainConfig, split: str, heldout: list[str], samples: int, progress: bool) -> _PackClips:
+def _pack_clips(cfg: TrainConfig, split: str, heldout: list[str], samples: int, progress: bool) -> _Source:
     """The real-speech pack's word clips of ``split``, each trimmed of silence and centred in
     ``samples`` (as the synthetic clips are), without the held-out words."""
     from tqdm import tqdm
@@ -372,7 +400,30 @@ def _pack_clips(cfg: TrainConfig, split: str, heldout: list[str], samples: int, 
         audio[i] = float_to_pcm16(centre_speech(load_audio(c.path), samples))
     words = np.array([c.word for c in clips], dtype=str)
     log.info("real pack %s: %d clips of %d words", split, len(clips), len(set(words.tolist())))
-    return _PackClips(audio, words, np.array([c.speaker for c in clips], dtype=str), [str(c.path) for c in clips])
+    return _Source(audio, words, np.array([c.speaker for c in clips], dtype=str), [str(c.path) for c in clips])
+
+
+def _conditioned(cfg: TrainConfig, audio: np.ndarray, progress: bool) -> np.ndarray:
+    """A copy of every training clip ``audio`` (int16) through recording conditions
+    (:func:`kws.data.augment.augment_conditions` at its default odds: a simulated room, real
+    noise, a telephone or laptop channel, an Opus or MP3 codec), made once per run: at about
+    7 ms a clip, too slow for every batch. The noise is the pack's recordings with
+    ``data.real_pack``, else ``data.root``'s. The same on every rank (seeded by ``train.seed``)."""
+    from tqdm import tqdm
+
+    from kws.audio import float_to_pcm16
+    from kws.data.augment import ConditionsConfig, augment_conditions, load_noise_folder, make_rir_bank
+    from kws.data.speech_commands import background_noise
+
+    conditions = ConditionsConfig()
+    rirs = make_rir_bank(conditions, seed=cfg.train.seed)
+    noises = load_noise_folder(Path(cfg.data.real_pack) / "noise") if cfg.data.real_pack else background_noise(cfg.data.root)
+    rng = np.random.default_rng(cfg.train.seed)
+    out = np.empty_like(audio)
+    for i in tqdm(range(len(audio)), desc="recording conditions", unit="clip", disable=not progress):
+        clip = _to_float(torch.from_numpy(audio[i])).numpy()
+        out[i] = float_to_pcm16(augment_conditions(clip, rng, conditions, rirs, noises))
+    return out
 
 
 def _load_teacher(name: str) -> Any:
@@ -672,7 +723,7 @@ class _EvalSet:
     heldout_audio: np.ndarray | None  # held-out words, testing speakers
     heldout_labels: np.ndarray | None
     heldout_speakers: np.ndarray | None
-    real: _PackClips | None = None  # the real-speech pack's held-out speakers
+    real: _Source | None = None  # the real-speech pack's held-out speakers
 
 
 def _eval_set(

@@ -49,7 +49,7 @@ class DataConfig:
 
     root: str = "data/synth"
     # More synthetic corpora in the same layout (e.g. other speech engines), read with the same
-    # words and splits; over a pretrained stem only. Labels are shared by word across corpora.
+    # words and splits. Labels are shared by word across corpora.
     extra_roots: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     words_vocab: str = ""
@@ -79,8 +79,10 @@ class DataConfig:
     # loss.distill; "" for none.
     teacher: str = ""
     context: float = 0.0  # share of augmented copies placed after another word, as in a stream
-    conditions: bool = False  # augmented copies also through simulated rooms, channels and codecs
-    # Over a pretrained stem: each source's sampling weight, in the order root, extra_roots...,
+    # Augmented copies also through simulated rooms, channels and codecs (the scratch encoder: half
+    # of each batch from one such copy of every clip, made when the run starts).
+    conditions: bool = False
+    # Each source's sampling weight, in the order root, extra_roots...,
     # real_pack (empty: all 1). A word's K clips in a batch are drawn in proportion to them.
     weights: list[float] = field(default_factory=list)
 
@@ -277,8 +279,8 @@ class TrainConfig:
             (min(self.eval.episodes, self.eval.queries, self.eval.eer_episodes) >= 1, "eval episodes and queries must be >= 1"),
             (self.eval.ref_per_word >= 1 and self.eval.batch_size >= 1, "eval.ref_per_word and eval.batch_size must be >= 1"),
             (self.eval.every >= 1, "eval.every must be at least 1"),
-            (self.model.stem != "scratch" or not (self.data.extra_roots or self.data.conditions or self.data.weights),
-             "data.extra_roots, data.conditions and data.weights are for a head over a stem (model.stem)"),
+            (self.model.stem != "scratch" or bool(self.data.root),
+             "the scratch encoder needs data.root (a synthetic corpus); the other sources join it"),
             (not self.data.weights or len(self.data.weights)
              == bool(self.data.root) + len(self.data.extra_roots) + bool(self.data.real_pack),
              "data.weights needs one weight per source: root, each of extra_roots, real_pack (those set)"),

@@ -345,14 +345,16 @@ def test_head_trains_on_several_corpora_under_recording_conditions(tiny_corpus, 
     assert all(k.get("conditions") for k in keys)
 
 
-def test_scratch_model_refuses_options_of_a_head_over_a_stem():
+def test_scratch_model_takes_several_sources_and_refuses_a_stem_only_option():
     from kws.errors import ConfigError
     from kws.train_config import load_config
 
-    for option in ('data.extra_roots=["x"]', "data.conditions=true"):
-        with pytest.raises(ConfigError, match="head over a stem"):
-            load_config(None, [option])
-    assert load_config(None, ['data.real_pack="x"']).data.real_pack == "x"  # the scratch encoder reads a pack too
+    with pytest.raises(ConfigError, match="stem"):
+        load_config(None, ["model.stem_layers=2"])
+    # The scratch encoder reads other corpora and a pack too, each with its weight, under recording conditions.
+    cfg = load_config(None, ['data.extra_roots=["x"]', 'data.real_pack="y"', "data.weights=[1.0, 2.0, 0.5]",
+                             "data.conditions=true"])  # fmt: skip
+    assert cfg.data.extra_roots == ["x"] and cfg.data.weights == [1.0, 2.0, 0.5] and cfg.data.conditions
 
 
 def test_composed_export_runs_without_the_stem_package(head_checkpoint, tmp_path, monkeypatch):

@@ -397,8 +397,55 @@ def test_real_pack_joins_scratch_training_with_shared_labels(tiny_corpus: Path, 
     # best.pt follows the real-speech curve.
     best = torch.load(out / "best.pt", weights_only=True)["extra"]["metrics"]
     assert best["real_fewshot_1"] == max(r["real_fewshot_1"] for r in rows)
-    with pytest.raises(ConfigError, match="are for a head over a stem"):
-        load_config(None, sets + ["data.conditions=true"])
+
+
+def test_extra_roots_join_scratch_training_by_word_with_their_weights(tiny_corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from kws.data.speech_commands import SpeechCommands
+    from kws.train import _setup, build_run
+
+    # Another engine's corpus: the same words, plus one of its own ("rat") and none held out.
+    other = Path(shutil.copytree(tiny_corpus, tmp_path / "other"))
+    shutil.copytree(other / "bat", other / "rat")
+    sets = tiny_overrides(tiny_corpus, tmp_path / "run", epochs=1) + [f'data.extra_roots=["{other}"]']
+    run = build_run(load_config(None, sets + ["data.weights=[1.0, 3.0]"]), _setup("cpu"), resume=False, progress=False)
+    assert run.classes == ["bat", "cat", "left", "yes", "rat"]  # data.root's words first, shared by word
+    n_root = len(SpeechCommands(tiny_corpus, "training", heldout_words=["no", "seven"]))
+    own = [i for i, y in enumerate(run.labels.tolist()) if run.classes[y] == "rat"]
+    assert min(own) >= n_root  # the extra corpus's clips come after data.root's
+    assert run.sampler.weights is not None and set(run.sampler.weights[:n_root]) == {1.0}
+    assert set(run.sampler.weights[n_root:]) == {3.0}
+    # A batch draws a shared word's clips mostly from the source weighted 3 to 1.
+    shared = [i for b in run.sampler for i in b if run.classes[int(run.labels[i])] == "cat"]
+    assert np.mean(np.array(shared) >= n_root) > 0.6
+    train(load_config(None, sets), progress=False)  # and it trains
+    with pytest.raises(ConfigError, match="one weight per source"):
+        load_config(None, sets + ["data.weights=[1.0]"])
+
+
+def test_conditions_give_the_scratch_encoder_a_copy_of_each_clip_that_half_of_a_batch_takes(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    from kws.train import CONDITIONED_SHARE, _batch, _setup, _to_float, build_run
+
+    cfg = load_config(None, tiny_overrides(tiny_corpus, tmp_path / "run", epochs=1) + ["data.conditions=true"])
+    run = build_run(cfg, _setup("cpu"), resume=False, progress=False)
+    assert run.conditioned is not None and run.conditioned.shape == run.audio.shape
+    clean, wet = _to_float(run.audio), _to_float(run.conditioned)
+    changed = (clean - wet).abs().amax(dim=1) > 1e-3
+    assert 0.3 < changed.float().mean() < 1.0  # rooms, noise, channels and codecs each at their odds
+    # Made once, seeded: a second run of the same seed has the same copies.
+    again = build_run(cfg, _setup("cpu"), resume=False, progress=False)
+    assert torch.equal(again.conditioned, run.conditioned)
+    # Without augmentation a batch is its clips as stored: each row clean or its conditioned copy.
+    run.augmenter.eval()
+    idx = torch.nonzero(changed).flatten()[:64].tolist()
+    wave, _, _ = _batch(run, idx, torch.Generator().manual_seed(0))
+    took = (wave - wet[idx]).abs().amax(dim=1) < 1e-6
+    assert torch.all(took | ((wave - clean[idx]).abs().amax(dim=1) < 1e-6))
+    assert abs(took.float().mean().item() - CONDITIONED_SHARE) < 0.2
+    train(cfg, progress=False)  # and it trains
 
 
 @pytest.mark.slow
