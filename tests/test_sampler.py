@@ -176,5 +176,7 @@ def test_source_weights_need_one_weight_per_source():
     assert load_config(None, [*head, "data.weights=[1.0, 2.0]"]).data.weights == [1.0, 2.0]
     with pytest.raises(ConfigError, match="one weight per source"):
         load_config(None, [*head, "data.weights=[1.0]"])
-    with pytest.raises(ConfigError, match="head over a stem"):
-        load_config(None, ["data.weights=[1.0]"])
+    # The scratch encoder too: data.root alone is one source.
+    assert load_config(None, ["data.weights=[2.0]"]).data.weights == [2.0]
+    with pytest.raises(ConfigError, match="one weight per source"):
+        load_config(None, ["data.weights=[1.0, 2.0]"])
