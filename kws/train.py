@@ -183,7 +183,8 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
         if len(extra) == 0:
             raise DataError(f"data.extra_roots: {root} has no training clips of the training words")
         sources.append(_Source(extra.load_all(progress=progress and is_main, pcm16=True),
-                               np.array(extra.classes)[extra.labels], extra.speakers, [str(c.path) for c in extra.clips]))
+                               np.array(extra.classes)[extra.labels], extra.speakers,
+                               [str(c.path) for c in extra.clips]))  # fmt: skip
     synthetic = np.concatenate([np.ones(len(s.words), dtype=bool) for s in sources])
     if cfg.data.real_pack:
         sources.append(_pack_clips(cfg, "training", heldout, sources[0].audio.shape[1], progress and is_main))
@@ -235,8 +236,8 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
     sampler = sampler_type(labels_np, cfg.train.p, cfg.train.k, cfg.train.seed, dist.rank, dist.world_size, weights)
     run = Run(
         cfg=cfg, dist=dist, bf16=bf16, classes=classes, heldout=heldout, audio=audio, labels=labels,
-        teacher=teacher, unlabelled=unlabelled, conditioned=conditioned, eval_data=eval_data, model=model, loss=loss, step_module=step_module,
-        augmenter=augmenter, optimizer=optimizer, sampler=sampler,
+        teacher=teacher, unlabelled=unlabelled, conditioned=conditioned, eval_data=eval_data, model=model, loss=loss,
+        step_module=step_module, augmenter=augmenter, optimizer=optimizer, sampler=sampler,
         steps_per_epoch=cfg.train.steps_per_epoch or len(sampler),
     )  # fmt: skip
     if resume:
@@ -417,7 +418,8 @@ def _conditioned(cfg: TrainConfig, audio: np.ndarray, progress: bool) -> np.ndar
 
     conditions = ConditionsConfig()
     rirs = make_rir_bank(conditions, seed=cfg.train.seed)
-    noises = load_noise_folder(Path(cfg.data.real_pack) / "noise") if cfg.data.real_pack else background_noise(cfg.data.root)
+    pack = cfg.data.real_pack
+    noises = load_noise_folder(Path(pack) / "noise") if pack else background_noise(cfg.data.root)
     rng = np.random.default_rng(cfg.train.seed)
     out = np.empty_like(audio)
     for i in tqdm(range(len(audio)), desc="recording conditions", unit="clip", disable=not progress):
