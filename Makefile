@@ -41,9 +41,10 @@ contrib-non-free:
 
 # Best effort: where apt cannot install them (no root, another system), keywords are enrolled
 # with the voices of the engines that are there, or from their clips alone, and kws says which.
-voices:
-	@command -v espeak-ng >/dev/null && command -v pico2wave >/dev/null && command -v RHVoice-test >/dev/null \
-	  && test -d /usr/share/RHVoice/voices/bdl \
+# Whether they are there is kws's own answer (the engines kws.spoken asks kws.data.synth for).
+voices: $(VENV)/.installed
+	@$(PY) -c 'import sys; from kws.data.synth import installed_engines; from kws.spoken import OTHER_ENGINES; \
+	    sys.exit(not {"espeak-ng", *OTHER_ENGINES} <= installed_engines().keys())' \
 	  || { $(MAKE) --no-print-directory contrib-non-free && apt-get update -qq \
 	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(VOICE_PACKAGES); } \
 	  || echo "voices: apt could not install $(VOICE_PACKAGES): keywords are enrolled without the missing engines' voices"
@@ -55,7 +56,7 @@ synth-engines: contrib-non-free $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[engines]'
 	$(VENV)/bin/kws synth --help | sed -n '/^speech engines/,$$p'
 
-demo: voices $(VENV)/.installed
+demo: voices
 	$(VENV)/bin/kws demo
 
 test: system-deps $(VENV)/.installed

@@ -174,21 +174,15 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
     teacher_model = _load_teacher(cfg.data.teacher) if cfg.data.teacher else None  # fails before any data is read
     words, heldout = resolve_words(cfg.data)
     train_set = SpeechCommands(cfg.data.root, "training", words=words, heldout_words=heldout)
-    # Every source's clips, data.root's first (the epoch evaluation's reference clips index them).
-    sources = [_Source(train_set.load_all(progress=progress and is_main, pcm16=True),
-                       np.array(train_set.classes)[train_set.labels], train_set.speakers,
-                       [str(c.path) for c in train_set.clips])]  # fmt: skip
-    for root in cfg.data.extra_roots:
-        extra = SpeechCommands(root, "training", words=words, heldout_words=heldout)
+    extra_sets = [SpeechCommands(root, "training", words=words, heldout_words=heldout) for root in cfg.data.extra_roots]
+    for root, extra in zip(cfg.data.extra_roots, extra_sets):
         if len(extra) == 0:
             raise DataError(f"data.extra_roots: {root} has no training clips of the training words")
-        sources.append(_Source(extra.load_all(progress=progress and is_main, pcm16=True),
-                               np.array(extra.classes)[extra.labels], extra.speakers,
-                               [str(c.path) for c in extra.clips]))  # fmt: skip
-    synthetic = np.concatenate([np.ones(len(s.words), dtype=bool) for s in sources])
+    # Every source's clips, data.root's first (the epoch evaluation's reference clips index them).
+    sources = [_corpus_source(ds, progress and is_main) for ds in [train_set, *extra_sets]]
+    n_synthetic = sum(len(s.words) for s in sources)
     if cfg.data.real_pack:
         sources.append(_pack_clips(cfg, "training", heldout, sources[0].audio.shape[1], progress and is_main))
-        synthetic = np.concatenate([synthetic, np.zeros(len(sources[-1].words), dtype=bool)])
     classes = list(train_set.classes)
     for source in sources[1:]:
         classes += sorted(set(source.words.tolist()) - set(classes))
@@ -196,6 +190,7 @@ def build_run(cfg: TrainConfig, dist: _Dist, resume: bool, progress: bool) -> Ru
     labels_np = np.array([index[w] for s in sources for w in s.words], dtype=np.int64)
     audio_np = np.concatenate([s.audio for s in sources])
     paths, speakers = [p for s in sources for p in s.paths], np.concatenate([s.speakers for s in sources])
+    synthetic = np.arange(len(labels_np)) < n_synthetic
     weights = None
     if cfg.data.weights:
         weights = np.concatenate([np.full(len(s.words), w) for s, w in zip(sources, cfg.data.weights)])
@@ -378,6 +373,12 @@ class _Source:
     words: np.ndarray
     speakers: np.ndarray
     paths: list[str]
+
+
+def _corpus_source(ds: Any, progress: bool) -> _Source:
+    """A Speech Commands–layout corpus's clips (:class:`kws.data.speech_commands.SpeechCommands`), as loaded."""
+    return _Source(ds.load_all(progress=progress, pcm16=True), np.array(ds.classes)[ds.labels], ds.speakers,
+                   [str(c.path) for c in ds.clips])  # fmt: skip
 
 
 def _pack_clips(cfg: TrainConfig, split: str, heldout: list[str], samples: int, progress: bool) -> _Source:

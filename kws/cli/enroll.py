@@ -103,14 +103,16 @@ def _record(args: argparse.Namespace) -> tuple[list, list[str]]:
 
 def _spoken(args: argparse.Namespace) -> SpokenConfig | None:
     """The engines' voices as asked: asked for by name (``--spoken``, ``--say``), a keyword they cannot say is refused."""
-    from kws.spoken import SPOKEN_DEFAULT, SpokenConfig
+    from dataclasses import replace
+
+    from kws.spoken import SPOKEN_DEFAULT
 
     if args.no_spoken:
         return None
     if args.spoken is None and args.say is None:
         return SPOKEN_DEFAULT
     voices = SPOKEN_DEFAULT.voices if args.spoken is None else args.spoken
-    return SpokenConfig(voices=voices, required=True)
+    return replace(SPOKEN_DEFAULT, voices=voices, required=True)
 
 
 def _run(args: argparse.Namespace) -> int:
