@@ -105,7 +105,7 @@ def run_demo(
         truth=truth,
         hits=len(latencies),
         misses=len(targets) - len(latencies),
-        false_alarms=false_alarms,
+        false_alarms=len(false_alarms),
         latencies=latencies,
         stream_seconds=len(audio) / SAMPLE_RATE,
     )

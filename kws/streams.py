@@ -35,8 +35,8 @@ DEFAULT_OFFSETS = tuple(np.round(np.arange(-0.1, 0.31, 0.02), 3))
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_OFFSETS", "StreamHops", "TruthItem", "build_sentence_stream", "build_stream", "embed_stream",
-    "evaluate_hops", "evaluate_stream", "match_events", "plot_report", "write_report",
+    "DEFAULT_OFFSETS", "NOTHING_HEARD", "StreamHops", "TruthItem", "build_sentence_stream", "build_stream",
+    "embed_stream", "evaluate_hops", "evaluate_stream", "heard", "match_events", "plot_report", "write_report",
 ]
 
 
@@ -233,15 +233,15 @@ def embed_stream(
     )  # fmt: skip
 
 
-def match_events(events: list[Event], truth: list[TruthItem], window_s: float) -> tuple[list[float], int]:
-    """Match events to keyword truth items; returns (latencies of hits, false alarms).
+def match_events(events: list[Event], truth: list[TruthItem], window_s: float) -> tuple[list[float], list[Event]]:
+    """Match events to keyword truth items; returns (latencies of hits, the false alarms).
 
     An event for word W hits an unmatched item of W when its window (ending at
     ``event.time``) overlaps the item: ``start < time < end + window_s``. Every
     other event is a false alarm. Latency is event time minus the item's end.
     """
     matched = [False] * len(truth)
-    latencies, false_alarms = [], 0
+    latencies, false_alarms = [], []
     for ev in events:
         for i, item in enumerate(truth):
             if not matched[i] and item.word == ev.keyword and item.start < ev.time < item.end + window_s:
@@ -249,24 +249,41 @@ def match_events(events: list[Event], truth: list[TruthItem], window_s: float) -
                 latencies.append(ev.time - item.end)
                 break
         else:
-            false_alarms += 1
+            false_alarms.append(ev)
     return latencies, false_alarms
+
+
+NOTHING_HEARD = "(no labelled word)"
+
+
+def heard(event: Event, truth: list[TruthItem], window_s: float) -> str:
+    """The word most of whose speech lies in ``event``'s window, :data:`NOTHING_HEARD` where none does."""
+    start = event.time - window_s
+    overlap = {t.word: min(t.end, event.time) - max(t.start, start) for t in truth}
+    word = max(overlap, key=overlap.get, default=None)
+    return word if word is not None and overlap[word] > 0 else NOTHING_HEARD
 
 
 def _replay(
     bank: KeywordBank, times: np.ndarray, scores: list[np.ndarray | None], targets: list[TruthItem],
-    window_s: float, duration_h: float, offset: float, cfg: DetectorConfig,
+    truth: list[TruthItem], window_s: float, duration_h: float, offset: float, cfg: DetectorConfig,
 ) -> dict:  # fmt: skip
     """One point of the sweep: the trigger at ``offset`` over the hop scores, matched to the truth."""
     trigger = Trigger.for_bank(bank, cfg, offset=offset)
     events = [e for e in (trigger.step(t, s) for t, s in zip(times, scores)) if e is not None]
-    latencies, fa = match_events(events, targets, window_s)
+    latencies, alarms = match_events(events, targets, window_s)
     lat = np.asarray(latencies)
+    fired_on: dict[str, dict[str, int]] = {}
+    for ev in alarms:
+        on = fired_on.setdefault(ev.keyword, {})
+        word = heard(ev, truth, window_s)
+        on[word] = on.get(word, 0) + 1
     return {
         "offset": float(offset),
         "recall": len(lat) / len(targets) if targets else float("nan"),
-        "false_alarms": fa,
-        "fa_per_hour": fa / duration_h,
+        "false_alarms": len(alarms),
+        "fa_per_hour": len(alarms) / duration_h,
+        "false_alarms_on": fired_on,
         "latency_mean_s": float(lat.mean()) if len(lat) else None,
         "latency_median_s": float(np.median(lat)) if len(lat) else None,
         "latency_p90_s": float(np.percentile(lat, 90)) if len(lat) else None,
@@ -289,13 +306,15 @@ def evaluate_hops(
     miss rate against its own false alarms per hour is its DET curve.
 
     Returns a plain-data report: ``{"duration_s", "keywords", "points": [{offset,
-    recall, false_alarms, fa_per_hour, latency_mean_s, latency_median_s,
-    latency_p90_s}, ...], "per_keyword": {name: [point, ...]}, "config"}``.
+    recall, false_alarms, fa_per_hour, false_alarms_on, latency_mean_s,
+    latency_median_s, latency_p90_s}, ...], "per_keyword": {name: [point, ...]},
+    "config"}``. ``false_alarms_on`` says what was being said when each false alarm
+    fired: ``{keyword: {word heard: count}}`` (see :func:`heard`).
     """
     scores = hops.scores(bank)
     duration_h = duration_s / 3600
     targets = [t for t in truth if t.keyword and t.word in bank]
-    points = [_replay(bank, hops.times, scores, targets, hops.window_s, duration_h, o, cfg) for o in offsets]
+    points = [_replay(bank, hops.times, scores, targets, truth, hops.window_s, duration_h, o, cfg) for o in offsets]
     per_keyword = {}
     for k, name in enumerate(bank.names):
         alone = KeywordBank(bank.model_id, bank.dim)
@@ -303,7 +322,7 @@ def evaluate_hops(
         col = [None if s is None else s[k : k + 1] for s in scores]
         mine = [t for t in targets if t.word == name]
         per_keyword[name] = [
-            {"occurrences": len(mine), **_replay(alone, hops.times, col, mine, hops.window_s, duration_h, o, cfg)}
+            {"occurrences": len(mine), **_replay(alone, hops.times, col, mine, truth, hops.window_s, duration_h, o, cfg)}
             for o in offsets
         ]
     return {

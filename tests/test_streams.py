@@ -14,7 +14,7 @@ from kws.cli import main
 from kws.detect import DetectorConfig
 from kws.events import Event
 from kws.embedder import load_embedder
-from kws.streams import TruthItem, build_stream, evaluate_stream, match_events
+from kws.streams import NOTHING_HEARD, TruthItem, build_stream, evaluate_stream, heard, match_events
 
 KEYWORDS = ["cat", "yes"]
 DISTRACTORS = ["bat", "no", "left"]
@@ -59,7 +59,14 @@ def test_match_events_counts_hits_false_alarms_and_latency():
     ]
     latencies, false_alarms = match_events(events, truth, window_s=1.0)
     assert latencies == pytest.approx([0.3, 0.6])
-    assert false_alarms == 2
+    assert [(e.keyword, e.time) for e in false_alarms] == [("cat", 2.0), ("yes", 5.2)]
+
+
+def test_a_false_alarm_is_named_by_the_word_most_of_its_window_holds():
+    truth = [TruthItem("bat", 1.0, 1.6, False), TruthItem("cat", 1.8, 2.2, True)]
+    assert heard(Event("cat", 0.9, 0.8, 2.0), truth, window_s=1.0) == "bat"  # 0.6 s of bat, 0.2 s of cat
+    assert heard(Event("cat", 0.9, 0.8, 2.6), truth, window_s=1.0) == "cat"
+    assert heard(Event("cat", 0.9, 0.8, 4.0), truth, window_s=1.0) == NOTHING_HEARD
 
 
 def test_threshold_sweep_trades_recall_for_false_alarms(tiny_corpus, stream, random_checkpoint):
@@ -82,6 +89,9 @@ def test_threshold_sweep_trades_recall_for_false_alarms(tiny_corpus, stream, ran
     recalls = [p["recall"] for p in points]
     alarms = [p["false_alarms"] for p in points]
     assert recalls == sorted(recalls, reverse=True) and alarms == sorted(alarms, reverse=True)
+    for p in points:  # every false alarm is named by what was being said
+        assert sum(n for on in p["false_alarms_on"].values() for n in on.values()) == p["false_alarms"]
+        assert set(p["false_alarms_on"]) <= set(KEYWORDS)
     assert 0 < report["windows_embedded"] <= report["hops"]
     # Each keyword alone: its own occurrences, and never more false alarms than all keywords together
     # make at the same offset (alone, no other keyword's event makes it rest).
@@ -110,7 +120,10 @@ def test_stream_eval_cli_writes_json_and_plot(tiny_corpus, random_checkpoint, tm
     report = json.loads((out / "stream_eval.json").read_text())
     assert report["keywords"] == KEYWORDS and report["points"]
     assert (out / "stream_eval.png").stat().st_size > 1000
-    assert "keyword occurrences" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "keyword occurrences" in printed
+    at = min(report["points"], key=lambda p: abs(p["offset"] - 0.18))  # the random model's offset
+    assert ("by the word being said" in printed) == (at["false_alarms"] > 0)
     # The saved hops give the same report again; a different stream refuses them.
     assert main(args) == 0
     assert json.loads((out / "stream_eval.json").read_text()) == report

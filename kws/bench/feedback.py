@@ -87,7 +87,7 @@ def _score(events, truth, keyword: str, impostor: str, window_s: float) -> dict:
         if any(t.word == impostor and t.start < ev.time < t.end + window_s for t in truth)
         and not any(t.word == keyword and t.start < ev.time < t.end + window_s for t in truth)
     )
-    return {"recall": len(hits) / max(len(targets), 1), "keyword_items": len(targets), "false_alarms": fa, "impostor_fa": on_impostor}
+    return {"recall": len(hits) / max(len(targets), 1), "keyword_items": len(targets), "false_alarms": len(fa), "impostor_fa": on_impostor}
 
 
 def _pair(args, seed: int, embedder, corpus: Path, keyword: str, impostor: str, others: list[str], tmp: Path) -> dict:

@@ -126,5 +126,11 @@ def run(args: argparse.Namespace) -> int:
     for name, kpts in report["per_keyword"].items():
         p = kpts[at]
         print(f"  {name:>16}  recall {p['recall']:.3f} of {p['occurrences']}  FA/h {p['fa_per_hour']:.1f}")
+    fired_on = report["points"][at]["false_alarms_on"]
+    if fired_on:
+        print(f"false alarms at offset {report['points'][at]['offset']:+.2f}, by the word being said:")
+        for name, words in fired_on.items():
+            said = ", ".join(f"{w} ×{n}" for w, n in sorted(words.items(), key=lambda wn: -wn[1]))
+            print(f"  {name:>16}  on {said}")
     print(f"wrote {json_path} and {png_path}")
     return 0

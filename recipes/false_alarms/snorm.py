@@ -40,12 +40,12 @@ def _sweep(names, scores, times, truth, hours, window_s, thresholds, cfg) -> lis
             ev = [e for e in (trig.step(t, None if s is None else s[k : k + 1]) for t, s in zip(times, scores)) if e]
             mine = [t for t in truth if t.word == name]
             lat, fa = match_events(ev, mine, window_s)
-            per[name] = (len(lat), len(mine), fa / hours)
+            per[name] = (len(lat), len(mine), len(fa) / hours)
         trig = Trigger(list(names), np.asarray(th), cfg.smoothing, cfg.refractory_ms / 1000)
         ev = [e for e in (trig.step(t, s) for t, s in zip(times, scores)) if e]
         targets = [t for t in truth if t.word in names]
         lat, fa = match_events(ev, targets, window_s)
-        out.append({"recall": len(lat) / len(targets), "fa_per_hour": fa / hours, "per_keyword": per})
+        out.append({"recall": len(lat) / len(targets), "fa_per_hour": len(fa) / hours, "per_keyword": per})
     return out
 
 
