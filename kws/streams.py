@@ -259,9 +259,8 @@ NOTHING_HEARD = "(no labelled word)"
 def heard(event: Event, truth: list[TruthItem], window_s: float) -> str:
     """The word most of whose speech lies in ``event``'s window, :data:`NOTHING_HEARD` where none does."""
     start = event.time - window_s
-    overlap = {t.word: min(t.end, event.time) - max(t.start, start) for t in truth}
-    word = max(overlap, key=overlap.get, default=None)
-    return word if word is not None and overlap[word] > 0 else NOTHING_HEARD
+    overlap, word = max(((min(t.end, event.time) - max(t.start, start), t.word) for t in truth), default=(0.0, ""))
+    return word if overlap > 0 else NOTHING_HEARD
 
 
 def _replay(

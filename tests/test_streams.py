@@ -63,7 +63,7 @@ def test_match_events_counts_hits_false_alarms_and_latency():
 
 
 def test_a_false_alarm_is_named_by_the_word_most_of_its_window_holds():
-    truth = [TruthItem("bat", 1.0, 1.6, False), TruthItem("cat", 1.8, 2.2, True)]
+    truth = [TruthItem("bat", 1.0, 1.6, False), TruthItem("cat", 1.8, 2.2, True), TruthItem("bat", 9.0, 9.5, False)]
     assert heard(Event("cat", 0.9, 0.8, 2.0), truth, window_s=1.0) == "bat"  # 0.6 s of bat, 0.2 s of cat
     assert heard(Event("cat", 0.9, 0.8, 2.6), truth, window_s=1.0) == "cat"
     assert heard(Event("cat", 0.9, 0.8, 4.0), truth, window_s=1.0) == NOTHING_HEARD
