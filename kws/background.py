@@ -13,6 +13,7 @@ time), and the threshold is the lowest one whose events stay within the budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -83,23 +84,34 @@ class Background:
 def load_background(embedder: Embedder, path: str | Path | None = None) -> Background:
     """The background stream of ``embedder``'s model: ``path``, or the bundled one made for it.
 
+    A file is read once per process and kept while it is unchanged (enrolment reads the stream
+    for the budget and for the running-speech impostors, a server on every enrolment); its
+    arrays are read-only, being shared.
+
     Raises:
         EnrollmentError: none for this model, or an unreadable file.
     """
     hint = "enrol without --fa-per-hour, or make one with recipes/false_alarms/background.py"
     for candidate in [Path(path)] if path is not None else sorted(ASSETS.glob(BACKGROUND_GLOB)):
         try:
-            with np.load(candidate, allow_pickle=False) as z:
-                if str(z["model_id"]) != embedder.model_id:
-                    continue
-                return Background(
-                    np.asarray(z["embeddings"], dtype=np.float32), z["words"].astype(str), float(z["hop_s"]),
-                    str(z["model_id"]), str(z["source"]),
-                )  # fmt: skip
+            stat = candidate.stat()
+            background = _read_background(str(candidate.resolve()), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
         except (OSError, ValueError, KeyError) as exc:
             raise EnrollmentError(f"{candidate}: unreadable background stream ({exc}); {hint}") from exc
+        if background.model_id == embedder.model_id:
+            return background
     where = path if path is not None else f"{ASSETS}/{BACKGROUND_GLOB}"
     raise EnrollmentError(f"no background stream for model {embedder.model_id} in {where}; {hint}")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_background(path: str, version: tuple[int, int, int]) -> Background:
+    """The file at ``path``; ``version`` (inode, modification time, size) keys the cache."""
+    with np.load(path, allow_pickle=False) as z:
+        embeddings = np.asarray(z["embeddings"], dtype=np.float32)
+        words = z["words"].astype(str)
+        embeddings.flags.writeable = words.flags.writeable = False
+        return Background(embeddings, words, float(z["hop_s"]), str(z["model_id"]), str(z["source"]))
 
 
 @dataclass

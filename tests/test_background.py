@@ -73,3 +73,21 @@ def test_no_background_for_another_model_says_what_to_do(tmp_path) -> None:
 
     with pytest.raises(EnrollmentError, match="without --fa-per-hour"):
         load_background(Other(), tmp_path / "bg.npz")
+
+
+def test_a_background_is_read_once_until_its_file_changes(tmp_path) -> None:
+    class Model:
+        model_id = "m"
+
+    path = tmp_path / "bg.npz"
+    _background(np.full(10, 0.1, np.float32))[1].save(path)
+    first = load_background(Model(), path)
+    assert load_background(Model(), path) is first
+    with pytest.raises(ValueError):  # shared between callers, so nobody may change it
+        first.embeddings[0, 0] = 1.0
+    _background(np.full(12, 0.3, np.float32))[1].save(path)
+    again = load_background(Model(), path)
+    assert len(again.embeddings) == 12 and again.embeddings[0, 0] == pytest.approx(0.3, abs=1e-3)
+    path.write_bytes(b"not an npz")
+    with pytest.raises(EnrollmentError, match="unreadable"):
+        load_background(Model(), path)
